@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# PROGRAM=DEBIAN_PACKAGE pairs the test suite runs for real (installed when root).
+TEST_PROGRAMS :=
+# Programs the benchmarks compare against.
+BENCH_PROGRAMS := aria2c=aria2 nginx=nginx
+
+.PHONY: demo test lint typecheck pytest bench venv clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/python tools/demo.py
+
+test: venv
+	tools/system-deps.sh $(TEST_PROGRAMS)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+bench: venv
+	tools/system-deps.sh $(BENCH_PROGRAMS)
+	$(BIN)/python bench/peer_throughput.py
+	$(BIN)/python bench/ratelimit_sockets.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

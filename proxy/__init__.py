@@ -1,0 +1,1 @@
+"""proxy: the registry mirror and HTTP proxy of dfdaemon (issue #5)."""

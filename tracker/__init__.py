@@ -1,0 +1,1 @@
+"""dftracker: the HTTP announce tracker that stands in for Dragonfly's supernode (issue #3)."""
