@@ -1,0 +1,476 @@
+"""Download state of one task: what to request from whom, and what to do when blocks come in.
+
+Sans-IO. The asyncio shell reports peer events (bitfields, haves, chokes, arrivals) and asks
+``next_requests`` what to send; this module composes the selection policy
+(``peerwire.picker``) and the in-flight bookkeeping (``peerwire.requests``) and owns the state
+of every block of every missing piece:
+
+* *open* - nobody has been asked for it (or every request for it was freed);
+* *requested* - in flight at one or more peers (more than one only in endgame);
+* *receiving* - claimed by the peer whose payload is being read into the piece buffer;
+* *received* - in the buffer; when all blocks of a piece are, the shell verifies it.
+
+Priorities in ``next_requests`` (BEP 3 "Piece downloading strategy"): open blocks of started
+pieces first (strict priority, so pieces complete and can be shared), then a new piece chosen by
+the policy, then, once every missing block is requested somewhere (endgame), duplicates of
+blocks in flight at other peers, cancelled when the first copy arrives.
+
+Per-call cost stays near the number of blocks returned: started pieces with open blocks are
+kept in their own index, a new piece costs one pass over the unstarted pieces the peer has,
+and endgame scans only the requests in flight.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from peerwire.bitfield import Bitfield
+from peerwire.layout import Block, PieceLayout
+from peerwire.picker import PiecePicker
+from peerwire.requests import RequestManager
+
+P = TypeVar("P", bound=Hashable)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockOutcome(Generic[P]):
+    """What the shell does after a block is fully in the piece buffer."""
+
+    #: Endgame duplicates still in flight at other peers: send them ``cancel``.
+    cancels: tuple[tuple[P, Block], ...]
+    #: Every block of ``block.index`` is now in: verify the piece.
+    piece_complete: bool
+
+
+class _Piece(Generic[P]):
+    """A started, not yet verified piece."""
+
+    __slots__ = ("blocks", "contributors", "open", "received")
+
+    def __init__(self, blocks: list[Block]) -> None:
+        self.blocks = blocks
+        # OrderedDict as an ordered set: blocks are taken from the front, which a plain dict
+        # makes O(deleted entries) per scan.
+        self.open: OrderedDict[Block, None] = OrderedDict.fromkeys(blocks)
+        self.received: set[Block] = set()
+        self.contributors: dict[P, None] = {}
+
+
+class _Peer:
+    """What the scheduler knows about one connected peer."""
+
+    __slots__ = ("avoid", "bitfield", "late", "wanted")
+
+    def __init__(self, num_pieces: int) -> None:
+        self.bitfield = Bitfield(num_pieces)
+        #: Pieces it has that we lack (non-zero means we are interested).
+        self.wanted = 0
+        #: Blocks not to ask it for until the given clock time (it rejected them or timed out).
+        self.avoid: OrderedDict[Block, float] = OrderedDict()
+        #: Requests we stopped counting (timeout, choke, cancel) that it may still answer, and
+        #: when we stopped.
+        self.late: OrderedDict[Block, float] = OrderedDict()
+
+
+class Scheduler(Generic[P]):
+    """Per-task download scheduling: one instance per task, peers keyed by any hashable."""
+
+    def __init__(
+        self,
+        layout: PieceLayout,
+        have: Bitfield,
+        *,
+        block_bytes: int,
+        pipeline_depth: int,
+        request_timeout_s: float,
+        clock: Callable[[], float],
+        rng: random.Random,
+        random_first_pieces: int = 4,
+        policy: str = "rarest_first",
+        endgame_copies: int = 2,
+    ) -> None:
+        """``have`` is updated in place as pieces are verified; the scheduler is its only writer.
+
+        ``endgame_copies`` bounds at how many peers one block may be in flight at once.
+        ``request_timeout_s`` is also how long a peer is not asked again for a block it rejected
+        or let time out.
+        """
+        if have.num_pieces != layout.num_pieces:
+            raise ValueError(f"have has {have.num_pieces} pieces, layout {layout.num_pieces}")
+        if block_bytes <= 0:
+            raise ValueError(f"block_bytes must be > 0, got {block_bytes}")
+        if endgame_copies < 1:
+            raise ValueError(f"endgame_copies must be >= 1, got {endgame_copies}")
+        self._layout = layout
+        self._have = have
+        self._block_bytes = block_bytes
+        self._clock = clock
+        self._cooldown_s = request_timeout_s
+        self._endgame_copies = endgame_copies
+        self._recent_cap = max(64, 4 * pipeline_depth)
+        self._picker = PiecePicker(
+            layout.num_pieces, rng=rng, random_first_pieces=random_first_pieces, policy=policy
+        )
+        self._requests: RequestManager[P] = RequestManager(
+            clock=clock, pipeline_depth=pipeline_depth, timeout_s=request_timeout_s
+        )
+        self._unstarted: set[int] = set(have.missing())
+        self._active: dict[int, _Piece[P]] = {}
+        self._open_pieces: OrderedDict[int, None] = OrderedDict()  # active, with open blocks
+        self._receiving: dict[Block, P] = {}
+        self._peers: dict[P, _Peer] = {}
+        self._banned: set[P] = set()
+
+    # -- queries ---------------------------------------------------------------------------
+
+    @property
+    def have(self) -> Bitfield:
+        return self._have
+
+    @property
+    def in_endgame(self) -> bool:
+        """Every missing block is requested, being received or received."""
+        return not self._unstarted and not self._open_pieces and not self._have.is_complete()
+
+    def is_complete(self) -> bool:
+        return self._have.is_complete()
+
+    def missing_count(self) -> int:
+        return self._have.num_pieces - len(self._have)
+
+    def inflight(self, peer: P) -> int:
+        return self._requests.inflight(peer)
+
+    def is_interesting(self, peer: P) -> bool:
+        """BEP 3 interest: ``peer`` has a piece we lack (and is not banned)."""
+        return self._peer(peer).wanted > 0 and peer not in self._banned
+
+    # -- peer events -----------------------------------------------------------------------
+
+    def peer_joined(self, peer: P) -> None:
+        if peer in self._peers:
+            raise ValueError(f"peer {peer} joined twice")
+        self._peers[peer] = _Peer(self._have.num_pieces)
+
+    def peer_bitfield(self, peer: P, bitfield: Bitfield) -> None:
+        """The peer's ``bitfield`` message (replaces whatever we knew of its pieces)."""
+        state = self._peer(peer)
+        if bitfield.num_pieces != self._have.num_pieces:
+            raise ValueError(
+                f"bitfield has {bitfield.num_pieces} pieces, task has {self._have.num_pieces}"
+            )
+        self._picker.remove_peer(state.bitfield)
+        state.bitfield = bitfield.copy()
+        self._picker.add_peer(state.bitfield)
+        theirs = int.from_bytes(state.bitfield.to_bytes(), "big")
+        ours = int.from_bytes(self._have.to_bytes(), "big")
+        state.wanted = (theirs & ~ours).bit_count()
+
+    def peer_have_all(self, peer: P) -> None:
+        """BEP 6 ``have all``."""
+        self.peer_bitfield(peer, Bitfield.full(self._have.num_pieces))
+
+    def peer_have(self, peer: P, index: int) -> None:
+        """The peer's ``have``; IndexError for an index outside the task (validate first)."""
+        state = self._peer(peer)
+        if index in state.bitfield:
+            return
+        state.bitfield.add(index)
+        self._picker.add_have(index)
+        if index not in self._have:
+            state.wanted += 1
+
+    def peer_left(self, peer: P) -> None:
+        """Connection gone: its requests and the block it was receiving become open again."""
+        state = self._peers.pop(peer, None)
+        if state is None:
+            return
+        self._picker.remove_peer(state.bitfield)
+        receiving = [block for block, owner in self._receiving.items() if owner == peer]
+        for block in receiving:
+            del self._receiving[block]
+        self._release_all(receiving + self._requests.remove_peer(peer))
+
+    def peer_choked(self, peer: P) -> None:
+        """BEP 3: a choke discards our pending requests, so they are open again.
+
+        Call it only without the fast extension: under BEP 6 a choke keeps the requests and the
+        peer rejects each one it drops (``request_rejected``).
+        """
+        state = self._peer(peer)
+        now = self._clock()
+        voided = self._requests.remove_peer(peer)
+        for block in voided:
+            self._remember(state.late, block, now)
+        self._release_all(voided)
+
+    def request_rejected(self, peer: P, block: Block) -> None:
+        """BEP 6 ``reject request``: open again, and not asked of this peer for a while."""
+        state = self._peers.get(peer)
+        if state is None:
+            return
+        if self._requests.discard(peer, block):
+            self._remember(state.avoid, block, self._clock() + self._cooldown_s)
+            self._release(block)
+        else:
+            state.late.pop(block, None)  # answer to a request we had already given up on
+
+    def ban(self, peer: P) -> None:
+        """Never request from ``peer`` again in this task, nor accept its blocks."""
+        self._banned.add(peer)
+        self._release_all(self._requests.remove_peer(peer))
+
+    # -- requests --------------------------------------------------------------------------
+
+    def next_requests(self, peer: P, max_blocks: int | None = None) -> list[Block]:
+        """Blocks to request from ``peer`` now, at most its free pipeline slots.
+
+        The returned blocks are recorded as in flight at ``peer``; the shell must send them.
+        Choking is the shell's business: it asks only while ``peer`` unchokes us.
+        """
+        state = self._peer(peer)
+        if state.wanted == 0 or peer in self._banned:
+            return []
+        slots = self._requests.free_slots(peer)
+        if max_blocks is not None:
+            slots = min(slots, max_blocks)
+        if slots <= 0:
+            return []
+        now = self._clock()
+        chosen: list[Block] = []
+        self._take_started(peer, state, now, slots, chosen)
+        if len(chosen) < slots and self._unstarted:
+            self._take_new(peer, state, now, slots, chosen)
+        if len(chosen) < slots and not self._unstarted and not self._open_pieces:
+            self._take_endgame(peer, state, now, slots, chosen)
+        return chosen
+
+    def expire(self) -> list[tuple[P, Block]]:
+        """Requests older than the timeout, freed for other peers; the shell may ``cancel``."""
+        expired = self._requests.expire()
+        now = self._clock()
+        for peer, block in expired:
+            state = self._peers.get(peer)
+            if state is not None:
+                self._remember(state.avoid, block, now + self._cooldown_s)
+                self._remember(state.late, block, now)
+        self._release_all([block for _, block in expired])
+        return expired
+
+    # -- arrivals --------------------------------------------------------------------------
+
+    def claim_block(self, peer: P, block: Block) -> bool:
+        """Whether the payload of ``block`` now arriving from ``peer`` goes into the piece.
+
+        True: it is still needed and nobody else is receiving it; it is now ``peer``'s to
+        deliver (``block_received`` or ``block_aborted`` follow). False: read it into scratch
+        and drop it (unsolicited, banned peer, already received or being received).
+        """
+        state = self._peers.get(peer)
+        if state is None or peer in self._banned:
+            return False
+        solicited = self._requests.discard(peer, block)
+        if not solicited and block in state.late:
+            del state.late[block]
+            solicited = True
+        if not solicited:
+            return False
+        piece = self._active.get(block.index)
+        if piece is None or block in piece.received or block in self._receiving:
+            return False
+        self._receiving[block] = peer
+        if block in piece.open:  # a late answer to a request we had given up on
+            del piece.open[block]
+            if not piece.open:
+                del self._open_pieces[block.index]
+        return True
+
+    def block_received(self, peer: P, block: Block) -> BlockOutcome[P]:
+        """The payload of a block claimed by ``peer`` is fully in the piece buffer."""
+        if block not in self._receiving or self._receiving[block] != peer:
+            raise ValueError(f"{block} from {peer} was not claimed (call claim_block first)")
+        del self._receiving[block]
+        cancels = self._requests.arrived(peer, block)
+        now = self._clock()
+        for other, _ in cancels:
+            other_state = self._peers.get(other)
+            if other_state is not None:
+                self._remember(other_state.late, block, now)
+        piece = self._active.get(block.index)
+        if piece is None:  # verified meanwhile from elsewhere (e.g. the origin)
+            return BlockOutcome(tuple(cancels), piece_complete=False)
+        piece.received.add(block)
+        piece.contributors[peer] = None
+        return BlockOutcome(tuple(cancels), piece_complete=len(piece.received) == len(piece.blocks))
+
+    def block_aborted(self, peer: P, block: Block) -> None:
+        """A claimed payload will not complete (connection died): the block is open again."""
+        if self._receiving.get(block) == peer:
+            del self._receiving[block]
+            self._release(block)
+
+    # -- pieces ----------------------------------------------------------------------------
+
+    def piece_verified(self, index: int) -> list[tuple[P, Block]]:
+        """We have piece ``index`` now (from peers or from anywhere else).
+
+        Returns requests for its blocks still in flight (only when it came from elsewhere, such
+        as the origin): the shell sends them ``cancel``.
+        """
+        if index in self._have:
+            return []
+        self._have.add(index)
+        self._unstarted.discard(index)
+        self._open_pieces.pop(index, None)
+        piece = self._active.pop(index, None)
+        cancels: list[tuple[P, Block]] = []
+        now = self._clock()
+        if piece is not None:
+            for block in piece.blocks:
+                for peer in self._requests.peers_for(block):
+                    self._requests.discard(peer, block)
+                    cancels.append((peer, block))
+                    state = self._peers.get(peer)
+                    if state is not None:
+                        self._remember(state.late, block, now)
+        for state in self._peers.values():
+            if index in state.bitfield:
+                state.wanted -= 1
+        return cancels
+
+    def piece_failed(self, index: int) -> set[P]:
+        """Hash mismatch: all blocks of ``index`` are open again (strict priority applies).
+
+        Returns the peers that supplied its blocks, for the shell to penalise or ``ban``.
+        """
+        if index in self._have:
+            raise ValueError(f"piece {index} was already verified")
+        piece = self._active.get(index)
+        if piece is None:
+            return set()
+        contributors = set(piece.contributors)
+        piece.contributors.clear()
+        piece.received.clear()
+        self._release_all(piece.blocks)
+        return contributors
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _peer(self, peer: P) -> _Peer:
+        try:
+            return self._peers[peer]
+        except KeyError:
+            raise KeyError(f"unknown peer {peer} (peer_joined first)") from None
+
+    def _release(self, block: Block) -> None:
+        """Make ``block`` open if no one is asked for it, receiving it or has delivered it."""
+        piece = self._active.get(block.index)
+        if (
+            piece is None
+            or block in piece.open
+            or block in piece.received
+            or block in self._receiving
+            or self._requests.copies(block)
+        ):
+            return
+        # Released blocks (and their piece) go to the front: they are what holds a piece back.
+        piece.open[block] = None
+        piece.open.move_to_end(block, last=False)
+        if block.index not in self._open_pieces:
+            self._open_pieces[block.index] = None
+            self._open_pieces.move_to_end(block.index, last=False)
+
+    def _release_all(self, blocks: list[Block]) -> None:
+        """``_release`` each, oldest first (each goes to the front, so walk them backwards)."""
+        for block in reversed(blocks):
+            self._release(block)
+
+    def _avoided(self, state: _Peer, block: Block, now: float) -> bool:
+        until = state.avoid.get(block)
+        if until is None:
+            return False
+        if until > now:
+            return True
+        del state.avoid[block]
+        return False
+
+    def _take_started(
+        self, peer: P, state: _Peer, now: float, slots: int, chosen: list[Block]
+    ) -> None:
+        emptied: list[int] = []
+        for index in self._open_pieces:
+            if index not in state.bitfield:
+                continue
+            piece = self._active[index]
+            self._take_open(peer, state, piece, now, slots, chosen)
+            if not piece.open:
+                emptied.append(index)
+            if len(chosen) == slots:
+                break
+        for index in emptied:
+            del self._open_pieces[index]
+
+    def _take_new(self, peer: P, state: _Peer, now: float, slots: int, chosen: list[Block]) -> None:
+        bitfield = state.bitfield
+        if bitfield.is_complete():
+            candidates = list(self._unstarted)
+        else:
+            candidates = [index for index in self._unstarted if index in bitfield]
+        while candidates and len(chosen) < slots:
+            index = self._picker.pick(candidates, completed=len(self._have))
+            assert index is not None
+            candidates.remove(index)
+            self._unstarted.remove(index)
+            piece: _Piece[P] = _Piece(self._layout.blocks(index, self._block_bytes))
+            self._active[index] = piece
+            self._take_open(peer, state, piece, now, slots, chosen)
+            if piece.open:
+                self._open_pieces[index] = None
+
+    def _take_open(
+        self, peer: P, state: _Peer, piece: _Piece[P], now: float, slots: int, chosen: list[Block]
+    ) -> None:
+        """Request open blocks of ``piece`` from ``peer`` until ``chosen`` has ``slots``."""
+        taken: list[Block] = []
+        for block in piece.open:
+            if len(chosen) + len(taken) == slots:
+                break
+            if not (state.avoid and self._avoided(state, block, now)):
+                taken.append(block)
+        for block in taken:
+            del piece.open[block]
+            self._requests.add(peer, block)
+        chosen.extend(taken)
+
+    def _take_endgame(
+        self, peer: P, state: _Peer, now: float, slots: int, chosen: list[Block]
+    ) -> None:
+        """Duplicate blocks in flight elsewhere, fewest copies first, never twice at ``peer``."""
+        wanted = slots - len(chosen)
+        duplicates: list[Block] = []
+        for block, copies in self._requests.inflight_blocks():
+            if copies >= self._endgame_copies:
+                break
+            if (
+                block.index in state.bitfield
+                and block not in self._receiving
+                and not self._requests.is_inflight(peer, block)
+                and not self._avoided(state, block, now)
+            ):
+                duplicates.append(block)
+                if len(duplicates) == wanted:
+                    break
+        for block in duplicates:
+            self._requests.add(peer, block)
+        chosen.extend(duplicates)
+
+    def _remember(self, recent: OrderedDict[Block, float], block: Block, when: float) -> None:
+        """Record into a bounded per-peer memory, forgetting the oldest entry past the cap."""
+        recent[block] = when
+        recent.move_to_end(block)
+        if len(recent) > self._recent_cap:
+            recent.popitem(last=False)

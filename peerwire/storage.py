@@ -1,0 +1,532 @@
+"""Piece storage of one task: verified pieces written at their offsets, resumable, read for upload.
+
+A download goes to ``<output>.dfpart`` (preallocated to the full length) and a small record
+``<output>.dfpart.pieces`` lists the pieces verified so far. DESIGN.md, step 5: the output path
+only ever holds the complete, verified file; ``finalize`` checks the optional whole-file digest,
+fsyncs and renames the partial file into place. A failed download never leaves data there.
+
+Record format (append-only, crash-tolerant): a 40-byte header, ``DFPIECE1`` then the manifest's
+``content_digest``, followed by 8-byte entries, ``>I`` piece index and the first 4 bytes of that
+piece's sha256. A torn last entry (short, or zero-filled by a crash) fails its check and is
+ignored; a header for another manifest makes the partial file worthless and both are replaced.
+Pieces are not fsynced one by one, so a crash may keep a record entry whose data never reached
+the disk: every recorded piece is therefore re-verified when a download resumes.
+
+Threads: ``verify`` and ``commit_piece`` may run in worker threads (``run_in_executor``) while the
+event loop reads blocks for uploads. Hashing and ``pwrite`` release the GIL and run unlocked;
+the verified-piece set and the record file are changed under one lock. ``close``, ``discard``
+and ``finalize`` wait for reads and writes in flight. Do not call them, or the constructors,
+concurrently with each other. ``data_fd`` is only valid until ``close``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from peerwire.bitfield import Bitfield
+from peerwire.layout import MIB, Block
+from peerwire.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+PARTIAL_SUFFIX = ".dfpart"
+RECORD_SUFFIX = ".dfpart.pieces"
+_RECORD_MAGIC = b"DFPIECE1"
+_RECORD_HEADER_BYTES = len(_RECORD_MAGIC) + 32
+_ENTRY = struct.Struct(">I4s")
+#: Read size for the whole-file digest in ``finalize``.
+_HASH_READ_BYTES = 4 * MIB
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+#: What piece data may arrive in; nothing is copied (``collections.abc.Buffer`` needs 3.12).
+Buffer = bytes | bytearray | memoryview
+
+
+class StorageError(OSError):
+    """An I/O operation on a task's files failed; ``errno``, ``path`` and the operation are kept.
+
+    A subclass of OSError so ``except OSError`` still catches it; ``is_disk_full`` tells the
+    caller to report "disk full at <path>" rather than a generic failure.
+    """
+
+    def __init__(self, error_number: int, message: str, path: str | os.PathLike[str]) -> None:
+        super().__init__(error_number, message, os.fspath(path))
+
+    @property
+    def path(self) -> Path:
+        return Path(self.filename)
+
+    @property
+    def is_disk_full(self) -> bool:
+        return self.errno in _DISK_FULL_ERRNOS
+
+
+class PieceMissingError(LookupError):
+    """A block of a piece that is not verified here was asked for (a bug: never serve those)."""
+
+
+class IncompleteError(RuntimeError):
+    """``finalize`` was called before every piece was verified."""
+
+
+class DigestMismatchError(ValueError):
+    """Data on disk does not hash to what was expected: the whole file, or one piece."""
+
+    def __init__(
+        self, path: Path, expected: bytes, actual: bytes, piece_index: int | None = None
+    ) -> None:
+        what = "file" if piece_index is None else f"piece {piece_index}"
+        super().__init__(f"{path}: {what} sha256 is {actual.hex()}, expected {expected.hex()}")
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+        self.piece_index = piece_index
+
+
+def _wrap(exc: OSError, operation: str, path: Path) -> StorageError:
+    return StorageError(exc.errno or errno.EIO, f"{operation}: {exc.strerror or exc}", path)
+
+
+class PieceStore:
+    """The data file of one task plus the set of its verified pieces. Use the constructors."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        data_path: Path,
+        output_path: Path,
+        data_fd: int,
+        record_fd: int | None,
+        have: Bitfield,
+    ) -> None:
+        self._manifest = manifest
+        self._layout = manifest.layout
+        self._data_path = data_path
+        self._output_path = output_path
+        self._fd = data_fd
+        self._record_fd = record_fd  # None once the file is complete: read-only seeding
+        self._have = have
+        self._state = threading.Condition(threading.Lock())
+        self._in_flight = 0
+        self._closed = False
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, output_path: str | os.PathLike[str], manifest: Manifest, *, resume: bool = True
+    ) -> PieceStore:
+        """Start (or, with ``resume``, continue) downloading ``manifest`` towards ``output_path``.
+
+        An existing partial file and record for the same manifest content are reopened and each
+        recorded piece re-verified; anything else there is replaced. The partial file is locked
+        (``flock``) so a second downloader of the same output fails fast with EWOULDBLOCK.
+        """
+        output = Path(output_path)
+        partial = output.with_name(output.name + PARTIAL_SUFFIX)
+        record = output.with_name(output.name + RECORD_SUFFIX)
+        try:
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise _wrap(exc, "open partial file", partial) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise _wrap(
+                exc, "lock partial file (another download of it running?)", partial
+            ) from exc
+        recorded: set[int] | None = None
+        try:
+            recorded = _read_record(record, manifest) if resume else None
+            if recorded is None:
+                have = Bitfield(manifest.num_pieces)
+                _set_length(fd, 0, partial)
+            else:
+                have = _reverify(fd, partial, manifest, recorded)
+                log.info("resuming %s: %d of %d pieces verified", output, len(have), len(recorded))
+            _set_length(fd, manifest.total_length, partial)
+            record_fd = _write_record(record, manifest, have)
+        except BaseException:
+            os.close(fd)
+            if recorded is None:  # nothing worth keeping: leave no debris behind
+                partial.unlink(missing_ok=True)
+                record.unlink(missing_ok=True)
+            raise
+        return cls(manifest, partial, output, fd, record_fd, have)
+
+    @classmethod
+    def open_complete(
+        cls, path: str | os.PathLike[str], manifest: Manifest, *, verify: bool = False
+    ) -> PieceStore:
+        """Open a finished file, read-only, to seed it: every piece counts as verified.
+
+        The size is always checked. ``verify`` re-hashes every piece first (DigestMismatchError
+        for the first bad one); it is off by default because the file was verified when it was
+        finalized, and hashing gigabytes at ~1 GB/s would delay every seeder start.
+        """
+        data_path = Path(path)
+        try:
+            fd = os.open(data_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _wrap(exc, "open complete file", data_path) from exc
+        try:
+            size = os.fstat(fd).st_size
+            if size != manifest.total_length:
+                raise ValueError(
+                    f"{data_path}: {size} bytes, manifest says {manifest.total_length}"
+                )
+            if verify:
+                _reverify(fd, data_path, manifest, range(manifest.num_pieces), raise_on_bad=True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(manifest, data_path, data_path, fd, None, Bitfield.full(manifest.num_pieces))
+
+    # -- state --------------------------------------------------------------------------------
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    @property
+    def data_path(self) -> Path:
+        """Where the data is now: the partial file, or the output once finalized."""
+        return self._data_path
+
+    @property
+    def output_path(self) -> Path:
+        return self._output_path
+
+    @property
+    def have(self) -> Bitfield:
+        """A snapshot (a copy) of the verified pieces."""
+        with self._state:
+            return self._have.copy()
+
+    def has_piece(self, index: int) -> bool:
+        with self._state:
+            return index in self._have
+
+    # -- verification and writing -------------------------------------------------------------
+
+    def verify(self, index: int, data: Buffer) -> bool:
+        """True when ``data`` is exactly piece ``index`` (its size, and its sha256).
+
+        Thread-safe; hashes the caller's buffer once, in place (no copy). IndexError for an
+        index outside the task; a buffer must be C-contiguous.
+        """
+        size = self._layout.piece_size(index)
+        with memoryview(data) as view:
+            if view.nbytes != size:
+                return False
+            return hashlib.sha256(view).digest() == self._manifest.piece_sha256[index]
+
+    def write_piece(self, index: int, data: Buffer) -> None:
+        """Write the whole piece at its offset, unverified and unrecorded (``commit_piece`` does
+        both). Refuses verified pieces, so an uploader never sees their bytes change."""
+        self._check_writable()
+        if self.has_piece(index):
+            raise ValueError(f"piece {index} is verified; refusing to overwrite it")
+        self._write(index, data)
+
+    def commit_piece(self, index: int, data: Buffer) -> bool:
+        """Verify, write, record. False when ``data`` is not piece ``index`` (nothing written).
+
+        Thread-safe (meant for a worker thread). A piece already verified is not written again.
+        StorageError when the write or the record append fails; the piece is then not verified.
+        """
+        if not self.verify(index, data):
+            return False
+        if self.has_piece(index):
+            return True
+        self._check_writable()
+        self._write(index, data)
+        entry = _ENTRY.pack(index, self._manifest.piece_sha256[index][:4])
+        with self._using_fd(), self._state:
+            if index in self._have:
+                return True
+            assert self._record_fd is not None
+            try:
+                os.write(self._record_fd, entry)  # O_APPEND, 8 bytes: one atomic append
+            except OSError as exc:
+                raise _wrap(exc, f"record piece {index}", self._record_path) from exc
+            self._have.add(index)
+        return True
+
+    def _write(self, index: int, data: Buffer) -> None:
+        offset = self._layout.piece_offset(index)
+        with memoryview(data) as raw, raw.cast("B") as view, self._using_fd():
+            if view.nbytes != self._layout.piece_size(index):
+                raise ValueError(f"piece {index}: {view.nbytes} bytes, expected a whole piece")
+            done = 0
+            try:
+                while done < view.nbytes:  # pwrite may write less (signals, RLIMIT_FSIZE)
+                    done += os.pwrite(self._fd, view[done:], offset + done)
+            except OSError as exc:
+                message = f"write piece {index} at offset {offset + done}"
+                raise _wrap(exc, message, self._data_path) from exc
+
+    # -- reading for uploads ------------------------------------------------------------------
+
+    def block_offset(self, index: int, begin: int, length: int | None = None) -> int:
+        """File offset of a block of a verified piece, for ``os.sendfile(sock, data_fd, ...)``.
+
+        ValueError when the block (``length`` bytes, or just ``begin`` when omitted) is not inside
+        the piece; PieceMissingError when the piece is not verified.
+        """
+        block = Block(index, begin, 1 if length is None else length)
+        if not self._layout.contains(block):
+            raise ValueError(f"block {block} lies outside the task's pieces")
+        if not self.has_piece(index):
+            raise PieceMissingError(f"piece {index} is not verified in {self._data_path}")
+        return self._layout.piece_offset(index) + begin
+
+    @property
+    def data_fd(self) -> int:
+        """The data file descriptor (for ``os.sendfile``); valid until ``close``."""
+        if self._closed:
+            raise ValueError("store is closed")
+        return self._fd
+
+    def read_block(self, index: int, begin: int, length: int) -> bytes:
+        """``length`` bytes of verified piece ``index`` from ``begin``: one pread, one buffer."""
+        offset = self.block_offset(index, begin, length)
+        with self._using_fd():
+            try:
+                data = os.pread(self._fd, length, offset)
+            except OSError as exc:
+                raise _wrap(exc, f"read piece {index} at offset {offset}", self._data_path) from exc
+        if len(data) != length:  # a regular file reads short only at its end: truncated under us
+            raise StorageError(errno.EIO, f"file ends inside piece {index}", self._data_path)
+        return data
+
+    def read_block_into(self, index: int, begin: int, buffer: Buffer) -> int:
+        """Fill the caller's writable buffer from verified piece ``index`` at ``begin``."""
+        with memoryview(buffer) as raw, raw.cast("B") as view:
+            offset = self.block_offset(index, begin, view.nbytes)
+            with self._using_fd():
+                try:
+                    _pread_exactly(self._fd, view, offset)
+                except OSError as exc:
+                    message = f"read piece {index} at offset {offset}"
+                    raise _wrap(exc, message, self._data_path) from exc
+            return view.nbytes
+
+    # -- the end of a download ----------------------------------------------------------------
+
+    def finalize(self, expected_sha256: bytes | None = None) -> Path:
+        """Move the verified file to the output path; the store then serves from there.
+
+        IncompleteError unless every piece is verified. With ``expected_sha256``, the whole file
+        is hashed first: DigestMismatchError on a mismatch, leaving the partial file and record
+        in place for inspection and nothing at the output path. Then fsync, an atomic rename
+        (replacing any old file there), fsync of the directory, and the record is removed.
+        """
+        self._check_writable()
+        if expected_sha256 is not None and len(expected_sha256) != hashlib.sha256().digest_size:
+            raise ValueError(f"expected_sha256 must be 32 bytes, got {len(expected_sha256)}")
+        with self._state:
+            missing = self._have.num_pieces - len(self._have)
+        if missing:
+            raise IncompleteError(f"{self._data_path}: {missing} pieces not verified yet")
+        with self._using_fd():
+            if expected_sha256 is not None:
+                actual = self._file_sha256()
+                if actual != expected_sha256:
+                    raise DigestMismatchError(self._data_path, expected_sha256, actual)
+            try:
+                os.fsync(self._fd)
+                os.replace(self._data_path, self._output_path)
+                _fsync_directory(self._output_path.parent)
+            except OSError as exc:
+                raise _wrap(exc, "finalize", self._data_path) from exc
+        with self._state:
+            record_fd, self._record_fd = self._record_fd, None
+            self._data_path = self._output_path
+        if record_fd is not None:
+            os.close(record_fd)
+        self._record_path.unlink(missing_ok=True)
+        log.info("finalized %s (%d bytes)", self._output_path, self._manifest.total_length)
+        return self._output_path
+
+    def _file_sha256(self) -> bytes:
+        hasher = hashlib.sha256()
+        view = memoryview(bytearray(min(_HASH_READ_BYTES, max(1, self._manifest.total_length))))
+        offset = 0
+        while offset < self._manifest.total_length:
+            chunk = view[: min(view.nbytes, self._manifest.total_length - offset)]
+            try:
+                _pread_exactly(self._fd, chunk, offset)
+            except OSError as exc:
+                raise _wrap(exc, f"hash file at offset {offset}", self._data_path) from exc
+            hasher.update(chunk)
+            offset += chunk.nbytes
+        return hasher.digest()
+
+    def discard(self) -> None:
+        """Close and delete the partial file and record. A complete file is only closed."""
+        partial = self._record_fd is not None
+        self.close()
+        if partial:
+            self._data_path.unlink(missing_ok=True)
+            self._record_path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Wait for reads and writes in flight, then close the files (left on disk; resumable).
+        Idempotent."""
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            while self._in_flight:
+                self._state.wait()
+            fds = [self._fd] if self._record_fd is None else [self._fd, self._record_fd]
+        for fd in fds:
+            os.close(fd)
+
+    def __enter__(self) -> PieceStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PieceStore({str(self._data_path)!r}, {len(self._have)}/{self._have.num_pieces})"
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    @property
+    def _record_path(self) -> Path:
+        return self._output_path.with_name(self._output_path.name + RECORD_SUFFIX)
+
+    def _check_writable(self) -> None:
+        if self._record_fd is None:
+            raise ValueError(f"{self._data_path} is complete and read-only")
+
+    @contextmanager
+    def _using_fd(self) -> Iterator[None]:
+        """Keep the descriptors open while an operation uses them (``close`` waits)."""
+        with self._state:
+            if self._closed:
+                raise ValueError("store is closed")
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._state.notify_all()
+
+
+def _pread_exactly(fd: int, view: memoryview, offset: int) -> None:
+    """Fill ``view`` from ``offset``; a file that ends early was truncated behind our back."""
+    done = 0
+    while done < view.nbytes:
+        count = os.preadv(fd, [view[done:]], offset + done)
+        if count == 0:
+            raise OSError(errno.EIO, f"unexpected end of file at offset {offset + done}")
+        done += count
+
+
+def _set_length(fd: int, length: int, path: Path) -> None:
+    """Make the file exactly ``length`` bytes, reserving blocks so a full disk shows up now."""
+    try:
+        if os.fstat(fd).st_size > length:
+            os.ftruncate(fd, length)
+        if length > 0:
+            try:
+                os.posix_fallocate(fd, 0, length)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise
+                os.ftruncate(fd, length)  # no reservation on this file system: sparse file
+    except OSError as exc:
+        raise _wrap(exc, f"preallocate {length} bytes", path) from exc
+
+
+def _read_record(path: Path, manifest: Manifest) -> set[int] | None:
+    """Piece indices the record lists for ``manifest``; None when absent or for other content."""
+    limit = _RECORD_HEADER_BYTES + 2 * _ENTRY.size * manifest.num_pieces + _ENTRY.size
+    try:
+        with open(path, "rb") as stream:
+            raw = stream.read(limit + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _wrap(exc, "read piece record", path) from exc
+    if len(raw) > limit or raw[:_RECORD_HEADER_BYTES] != _record_header(manifest):
+        log.info("discarding %s: written for other content", path)
+        return None
+    indices: set[int] = set()
+    body = memoryview(raw)[_RECORD_HEADER_BYTES:]
+    for start in range(0, body.nbytes - _ENTRY.size + 1, _ENTRY.size):
+        index, check = _ENTRY.unpack_from(body, start)
+        if index < manifest.num_pieces and manifest.piece_sha256[index][:4] == check:
+            indices.add(index)
+    return indices
+
+
+def _reverify(
+    fd: int, path: Path, manifest: Manifest, indices: Iterable[int], *, raise_on_bad: bool = False
+) -> Bitfield:
+    """The subset of ``indices`` whose bytes on disk hash right (one reused piece buffer)."""
+    layout = manifest.layout
+    have = Bitfield(manifest.num_pieces)
+    buffer = memoryview(bytearray(min(manifest.piece_length, max(1, manifest.total_length))))
+    for index in sorted(indices):
+        piece = buffer[: layout.piece_size(index)]
+        try:
+            _pread_exactly(fd, piece, layout.piece_offset(index))
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise _wrap(exc, f"re-verify piece {index}", path) from exc
+            actual = b""  # the file is shorter than the piece: not there
+        else:
+            actual = hashlib.sha256(piece).digest()
+        if actual == manifest.piece_sha256[index]:
+            have.add(index)
+        elif raise_on_bad:
+            raise DigestMismatchError(path, manifest.piece_sha256[index], actual, index)
+        else:
+            log.warning("%s: recorded piece %d fails verification; fetching it again", path, index)
+    return have
+
+
+def _record_header(manifest: Manifest) -> bytes:
+    return _RECORD_MAGIC + manifest.content_digest()
+
+
+def _write_record(path: Path, manifest: Manifest, have: Bitfield) -> int:
+    """Write a fresh record listing ``have`` (atomically, via rename); return an append fd."""
+    content = _record_header(manifest) + b"".join(
+        _ENTRY.pack(index, manifest.piece_sha256[index][:4]) for index in have
+    )
+    scratch = path.with_name(path.name + ".tmp")
+    try:
+        with open(scratch, "wb") as stream:
+            stream.write(content)
+        os.replace(scratch, path)
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    except OSError as exc:
+        scratch.unlink(missing_ok=True)
+        raise _wrap(exc, "write piece record", path) from exc
+
+
+def _fsync_directory(path: Path) -> None:
+    """Make a rename in ``path`` durable (POSIX: the directory entry lives in the directory)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,468 @@
+"""One task on one peer: wires codec, sessions, scheduler, storage and rate limits together.
+
+``PeerTask`` is the owner of every connection attached to its task. It turns protocol events
+into scheduler calls and scheduler answers into messages; it verifies completed pieces in a worker
+thread (sha256 and ``pwrite`` release the GIL, so the event loop keeps receiving meanwhile);
+it serves the requests of other peers from the piece store under the upload limit.
+
+Policies, briefly: every interested peer is unchoked (up to ``max_unchoked``: our swarms are
+cooperative, the rate limits are what bound uploads); a peer that alone supplied a piece failing
+verification gets a strike, and ``ban_after_bad_pieces`` strikes ban it from the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from peerwire import messages as m
+from peerwire.connection import PeerConnection, open_connection
+from peerwire.ids import PeerId, TaskId
+from peerwire.layout import LARGE_BLOCK_BYTES, STANDARD_BLOCK_BYTES, Block
+from peerwire.ratelimit import AsyncRateLimiter, TokenBucket
+from peerwire.scheduler import Scheduler
+from peerwire.session import PeerSession
+from peerwire.storage import PieceStore
+
+log = logging.getLogger(__name__)
+
+#: Free piece buffers kept for reuse (allocating and zeroing megabytes per piece costs time).
+_BUFFER_POOL_SIZE = 8
+
+
+@dataclass(frozen=True, slots=True)
+class WireConfig:
+    """Tunables of the peer wire for one task. Defaults suit loopback and datacentre links."""
+
+    block_bytes: int = LARGE_BLOCK_BYTES
+    pipeline_depth: int = 16
+    request_timeout_s: float = 10.0
+    handshake_timeout_s: float = 10.0
+    keepalive_interval_s: float = 30.0
+    idle_timeout_s: float = 120.0
+    tick_s: float = 0.5
+    max_peers: int = 64
+    max_unchoked: int = 64
+    ban_after_bad_pieces: int = 2
+    random_first_pieces: int = 4
+    picker_policy: str = "rarest_first"
+
+    def __post_init__(self) -> None:
+        positive = {
+            "block_bytes": self.block_bytes,
+            "pipeline_depth": self.pipeline_depth,
+            "request_timeout_s": self.request_timeout_s,
+            "handshake_timeout_s": self.handshake_timeout_s,
+            "keepalive_interval_s": self.keepalive_interval_s,
+            "idle_timeout_s": self.idle_timeout_s,
+            "tick_s": self.tick_s,
+            "max_peers": self.max_peers,
+            "ban_after_bad_pieces": self.ban_after_bad_pieces,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+
+
+@dataclass
+class TaskStats:
+    """Counters of one task, for summaries and metrics."""
+
+    downloaded_bytes: int = 0
+    uploaded_bytes: int = 0
+    wasted_bytes: int = 0
+    pieces_verified: int = 0
+    pieces_failed: int = 0
+    peers_banned: list[str] = field(default_factory=list)
+    bytes_from_peer: dict[str, int] = field(default_factory=dict)
+
+
+class _Peer:
+    """Our side of one attached connection."""
+
+    __slots__ = (
+        "conn",
+        "key",
+        "large_blocks",
+        "receiving",
+        "refill_handle",
+        "session",
+        "strikes",
+        "upload_task",
+        "upload_wake",
+    )
+
+    def __init__(self, conn: PeerConnection, session: PeerSession, large_blocks: bool) -> None:
+        self.conn = conn
+        self.key = conn.peer_id
+        self.session = session
+        self.large_blocks = large_blocks
+        self.receiving: Block | None = None
+        self.refill_handle: asyncio.TimerHandle | None = None
+        self.strikes = 0
+        self.upload_wake = asyncio.Event()
+        self.upload_task: asyncio.Task[None] | None = None
+
+
+class PeerTask:
+    """Download (or seed) one task over the peer wire."""
+
+    def __init__(
+        self,
+        store: PieceStore,
+        *,
+        peer_id: PeerId,
+        executor: Executor,
+        config: WireConfig | None = None,
+        download_bucket: TokenBucket | None = None,
+        upload_bucket: TokenBucket | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config or WireConfig()
+        self.store = store
+        self.manifest = store.manifest
+        self.layout = self.manifest.layout
+        self.task_id: TaskId = self.manifest.task_id
+        self.peer_id = peer_id
+        self.reserved = m.reserved_with(m.FAST_EXTENSION_BIT, m.LARGE_BLOCKS_BIT)
+        self.stats = TaskStats()
+        self._executor = executor
+        self._loop = asyncio.get_running_loop()
+        self._download_bucket = download_bucket
+        self._upload = AsyncRateLimiter(upload_bucket) if upload_bucket is not None else None
+        self._rng = rng or random.Random()
+        self.scheduler: Scheduler[PeerId] = Scheduler(
+            self.layout,
+            store.have.copy(),
+            block_bytes=self.config.block_bytes,
+            pipeline_depth=self.config.pipeline_depth,
+            request_timeout_s=self.config.request_timeout_s,
+            clock=self._loop.time,
+            rng=self._rng,
+            random_first_pieces=self.config.random_first_pieces,
+            policy=self.config.picker_policy,
+        )
+        self._peers: dict[PeerId, _Peer] = {}
+        self._banned: set[PeerId] = set()
+        self._pending: set[PeerConnection] = set()  # outgoing, handshake not done yet
+        self._buffers: dict[int, bytearray] = {}
+        self._free_buffers: list[bytearray] = []
+        self._verifying: set[int] = set()
+        self.completed: asyncio.Future[None] = self._loop.create_future()
+        if self.scheduler.is_complete():
+            self.completed.set_result(None)
+        self._tick_task: asyncio.Task[None] | None = None
+        self._closed = False
+        #: Called after each verified piece (index); for progress displays.
+        self.on_piece: Callable[[int], None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._tick_task is None:
+            self._tick_task = self._loop.create_task(self._tick_loop())
+
+    async def connect(self, host: str, port: int) -> PeerConnection:
+        """Open a connection to a peer; it attaches when its handshake arrives."""
+        conn = await open_connection(self, host, port, timeout_s=self.config.handshake_timeout_s)
+        if not conn.attached and not conn.closed:
+            self._pending.add(conn)
+            conn.done.add_done_callback(lambda _: self._pending.discard(conn))
+        return conn
+
+    async def close(self) -> None:
+        """Close every connection and stop; the store stays open (the caller owns it)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+        for conn in list(self._pending):
+            conn.close("task closing")
+        for peer in list(self._peers.values()):
+            peer.conn.close("task closing")
+        uploads = [p.upload_task for p in self._peers.values() if p.upload_task is not None]
+        for task in uploads:
+            task.cancel()
+        await asyncio.gather(*uploads, return_exceptions=True)
+        if not self.completed.done():
+            self.completed.cancel()
+
+    @property
+    def peer_count(self) -> int:
+        return len(self._peers)
+
+    # -- ConnectionOwner ------------------------------------------------------------------------
+
+    def attach(self, conn: PeerConnection, handshake: m.Handshake) -> bool:
+        key = handshake.peer_id
+        if self._closed or key in self._banned or key in self._peers:
+            return False
+        if len(self._peers) >= self.config.max_peers:
+            return False
+        self._pending.discard(conn)
+        session = PeerSession(self.layout, fast=conn.supports(m.FAST_EXTENSION_BIT))
+        peer = _Peer(conn, session, conn.supports(m.LARGE_BLOCKS_BIT))
+        self._peers[key] = peer
+        self.scheduler.peer_joined(key)
+        conn.send(session.availability_messages(self.store.have))
+        peer.upload_task = self._loop.create_task(self._upload_loop(peer))
+        log.debug("peer %s attached (%s)", key, conn.address)
+        return True
+
+    def block_sink(
+        self, conn: PeerConnection, index: int, begin: int, length: int
+    ) -> memoryview | None:
+        peer = self._peers.get(conn.peer_id)
+        if peer is None:
+            return None
+        block = Block(index, begin, length)
+        if not self.scheduler.claim_block(peer.key, block):
+            return None
+        peer.receiving = block
+        buffer = self._buffers.get(index)
+        if buffer is None:
+            buffer = self._take_buffer(self.layout.piece_size(index))
+            self._buffers[index] = buffer
+        return memoryview(buffer)[begin : begin + length]
+
+    def on_message(self, conn: PeerConnection, message: m.Message) -> None:
+        peer = self._peers.get(conn.peer_id)
+        if peer is None:
+            return
+        replies = peer.session.receive(message)
+        if replies:
+            conn.send(replies)
+        if isinstance(message, m.Piece):
+            self._on_block(peer, message)
+        elif isinstance(message, m.Request):
+            peer.upload_wake.set()
+        elif isinstance(message, m.Have):
+            self.scheduler.peer_have(peer.key, message.index)
+            self._update_interest(peer)
+        elif isinstance(message, m.Bitfield):
+            self.scheduler.peer_bitfield(peer.key, peer.session.peer_has)
+            self._update_interest(peer)
+        elif isinstance(message, m.HaveAll):
+            self.scheduler.peer_have_all(peer.key)
+            self._update_interest(peer)
+        elif isinstance(message, m.Unchoke):
+            self._refill(peer)
+        elif isinstance(message, m.Choke):
+            if not peer.session.fast:  # BEP 6: with fast, rejects come one by one instead
+                self.scheduler.peer_choked(peer.key)
+        elif isinstance(message, m.RejectRequest):
+            block = Block(message.index, message.begin, message.length)
+            self.scheduler.request_rejected(peer.key, block)
+            self._refill_all()
+        elif isinstance(message, m.Interested):
+            if (
+                sum(not p.session.am_choking for p in self._peers.values())
+                < self.config.max_unchoked
+            ):
+                conn.send(peer.session.unchoke())
+        elif isinstance(message, m.NotInterested):
+            conn.send(peer.session.choke())
+
+    def on_closed(self, conn: PeerConnection, reason: str) -> None:
+        peer = self._peers.pop(conn.peer_id, None)
+        if peer is None:
+            return
+        log.debug("peer %s gone: %s", peer.key, reason)
+        if peer.receiving is not None:
+            self.scheduler.block_aborted(peer.key, peer.receiving)
+        self.scheduler.peer_left(peer.key)
+        if peer.refill_handle is not None:
+            peer.refill_handle.cancel()
+        if peer.upload_task is not None:
+            peer.upload_task.cancel()
+        self._refill_all()
+
+    # -- downloading ----------------------------------------------------------------------------
+
+    def _on_block(self, peer: _Peer, message: m.Piece) -> None:
+        block = Block(message.index, message.begin, len(message.data))
+        key = str(peer.key)
+        self.stats.bytes_from_peer[key] = self.stats.bytes_from_peer.get(key, 0) + block.length
+        if peer.receiving != block:
+            self.stats.wasted_bytes += block.length
+        else:
+            peer.receiving = None
+            self.stats.downloaded_bytes += block.length
+            outcome = self.scheduler.block_received(peer.key, block)
+            self._send_cancels(outcome.cancels)
+            if outcome.piece_complete:
+                self._verify(block.index)
+        self._refill(peer)
+
+    def _send_cancels(
+        self, cancels: tuple[tuple[PeerId, Block], ...] | list[tuple[PeerId, Block]]
+    ) -> None:
+        for key, block in cancels:
+            other = self._peers.get(key)
+            if other is not None:
+                other.conn.send((m.Cancel(block.index, block.begin, block.length),))
+
+    def _refill(self, peer: _Peer) -> None:
+        """Send as many requests as the pipeline and the download limit allow now."""
+        session = peer.session
+        if peer.conn.closed or session.peer_choking or not session.am_interested:
+            return
+        if not peer.large_blocks and self.config.block_bytes > STANDARD_BLOCK_BYTES:
+            return  # a stock client may refuse our large blocks; it still gets our uploads
+        bucket = self._download_bucket
+        if bucket is None:
+            blocks = self.scheduler.next_requests(peer.key)
+            if blocks:
+                peer.conn.send([m.Request(b.index, b.begin, b.length) for b in blocks])
+            return
+        # Rate-limited: one block at a time while the bucket is out of debt, so a request is
+        # only registered (and its timeout started) when it is actually sent.
+        while (delay_s := bucket.delay_s()) <= 0:
+            blocks = self.scheduler.next_requests(peer.key, max_blocks=1)
+            if not blocks:
+                return
+            block = blocks[0]
+            bucket.reserve(block.length)
+            peer.conn.send((m.Request(block.index, block.begin, block.length),))
+        if peer.refill_handle is None or peer.refill_handle.cancelled():
+            peer.refill_handle = self._loop.call_later(delay_s, self._deferred_refill, peer)
+
+    def _deferred_refill(self, peer: _Peer) -> None:
+        peer.refill_handle = None
+        self._refill(peer)
+
+    def _refill_all(self) -> None:
+        for peer in list(self._peers.values()):
+            self._refill(peer)
+
+    def _update_interest(self, peer: _Peer) -> None:
+        wanted = self.scheduler.is_interesting(peer.key)
+        peer.conn.send(peer.session.interested(wanted))
+        if wanted:
+            self._refill(peer)
+
+    def _take_buffer(self, size: int) -> bytearray:
+        if size == self.layout.piece_length and self._free_buffers:
+            return self._free_buffers.pop()
+        return bytearray(size)
+
+    def _give_buffer(self, buffer: bytearray) -> None:
+        if len(buffer) == self.layout.piece_length and len(self._free_buffers) < _BUFFER_POOL_SIZE:
+            self._free_buffers.append(buffer)
+
+    def _verify(self, index: int) -> None:
+        buffer = self._buffers.pop(index)
+        self._verifying.add(index)
+        future = self._loop.run_in_executor(self._executor, self.store.commit_piece, index, buffer)
+        future.add_done_callback(lambda f: self._verified(index, buffer, f))
+
+    def _verified(self, index: int, buffer: bytearray, future: asyncio.Future[bool]) -> None:
+        self._verifying.discard(index)
+        if future.cancelled() or self._closed:
+            return
+        error = future.exception()
+        if error is not None:
+            log.error("storing piece %d failed: %s", index, error)
+            if not self.completed.done():
+                self.completed.set_exception(error)
+            return
+        self._give_buffer(buffer)
+        if future.result():
+            self._piece_verified(index)
+        else:
+            self._piece_failed(index)
+        self._refill_all()
+
+    def _piece_verified(self, index: int) -> None:
+        self.stats.pieces_verified += 1
+        self._send_cancels(self.scheduler.piece_verified(index))
+        have = m.Have(index)
+        for peer in self._peers.values():
+            peer.conn.send((have,))
+            if peer.session.am_interested and not self.scheduler.is_interesting(peer.key):
+                peer.conn.send(peer.session.interested(False))
+        if self.on_piece is not None:
+            self.on_piece(index)
+        if self.scheduler.is_complete() and not self.completed.done():
+            self.completed.set_result(None)
+
+    def _piece_failed(self, index: int) -> None:
+        self.stats.pieces_failed += 1
+        contributors = self.scheduler.piece_failed(index)
+        log.warning("piece %d failed verification (from %s)", index, sorted(map(str, contributors)))
+        if len(contributors) != 1:
+            return  # several senders: no proof against any one; the piece is fetched again
+        (key,) = contributors
+        peer = self._peers.get(key)
+        strikes = peer.strikes + 1 if peer is not None else self.config.ban_after_bad_pieces
+        if peer is not None:
+            peer.strikes = strikes
+        if strikes >= self.config.ban_after_bad_pieces:
+            self._ban(key, f"sent {strikes} corrupt pieces")
+
+    def _ban(self, key: PeerId, reason: str) -> None:
+        self._banned.add(key)
+        self.scheduler.ban(key)
+        self.stats.peers_banned.append(str(key))
+        log.warning("banning peer %s: %s", key, reason)
+        peer = self._peers.get(key)
+        if peer is not None:
+            peer.conn.close(f"banned: {reason}")
+
+    # -- uploading ------------------------------------------------------------------------------
+
+    async def _upload_loop(self, peer: _Peer) -> None:
+        """Serve the peer's queued requests, in order, under the upload limit."""
+        session, conn = peer.session, peer.conn
+        while not conn.closed:
+            block = session.next_queued()
+            if block is None:
+                peer.upload_wake.clear()
+                await peer.upload_wake.wait()
+                continue
+            if not self.store.has_piece(block.index):
+                conn.send(session.reject(block))
+                continue
+            if self._upload is not None:
+                await self._upload.acquire(block.length)
+            try:
+                payload = self.store.read_block(block.index, block.begin, block.length)
+            except (OSError, LookupError) as exc:
+                log.error("cannot serve %s to %s: %s", block, peer.key, exc)
+                conn.close(f"local read error: {exc}")
+                return
+            conn.send_block(block.index, block.begin, payload)
+            self.stats.uploaded_bytes += block.length
+            await conn.drain()
+
+    # -- housekeeping ---------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick_s)
+            self._tick()
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        config = self.config
+        expired = self.scheduler.expire()
+        for key, block in expired:
+            peer = self._peers.get(key)
+            if peer is not None:
+                peer.conn.send((m.Cancel(block.index, block.begin, block.length),))
+        for conn in list(self._pending):
+            if now - conn.last_received_s > config.handshake_timeout_s:
+                conn.close("no handshake in time")
+        for peer in list(self._peers.values()):
+            conn = peer.conn
+            if now - conn.last_received_s > config.idle_timeout_s:
+                conn.close(f"idle for {config.idle_timeout_s:.0f}s")
+            elif now - conn.last_sent_s > config.keepalive_interval_s:
+                conn.send((m.KeepAlive(),))
+        if expired:
+            self._refill_all()

@@ -1,0 +1,442 @@
+"""Per-peer session state (peerwire.session): what the remote side may send, and what we reply."""
+
+from __future__ import annotations
+
+import pytest
+
+from peerwire import messages as m
+from peerwire.bitfield import Bitfield
+from peerwire.errors import ProtocolError
+from peerwire.layout import MAX_BLOCK_BYTES, Block, PieceLayout
+from peerwire.session import DEFAULT_MAX_QUEUED_REQUESTS, PeerSession
+
+# Four pieces of 30, 30, 30 and 10 bytes: one bitfield byte, the low four bits spare.
+LAYOUT = PieceLayout(total_length=100, piece_length=30)
+# Ten pieces: a two-byte bitfield, the low six bits of the second byte spare.
+TEN = PieceLayout(total_length=10 * 16, piece_length=16)
+
+
+def session(
+    *,
+    fast: bool = False,
+    layout: PieceLayout = LAYOUT,
+    max_request_bytes: int = MAX_BLOCK_BYTES,
+    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
+) -> PeerSession:
+    return PeerSession(
+        layout,
+        fast=fast,
+        max_request_bytes=max_request_bytes,
+        max_queued_requests=max_queued_requests,
+    )
+
+
+def unchoked(
+    *,
+    fast: bool = False,
+    max_request_bytes: int = MAX_BLOCK_BYTES,
+    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
+) -> PeerSession:
+    peer = session(
+        fast=fast, max_request_bytes=max_request_bytes, max_queued_requests=max_queued_requests
+    )
+    assert peer.unchoke() == [m.Unchoke()]
+    return peer
+
+
+def test_session_starts_choked_and_not_interested_both_ways() -> None:
+    peer = session()
+    assert (peer.am_choking, peer.am_interested) == (True, False)
+    assert (peer.peer_choking, peer.peer_interested) == (True, False)
+    assert len(peer.peer_has) == 0 and peer.peer_has.num_pieces == 4
+    assert not peer.peer_is_seed
+    assert peer.next_queued() is None
+
+
+def test_received_choke_unchoke_interested_not_interested_update_peer_state() -> None:
+    peer = session()
+    assert peer.receive(m.Unchoke()) == []
+    assert not peer.peer_choking
+    assert peer.receive(m.Interested()) == []
+    assert peer.peer_interested
+    assert peer.receive(m.NotInterested()) == []
+    assert not peer.peer_interested
+    assert peer.receive(m.Choke()) == []
+    assert peer.peer_choking
+    assert (peer.am_choking, peer.am_interested) == (True, False)  # ours untouched
+
+
+# -- availability: bitfield, have, have-all, have-none --------------------------------------
+
+
+def test_bitfield_as_first_message_sets_peer_has() -> None:
+    peer = session(layout=TEN)
+    peer.receive(m.Bitfield(bytes([0b1010_0000, 0b0100_0000])))
+    assert list(peer.peer_has) == [0, 2, 9]
+    assert not peer.peer_is_seed
+
+
+def test_full_bitfield_makes_the_peer_a_seed() -> None:
+    peer = session()
+    peer.receive(m.Bitfield(b"\xf0"))
+    assert peer.peer_is_seed
+
+
+def test_keep_alive_before_the_bitfield_is_fine() -> None:
+    peer = session()
+    assert peer.receive(m.KeepAlive()) == []
+    assert peer.receive(m.KeepAlive()) == []
+    peer.receive(m.Bitfield(b"\x80"))
+    assert list(peer.peer_has) == [0]
+
+
+@pytest.mark.parametrize(
+    "availability",
+    [m.Bitfield(b"\x80"), m.HaveAll(), m.HaveNone()],
+    ids=["bitfield", "have-all", "have-none"],
+)
+@pytest.mark.parametrize(
+    "earlier",
+    [m.Have(1), m.Unchoke(), m.Interested(), m.Bitfield(b"\x00"), m.HaveNone()],
+    ids=["have", "unchoke", "interested", "bitfield", "have-none"],
+)
+def test_availability_after_another_message_is_an_error(
+    earlier: m.Message, availability: m.Message
+) -> None:
+    peer = session(fast=True)
+    peer.receive(earlier)
+    with pytest.raises(ProtocolError, match="after other messages"):
+        peer.receive(availability)
+
+
+@pytest.mark.parametrize(
+    ("layout", "payload"),
+    [(LAYOUT, b"\xf8"), (LAYOUT, b"\x01"), (TEN, b"\xff\xe0"), (TEN, b"\x00\x01")],
+)
+def test_bitfield_with_spare_bits_set_is_an_error(layout: PieceLayout, payload: bytes) -> None:
+    with pytest.raises(ProtocolError, match="spare"):
+        session(layout=layout).receive(m.Bitfield(payload))
+
+
+@pytest.mark.parametrize("payload", [b"", b"\xf0\x00", b"\xff" * 100])
+def test_bitfield_of_the_wrong_length_is_an_error(payload: bytes) -> None:
+    with pytest.raises(ProtocolError, match="bytes"):
+        session().receive(m.Bitfield(payload))
+
+
+def test_have_marks_the_piece() -> None:
+    peer = session()
+    peer.receive(m.Have(3))
+    peer.receive(m.Have(1))
+    peer.receive(m.Have(3))
+    assert list(peer.peer_has) == [1, 3]
+
+
+@pytest.mark.parametrize("index", [4, 5, 0xFFFFFFFF])
+def test_have_out_of_range_is_an_error(index: int) -> None:
+    with pytest.raises(ProtocolError, match="out of range"):
+        session().receive(m.Have(index))
+
+
+def test_have_all_with_fast_makes_the_peer_a_seed() -> None:
+    peer = session(fast=True)
+    peer.receive(m.HaveAll())
+    assert peer.peer_is_seed and list(peer.peer_has) == [0, 1, 2, 3]
+
+
+def test_have_none_with_fast_leaves_peer_has_empty_and_have_still_works() -> None:
+    peer = session(fast=True)
+    peer.receive(m.HaveNone())
+    assert len(peer.peer_has) == 0
+    peer.receive(m.Have(2))
+    assert list(peer.peer_has) == [2]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [m.HaveAll(), m.HaveNone(), m.RejectRequest(0, 0, 10)],
+    ids=["have-all", "have-none", "reject-request"],
+)
+def test_fast_only_messages_without_fast_negotiated_are_errors(message: m.Message) -> None:
+    with pytest.raises(ProtocolError, match="fast extension"):
+        session(fast=False).receive(message)
+
+
+# -- requests from the peer -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        Block(0, 0, 30),  # a whole piece
+        Block(1, 29, 1),  # the last byte of a full piece
+        Block(3, 0, 10),  # the whole short last piece
+        Block(3, 9, 1),  # its last byte
+    ],
+)
+def test_request_inside_a_piece_is_queued_when_unchoked(block: Block) -> None:
+    peer = unchoked()
+    assert peer.receive(m.Request(block.index, block.begin, block.length)) == []
+    assert list(peer.queued) == [block]
+
+
+@pytest.mark.parametrize(
+    "out_of_range",
+    [
+        m.Request(4, 0, 1),  # no such piece
+        m.Request(0xFFFFFFFF, 0, 1),
+        m.Request(0, 0, 31),  # past the end of a full piece
+        m.Request(0, 30, 1),  # begins at the end
+        m.Request(0, 20, 11),
+        m.Request(0, 0, 0),  # zero length
+        m.Request(3, 0, 11),  # past the end of the short last piece
+        m.Request(3, 10, 1),
+        m.Request(3, 5, 0xFFFFFFFF),
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("fast", [False, True])
+def test_request_out_of_range_is_an_error_choked_or_not(
+    out_of_range: m.Request, fast: bool
+) -> None:
+    with pytest.raises(ProtocolError, match="out of range"):
+        session(fast=fast).receive(out_of_range)
+    with pytest.raises(ProtocolError, match="out of range"):
+        unchoked(fast=fast).receive(out_of_range)
+
+
+def test_request_larger_than_the_maximum_is_an_error() -> None:
+    peer = unchoked(max_request_bytes=16)
+    assert peer.receive(m.Request(0, 0, 16)) == []
+    with pytest.raises(ProtocolError, match="exceeds"):
+        peer.receive(m.Request(0, 0, 17))
+
+
+def test_requests_while_choking_are_dropped_without_fast() -> None:
+    peer = session(fast=False)
+    assert peer.receive(m.Request(0, 0, 10)) == []
+    assert not peer.queued
+
+
+def test_requests_while_choking_are_rejected_with_fast() -> None:
+    peer = session(fast=True)
+    assert peer.receive(m.Request(0, 0, 10)) == [m.RejectRequest(0, 0, 10)]
+    assert not peer.queued
+
+
+def test_duplicate_request_is_queued_once() -> None:
+    peer = unchoked()
+    peer.receive(m.Request(0, 0, 10))
+    peer.receive(m.Request(1, 0, 10))
+    peer.receive(m.Request(0, 0, 10))
+    assert list(peer.queued) == [Block(0, 0, 10), Block(1, 0, 10)]
+
+
+def test_queued_requests_are_served_oldest_first() -> None:
+    peer = unchoked()
+    for begin in (20, 0, 10):
+        peer.receive(m.Request(2, begin, 10))
+    assert [peer.next_queued() for _ in range(4)] == [
+        Block(2, 20, 10),
+        Block(2, 0, 10),
+        Block(2, 10, 10),
+        None,
+    ]
+
+
+def test_more_queued_requests_than_the_bound_is_an_error() -> None:
+    peer = unchoked(max_queued_requests=3)
+    for begin in range(3):
+        peer.receive(m.Request(0, begin, 1))
+    peer.receive(m.Request(0, 0, 1))  # a duplicate takes no room
+    with pytest.raises(ProtocolError, match="queued"):
+        peer.receive(m.Request(0, 3, 1))
+
+
+def test_default_queue_bound_holds() -> None:
+    peer = PeerSession(PieceLayout(10_000, 10_000), fast=False)
+    peer.unchoke()
+    for begin in range(DEFAULT_MAX_QUEUED_REQUESTS):
+        peer.receive(m.Request(0, begin, 1))
+    with pytest.raises(ProtocolError, match="queued"):
+        peer.receive(m.Request(0, DEFAULT_MAX_QUEUED_REQUESTS, 1))
+    assert len(peer.queued) == DEFAULT_MAX_QUEUED_REQUESTS
+
+
+def test_served_request_frees_its_place_in_the_queue() -> None:
+    peer = unchoked(max_queued_requests=1)
+    peer.receive(m.Request(0, 0, 1))
+    assert peer.next_queued() == Block(0, 0, 1)
+    peer.receive(m.Request(0, 1, 1))
+    assert list(peer.queued) == [Block(0, 1, 1)]
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_cancel_removes_the_queued_request(fast: bool) -> None:
+    peer = unchoked(fast=fast)
+    peer.receive(m.Request(0, 0, 10))
+    peer.receive(m.Request(0, 10, 10))
+    peer.receive(m.Cancel(0, 0, 10))
+    assert list(peer.queued) == [Block(0, 10, 10)]
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_cancel_of_a_block_not_queued_is_harmless(fast: bool) -> None:
+    peer = unchoked(fast=fast)
+    peer.receive(m.Request(0, 0, 10))
+    assert peer.next_queued() == Block(0, 0, 10)  # already being served
+    assert peer.receive(m.Cancel(0, 0, 10)) == []
+    assert peer.receive(m.Cancel(3, 0, 10)) == []
+    assert not peer.queued
+
+
+def test_cancel_without_fast_gets_no_reply() -> None:
+    peer = unchoked(fast=False)
+    peer.receive(m.Request(0, 0, 10))
+    assert peer.receive(m.Cancel(0, 0, 10)) == []
+
+
+def test_cancel_of_a_queued_request_with_fast_is_answered_with_a_reject() -> None:
+    peer = unchoked(fast=True)
+    peer.receive(m.Request(0, 0, 10))
+    assert peer.receive(m.Cancel(0, 0, 10)) == [m.RejectRequest(0, 0, 10)]
+    assert not peer.queued
+
+
+# -- choking, interest, rejects we send -----------------------------------------------------
+
+
+def test_choke_with_fast_rejects_every_queued_request_in_order() -> None:
+    peer = unchoked(fast=True)
+    peer.receive(m.Request(1, 0, 10))
+    peer.receive(m.Request(0, 0, 10))
+    assert peer.choke() == [m.Choke(), m.RejectRequest(1, 0, 10), m.RejectRequest(0, 0, 10)]
+    assert peer.am_choking and not peer.queued
+    assert peer.choke() == []
+
+
+def test_choke_without_fast_drops_the_queue_silently() -> None:
+    peer = unchoked(fast=False)
+    peer.receive(m.Request(1, 0, 10))
+    assert peer.choke() == [m.Choke()]
+    assert not peer.queued
+
+
+def test_requests_after_choking_again_are_refused() -> None:
+    peer = unchoked(fast=True)
+    peer.choke()
+    assert peer.receive(m.Request(0, 0, 10)) == [m.RejectRequest(0, 0, 10)]
+    assert not peer.queued
+
+
+def test_unchoke_and_interest_only_send_on_a_change() -> None:
+    peer = session()
+    assert peer.unchoke() == [m.Unchoke()]
+    assert peer.unchoke() == []
+    assert not peer.am_choking
+    assert peer.interested(True) == [m.Interested()]
+    assert peer.interested(True) == []
+    assert peer.am_interested
+    assert peer.interested(False) == [m.NotInterested()]
+    assert peer.interested(False) == []
+    assert not peer.am_interested
+
+
+@pytest.mark.parametrize(("fast", "reply"), [(True, [m.RejectRequest(0, 0, 10)]), (False, [])])
+def test_reject_removes_the_block_and_replies_only_with_fast(
+    fast: bool, reply: list[m.Message]
+) -> None:
+    peer = unchoked(fast=fast)
+    peer.receive(m.Request(0, 0, 10))
+    assert peer.reject(Block(0, 0, 10)) == reply
+    assert not peer.queued
+
+
+# -- pieces and rejects from the peer -------------------------------------------------------
+
+
+def test_piece_inside_its_piece_is_accepted() -> None:
+    peer = session()
+    assert peer.receive(m.Piece(3, 0, bytes(10))) == []
+
+
+@pytest.mark.parametrize(
+    "piece", [m.Piece(4, 0, b"x"), m.Piece(3, 5, bytes(6)), m.Piece(0, 30, b"x")], ids=repr
+)
+def test_piece_out_of_range_is_an_error(piece: m.Piece) -> None:
+    with pytest.raises(ProtocolError, match="out of range"):
+        session().receive(piece)
+
+
+def test_reject_request_with_fast_is_accepted_in_range_and_an_error_outside() -> None:
+    peer = session(fast=True)
+    assert peer.receive(m.RejectRequest(3, 0, 10)) == []
+    with pytest.raises(ProtocolError, match="out of range"):
+        peer.receive(m.RejectRequest(3, 0, 11))
+
+
+# -- what we say about our own pieces -------------------------------------------------------
+
+
+def some(num_pieces: int, *indices: int) -> Bitfield:
+    bitfield = Bitfield(num_pieces)
+    for index in indices:
+        bitfield.add(index)
+    return bitfield
+
+
+@pytest.mark.parametrize(
+    ("fast", "have", "expected"),
+    [
+        (True, Bitfield.full(4), [m.HaveAll()]),
+        (True, Bitfield(4), [m.HaveNone()]),
+        (True, some(4, 0, 2), [m.Bitfield(b"\xa0")]),
+        (False, Bitfield.full(4), [m.Bitfield(b"\xf0")]),
+        (False, Bitfield(4), []),
+        (False, some(4, 3), [m.Bitfield(b"\x10")]),
+    ],
+    ids=["fast-all", "fast-none", "fast-some", "all", "none", "some"],
+)
+def test_availability_messages(fast: bool, have: Bitfield, expected: list[m.Message]) -> None:
+    assert session(fast=fast).availability_messages(have) == expected
+
+
+# -- two sessions talking through the codec, in memory --------------------------------------
+
+
+def test_two_peers_exchange_a_block_through_the_codec() -> None:
+    """A seed and a leecher, each a session plus a decoder, bytes pushed between them."""
+    seed, leecher = session(fast=True), session(fast=True)
+    to_seed, to_leecher = m.Decoder(expect_handshake=False), m.Decoder(expect_handshake=False)
+
+    def send(
+        outgoing: list[m.Message], decoder: m.Decoder, receiver: PeerSession
+    ) -> list[m.Message]:
+        decoder.receive_data(b"".join(m.encode(message) for message in outgoing))
+        replies: list[m.Message] = []
+        while (event := decoder.next_event()) is not None:
+            assert not isinstance(event, m.Handshake)
+            replies.extend(receiver.receive(event))
+        return replies
+
+    assert send(seed.availability_messages(Bitfield.full(4)), to_leecher, leecher) == []
+    assert send(leecher.availability_messages(Bitfield(4)), to_seed, seed) == []
+    assert leecher.peer_is_seed and len(seed.peer_has) == 0
+
+    # Choked: the request is rejected straight away (BEP 6).
+    request: list[m.Message] = [m.Request(3, 0, 10)]
+    rejected = send(request, to_seed, seed)
+    assert rejected == [m.RejectRequest(3, 0, 10)]
+    assert send(rejected, to_leecher, leecher) == []
+
+    assert send(leecher.interested(True), to_seed, seed) == []
+    assert seed.peer_interested
+    assert send(seed.unchoke(), to_leecher, leecher) == []
+    assert not leecher.peer_choking
+    assert send(request, to_seed, seed) == []
+    block = seed.next_queued()
+    assert block == Block(3, 0, 10)
+    piece = m.Piece(block.index, block.begin, b"0123456789")
+    assert send([piece], to_leecher, leecher) == []
+    assert send([m.Have(3)], to_seed, seed) == []
+    assert 3 in seed.peer_has

@@ -1,0 +1,407 @@
+"""PieceStore: verified writes at offsets, resume, finalize by rename, reads for upload."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from peerwire.bitfield import Bitfield
+from peerwire.ids import TaskId
+from peerwire.manifest import Manifest
+from peerwire.storage import (
+    PARTIAL_SUFFIX,
+    RECORD_SUFFIX,
+    DigestMismatchError,
+    IncompleteError,
+    PieceMissingError,
+    PieceStore,
+    StorageError,
+)
+
+PIECE = 1024
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def content(size_bytes: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(size_bytes)
+
+
+def manifest_of(data: bytes, piece_length: int = PIECE) -> Manifest:
+    digests = tuple(
+        hashlib.sha256(data[start : start + piece_length]).digest()
+        for start in range(0, len(data), piece_length)
+    )
+    return Manifest(TaskId(b"\x07" * 20), len(data), piece_length, digests)
+
+
+def piece(data: bytes, index: int, piece_length: int = PIECE) -> bytes:
+    return data[index * piece_length : (index + 1) * piece_length]
+
+
+def partial_of(output: Path) -> Path:
+    return output.with_name(output.name + PARTIAL_SUFFIX)
+
+
+def record_of(output: Path) -> Path:
+    return output.with_name(output.name + RECORD_SUFFIX)
+
+
+DATA = content(5 * PIECE + 100)  # six pieces, the last 100 bytes
+MANIFEST = manifest_of(DATA)
+
+
+def commit(store: PieceStore, *indices: int, data: bytes = DATA) -> None:
+    for index in indices:
+        assert store.commit_piece(index, piece(data, index))
+
+
+def test_pieces_committed_out_of_order_finalize_to_the_exact_bytes(tmp_path: Path) -> None:
+    output = tmp_path / "out.bin"
+    with PieceStore.create(output, MANIFEST) as store:
+        assert partial_of(output).stat().st_size == len(DATA)  # preallocated
+        commit(store, 5, 2, 0, 4)
+        # the buffer types a caller might hold, unchanged by the store
+        assert store.commit_piece(1, bytearray(piece(DATA, 1)))
+        assert store.commit_piece(3, memoryview(piece(DATA, 3)))
+        assert not output.exists()
+        assert store.have == Bitfield.full(6)
+        assert store.finalize(hashlib.sha256(DATA).digest()) == output
+        assert store.data_path == output
+        assert store.read_block(5, 0, 100) == DATA[-100:]  # seeds from the final file
+    assert output.read_bytes() == DATA
+    assert not partial_of(output).exists()
+    assert not record_of(output).exists()
+
+
+def test_verify_rejects_a_single_flipped_bit_and_wrong_sizes(tmp_path: Path) -> None:
+    good = piece(DATA, 2)
+    flipped = bytearray(good)
+    flipped[517] ^= 0x10
+    with PieceStore.create(tmp_path / "out", MANIFEST) as store:
+        assert store.verify(2, good)
+        assert store.verify(2, memoryview(good))
+        assert not store.verify(2, flipped)
+        assert not store.verify(2, good[:-1])
+        assert not store.verify(2, good + b"\0")
+        assert not store.verify(1, good)
+        with pytest.raises(IndexError):
+            store.verify(6, good)
+
+
+def test_commit_of_a_corrupt_piece_writes_nothing(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    flipped = bytearray(piece(DATA, 2))
+    flipped[0] ^= 1
+    with PieceStore.create(output, MANIFEST) as store:
+        assert not store.commit_piece(2, flipped)
+        assert not store.has_piece(2)
+        on_disk = partial_of(output).read_bytes()[2 * PIECE : 3 * PIECE]
+        assert on_disk == bytes(PIECE)
+
+
+def test_interrupted_download_resumes_with_its_verified_pieces(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    store = PieceStore.create(output, MANIFEST)
+    commit(store, 0, 3, 5)
+    store.close()  # interrupted: no finalize
+    assert not output.exists()
+    with PieceStore.create(output, MANIFEST) as resumed:
+        assert list(resumed.have) == [0, 3, 5]
+        assert resumed.read_block(3, 0, PIECE) == piece(DATA, 3)
+        with pytest.raises(PieceMissingError):
+            resumed.read_block(1, 0, 1)
+        commit(resumed, 1, 2, 4)
+        resumed.finalize()
+    assert output.read_bytes() == DATA
+
+
+def test_resume_false_starts_over(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    with PieceStore.create(output, MANIFEST) as store:
+        commit(store, 0, 1)
+    with PieceStore.create(output, MANIFEST, resume=False) as fresh:
+        assert len(fresh.have) == 0
+    assert partial_of(output).read_bytes() == bytes(len(DATA))
+
+
+def test_recorded_piece_corrupted_on_disk_is_dropped_on_resume(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    with PieceStore.create(output, MANIFEST) as store:
+        commit(store, 0, 1, 2)
+    with partial_of(output).open("r+b") as stream:
+        stream.seek(PIECE + 10)
+        stream.write(b"\xff")
+    with PieceStore.create(output, MANIFEST) as resumed:
+        assert list(resumed.have) == [0, 2]
+    with PieceStore.create(output, MANIFEST) as again:  # the record was rewritten without it
+        assert list(again.have) == [0, 2]
+
+
+def test_record_for_another_manifest_is_discarded(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    with PieceStore.create(output, MANIFEST) as store:
+        commit(store, 0, 1, 2)
+    other_data = content(len(DATA), seed=2)
+    other = manifest_of(other_data)
+    with PieceStore.create(output, other) as store:
+        assert len(store.have) == 0
+        commit(store, 0, data=other_data)
+    with PieceStore.create(output, other) as store:
+        assert list(store.have) == [0]
+
+
+def test_torn_record_tail_is_ignored_and_later_appends_stay_aligned(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    with PieceStore.create(output, MANIFEST) as store:
+        commit(store, 0, 1)
+    with record_of(output).open("ab") as stream:
+        stream.write(b"\x00\x00\x00")  # a torn entry
+    with PieceStore.create(output, MANIFEST) as store:
+        assert list(store.have) == [0, 1]
+        commit(store, 4)
+    with record_of(output).open("ab") as stream:
+        stream.write(bytes(8))  # a whole entry of zeros, as a crash can leave
+    with PieceStore.create(output, MANIFEST) as store:
+        assert list(store.have) == [0, 1, 4]
+
+
+def test_record_without_partial_file_starts_fresh(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    with PieceStore.create(output, MANIFEST) as store:
+        commit(store, 0, 1)
+    partial_of(output).unlink()
+    with PieceStore.create(output, MANIFEST) as store:
+        assert len(store.have) == 0
+
+
+def test_whole_file_digest_mismatch_keeps_output_path_absent(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    output.write_bytes(b"old version")
+    wrong = hashlib.sha256(b"something else").digest()
+    with PieceStore.create(output, MANIFEST) as store:
+        commit(store, *range(6))
+        with pytest.raises(DigestMismatchError) as caught:
+            store.finalize(wrong)
+        assert caught.value.expected == wrong
+        assert caught.value.actual == hashlib.sha256(DATA).digest()
+        assert caught.value.piece_index is None
+        assert output.read_bytes() == b"old version"  # untouched, never partial data
+        assert partial_of(output).read_bytes() == DATA  # left for inspection
+
+
+def test_finalize_before_all_pieces_fails_and_writes_nothing_to_output(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    with PieceStore.create(output, MANIFEST) as store:
+        commit(store, 0, 1, 2, 3, 4)
+        with pytest.raises(IncompleteError, match="1 pieces"):
+            store.finalize()
+    assert not output.exists()
+
+
+def test_discard_removes_partial_and_record(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    store = PieceStore.create(output, MANIFEST)
+    commit(store, 0)
+    store.discard()
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_zero_length_file_finalizes_to_an_empty_file(tmp_path: Path) -> None:
+    output = tmp_path / "empty"
+    with PieceStore.create(output, manifest_of(b"")) as store:
+        assert store.have.is_complete()
+        store.finalize(hashlib.sha256(b"").digest())
+    assert output.read_bytes() == b""
+
+
+def test_read_block_boundaries(tmp_path: Path) -> None:
+    with PieceStore.create(tmp_path / "out", MANIFEST) as store:
+        commit(store, 0, 5)
+        assert store.read_block(0, 0, PIECE) == piece(DATA, 0)
+        assert store.read_block(0, PIECE - 1, 1) == DATA[PIECE - 1 : PIECE]
+        assert store.read_block(5, 99, 1) == DATA[-1:]
+        assert store.block_offset(5, 99, 1) == len(DATA) - 1
+        buffer = bytearray(300)
+        assert store.read_block_into(0, 200, memoryview(buffer)[100:]) == 200
+        assert buffer[100:] == DATA[200:400]
+        assert buffer[:100] == bytes(100)
+        for index, begin, length in [(0, PIECE - 1, 2), (5, 99, 2), (5, 100, 1), (0, -1, 1),
+                                     (0, 0, 0), (6, 0, 1), (-1, 0, 1)]:  # fmt: skip
+            with pytest.raises(ValueError, match="outside"):
+                store.read_block(index, begin, length)
+        with pytest.raises(PieceMissingError):
+            store.read_block(1, 0, 1)
+        with pytest.raises(PieceMissingError):
+            store.block_offset(1, 0)
+
+
+def test_block_offset_and_data_fd_serve_sendfile(tmp_path: Path) -> None:
+    with PieceStore.create(tmp_path / "out", MANIFEST) as store:
+        commit(store, 2)
+        with (tmp_path / "sent").open("wb") as sink:
+            offset = store.block_offset(2, 24, 1000)
+            assert os.sendfile(sink.fileno(), store.data_fd, offset, 1000) == 1000
+    assert (tmp_path / "sent").read_bytes() == piece(DATA, 2)[24:1024]
+
+
+def test_reads_after_close_are_refused(tmp_path: Path) -> None:
+    store = PieceStore.create(tmp_path / "out", MANIFEST)
+    commit(store, 0)
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(ValueError, match="closed"):
+        store.read_block(0, 0, 1)
+    with pytest.raises(ValueError, match="closed"):
+        _ = store.data_fd
+
+
+def test_write_piece_writes_unrecorded_and_refuses_verified_pieces(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    with PieceStore.create(output, MANIFEST) as store:
+        store.write_piece(1, piece(DATA, 1))
+        assert not store.has_piece(1)
+        assert partial_of(output).read_bytes()[PIECE : 2 * PIECE] == piece(DATA, 1)
+        with pytest.raises(ValueError, match="whole piece"):
+            store.write_piece(1, b"short")
+        commit(store, 0)
+        with pytest.raises(ValueError, match="verified"):
+            store.write_piece(0, piece(DATA, 0))
+
+
+def test_concurrent_commits_from_many_threads_all_land(tmp_path: Path) -> None:
+    data = content(64 * PIECE + 1, seed=3)
+    manifest = manifest_of(data)
+    output = tmp_path / "out"
+    corrupt = bytearray(piece(data, 7))
+    corrupt[3] ^= 0x80
+    jobs = [(index, piece(data, index)) for index in range(manifest.num_pieces)] * 2
+    jobs += [(7, bytes(corrupt))] * 5
+    random.Random(4).shuffle(jobs)
+    with PieceStore.create(output, manifest) as store:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(lambda job: store.commit_piece(*job), jobs))
+        assert results.count(False) == 5
+        assert store.have.is_complete()
+    record_size = record_of(output).stat().st_size
+    assert record_size == 40 + 8 * manifest.num_pieces  # each piece recorded exactly once
+    with PieceStore.create(output, manifest) as store:
+        assert store.have.is_complete()
+        store.finalize(hashlib.sha256(data).digest())
+    assert output.read_bytes() == data
+
+
+def test_second_download_to_the_same_output_is_refused(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    with PieceStore.create(output, MANIFEST):
+        with pytest.raises(StorageError) as caught:
+            PieceStore.create(output, MANIFEST)
+        assert caught.value.errno == errno.EWOULDBLOCK
+        assert caught.value.path == partial_of(output)
+
+
+def test_open_complete_seeds_a_finished_file_read_only(tmp_path: Path) -> None:
+    path = tmp_path / "seed"
+    path.write_bytes(DATA)
+    with PieceStore.open_complete(path, MANIFEST, verify=True) as store:
+        assert store.have.is_complete()
+        assert store.read_block(4, 10, 20) == DATA[4 * PIECE + 10 : 4 * PIECE + 30]
+        assert store.commit_piece(4, piece(DATA, 4))  # already there: nothing to do
+        with pytest.raises(ValueError, match="read-only"):
+            store.write_piece(4, piece(DATA, 4))
+        with pytest.raises(ValueError, match="read-only"):
+            store.finalize()
+        store.discard()  # closes, never deletes a complete file
+    assert path.read_bytes() == DATA
+
+
+def test_open_complete_checks_size_and_optionally_every_piece(tmp_path: Path) -> None:
+    path = tmp_path / "seed"
+    path.write_bytes(DATA[:-1])
+    with pytest.raises(ValueError, match="manifest says"):
+        PieceStore.open_complete(path, MANIFEST)
+    corrupted = bytearray(DATA)
+    corrupted[3 * PIECE] ^= 1
+    path.write_bytes(corrupted)
+    PieceStore.open_complete(path, MANIFEST).close()  # default: trusted, not hashed
+    with pytest.raises(DigestMismatchError) as caught:
+        PieceStore.open_complete(path, MANIFEST, verify=True)
+    assert caught.value.piece_index == 3
+    with pytest.raises(StorageError) as missing:
+        PieceStore.open_complete(tmp_path / "absent", MANIFEST)
+    assert missing.value.errno == errno.ENOENT
+
+
+def test_output_in_missing_directory_is_a_storage_error(tmp_path: Path) -> None:
+    with pytest.raises(StorageError) as caught:
+        PieceStore.create(tmp_path / "nope" / "out", MANIFEST)
+    assert caught.value.errno == errno.ENOENT
+    assert caught.value.path == tmp_path / "nope" / ("out" + PARTIAL_SUFFIX)
+
+
+# RLIMIT_FSIZE makes writes past the limit fail with EFBIG (Python ignores SIGXFSZ), which is as
+# close to a full disk as an unprivileged test gets.
+_CHILD = """
+import json, resource, sys
+from peerwire.manifest import Manifest
+from peerwire.storage import PieceStore, StorageError
+output, limit, pieces = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+manifest = Manifest.from_json(sys.stdin.read())
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+result = {"committed": []}
+try:
+    store = PieceStore.create(output, manifest)
+    for index, hex_data in pieces:
+        store.commit_piece(index, bytes.fromhex(hex_data))
+        result["committed"].append(index)
+except StorageError as exc:
+    result.update(errno=exc.errno, disk_full=exc.is_disk_full, path=str(exc.path))
+print(json.dumps(result))
+"""
+
+
+def run_limited(
+    output: Path, limit_bytes: int, pieces: list[tuple[int, bytes]]
+) -> dict[str, object]:
+    argv = [sys.executable, "-c", _CHILD, str(output), str(limit_bytes)]
+    argv.append(json.dumps([[index, data.hex()] for index, data in pieces]))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(
+        argv, input=MANIFEST.to_json(), capture_output=True, text=True, env=env, timeout=60,
+        check=True,
+    )  # fmt: skip
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def test_disk_full_while_writing_a_piece_is_a_precise_error(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    PieceStore.create(output, MANIFEST).close()  # preallocated without a limit
+    # The limit falls inside piece 1: its pwrite comes up short, then fails.
+    pieces = [(0, piece(DATA, 0)), (1, piece(DATA, 1))]
+    result = run_limited(output, PIECE + PIECE // 2, pieces)
+    assert result == {
+        "committed": [0],
+        "errno": errno.EFBIG,
+        "disk_full": True,
+        "path": str(partial_of(output)),
+    }
+    with PieceStore.create(output, MANIFEST) as store:
+        assert list(store.have) == [0]
+
+
+def test_disk_full_while_preallocating_leaves_no_partial_file(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    result = run_limited(output, 2 * PIECE, [])
+    assert result["errno"] == errno.EFBIG
+    assert result["disk_full"] is True
+    assert result["path"] == str(partial_of(output))
+    assert sorted(tmp_path.iterdir()) == []
