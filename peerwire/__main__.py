@@ -226,6 +226,7 @@ async def fetch(args: argparse.Namespace, executor: ThreadPoolExecutor) -> int:
     manifest = Manifest.from_json(args.manifest.read_bytes())
     started = time.monotonic()
     store = await loop.run_in_executor(executor, PieceStore.create, args.output, manifest)
+    pieces_at_start = len(store.have)
     download = TokenBucket(args.rate, clock=loop.time) if args.rate else None
     task = PeerTask(
         store,
@@ -279,6 +280,8 @@ async def fetch(args: argparse.Namespace, executor: ThreadPoolExecutor) -> int:
         "elapsed_s": round(elapsed_s, 4),
         "rate_bps": round(manifest.total_length / elapsed_s) if ok else None,
         "pieces": manifest.num_pieces,
+        "pieces_at_start": pieces_at_start,
+        "downloaded_bytes": stats.downloaded_bytes,
         "pieces_failed": stats.pieces_failed,
         "peers_banned": stats.peers_banned,
         "wasted_bytes": stats.wasted_bytes,

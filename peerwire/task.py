@@ -398,6 +398,8 @@ class PeerTask:
         if len(contributors) != 1:
             return  # several senders: no proof against any one; the piece is fetched again
         (key,) = contributors
+        if key in self._banned:
+            return
         peer = self._peers.get(key)
         strikes = peer.strikes + 1 if peer is not None else self.config.ban_after_bad_pieces
         if peer is not None:
