@@ -10,6 +10,7 @@ attached to (``PeerTask``), through the small ``ConnectionOwner`` interface.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Protocol, cast
@@ -232,17 +233,30 @@ async def open_connection(
 
 
 class PeerListener:
-    """Accepts peer connections for any task the router knows (one port for all tasks)."""
+    """Accepts peer connections for any task the router knows (one port for all tasks).
 
-    def __init__(self, router: TaskRouter, *, max_message_bytes: int = m.DEFAULT_MAX_MESSAGE_BYTES):
+    An incoming connection that has not sent a valid handshake within ``handshake_timeout_s``
+    is closed, so half-open or silent sockets cannot pile up.
+    """
+
+    def __init__(
+        self,
+        router: TaskRouter,
+        *,
+        handshake_timeout_s: float = 10.0,
+        max_message_bytes: int = m.DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
         self._router = router
+        self._handshake_timeout_s = handshake_timeout_s
         self._max_message_bytes = max_message_bytes
         self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.connections: set[PeerConnection] = set()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._make, host, port, reuse_address=True)
+        self._sweeper = loop.create_task(self._sweep_loop())
         sockname = self._server.sockets[0].getsockname()
         return sockname[0], sockname[1]
 
@@ -252,13 +266,20 @@ class PeerListener:
         conn.done.add_done_callback(lambda _: self.connections.discard(conn))
         return conn
 
-    def sweep_unattached(self, now_s: float, timeout_s: float) -> None:
-        """Close incoming connections that sent no valid handshake in time."""
-        for conn in list(self.connections):
-            if not conn.attached and now_s - conn.last_received_s > timeout_s:
-                conn.close("no handshake in time")
+    async def _sweep_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._handshake_timeout_s / 4)
+            now_s = loop.time()
+            for conn in list(self.connections):
+                if not conn.attached and now_s - conn.last_received_s > self._handshake_timeout_s:
+                    conn.close("no handshake in time")
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
