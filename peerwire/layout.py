@@ -84,3 +84,18 @@ def choose_piece_length(total_length: int, *, target_pieces: int = 500) -> int:
     while length < wanted and length < 16 * MIB:
         length *= 2
     return length
+
+
+def block_bytes_for_rate(rate_bps: float | None, *, largest: int = LARGE_BLOCK_BYTES) -> int:
+    """Block size for a download limited to ``rate_bps``: at most about 50 ms of the rate.
+
+    A block is the unit a limited download books at once, so smaller blocks at low rates keep
+    the flow smooth (a 256 KiB block is a quarter second at 1 MiB/s). A power of two between
+    ``STANDARD_BLOCK_BYTES`` and ``largest``; ``largest`` when unlimited.
+    """
+    if rate_bps is None:
+        return largest
+    size = STANDARD_BLOCK_BYTES
+    while size * 2 <= min(largest, rate_bps * 0.05):
+        size *= 2
+    return size

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: Free piece buffers kept for reuse (allocating and zeroing megabytes per piece costs time).
 _BUFFER_POOL_SIZE = 8
+#: Complete pieces waiting for (or in) verification before we stop requesting more: when
+#: hashing falls behind the network, memory must not grow with the backlog.
+_MAX_PIECES_VERIFYING = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +315,8 @@ class PeerTask:
         session = peer.session
         if peer.conn.closed or session.peer_choking or not session.am_interested:
             return
+        if len(self._verifying) >= _MAX_PIECES_VERIFYING:
+            return  # _verified refills everyone when the backlog shrinks
         if not peer.large_blocks and self.config.block_bytes > STANDARD_BLOCK_BYTES:
             return  # a stock client may refuse our large blocks; it still gets our uploads
         bucket = self._download_bucket
