@@ -73,14 +73,15 @@ class PieceLayout:
 
 
 def choose_piece_length(total_length: int, *, target_pieces: int = 500) -> int:
-    """A power-of-two piece length giving about ``target_pieces`` pieces, clamped to 64 KiB..16 MiB.
+    """A power-of-two piece length giving about ``target_pieces`` pieces, clamped to 16 KiB..16 MiB.
 
     Small files still get hundreds of pieces so a large swarm has something to trade; large files
     do not get so many pieces that bitfields and manifests bloat. (Dragonfly 2 uses the next power
-    of two of length/500, clamped to 4-64 MiB; we go lower so benchmark-sized files split too.)
+    of two of length/500, clamped to 4-64 MiB; we go down to one standard block so that even a
+    4 MiB benchmark file has 256 pieces for 200 peers to trade.)
     """
     wanted = max(1, total_length // max(1, target_pieces))
-    length = 64 * KIB
+    length = STANDARD_BLOCK_BYTES
     while length < wanted and length < 16 * MIB:
         length *= 2
     return length
