@@ -73,6 +73,7 @@ class PeerConnection(asyncio.BufferedProtocol):
         self.address = "?"
         self.closed = False
         self.close_reason = ""
+        self.connected_s = 0.0
         self.last_received_s = 0.0
         self.last_sent_s = 0.0
         self.attached = False
@@ -103,7 +104,7 @@ class PeerConnection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.address = f"{peer[0]}:{peer[1]}"
-        self.last_received_s = self.last_sent_s = self._loop.time()
+        self.connected_s = self.last_received_s = self.last_sent_s = self._loop.time()
         if self.owner is not None:
             self._send_handshake()
 
@@ -272,7 +273,7 @@ class PeerListener:
             await asyncio.sleep(self._handshake_timeout_s / 4)
             now_s = loop.time()
             for conn in list(self.connections):
-                if not conn.attached and now_s - conn.last_received_s > self._handshake_timeout_s:
+                if not conn.attached and now_s - conn.connected_s > self._handshake_timeout_s:
                     conn.close("no handshake in time")
 
     async def close(self) -> None:

@@ -49,15 +49,15 @@ class BlockOutcome(Generic[P]):
 class _Piece(Generic[P]):
     """A started, not yet verified piece."""
 
-    __slots__ = ("blocks", "contributors", "open", "received")
+    __slots__ = ("blocks", "open", "received")
 
     def __init__(self, blocks: list[Block]) -> None:
         self.blocks = blocks
         # OrderedDict as an ordered set: blocks are taken from the front, which a plain dict
         # makes O(deleted entries) per scan.
         self.open: OrderedDict[Block, None] = OrderedDict.fromkeys(blocks)
-        self.received: set[Block] = set()
-        self.contributors: dict[P, None] = {}
+        #: Blocks in the buffer, and the peer each came from (to blame or discard later).
+        self.received: dict[Block, P] = {}
 
 
 class _Peer:
@@ -220,9 +220,21 @@ class Scheduler(Generic[P]):
             state.late.pop(block, None)  # answer to a request we had already given up on
 
     def ban(self, peer: P) -> None:
-        """Never request from ``peer`` again in this task, nor accept its blocks."""
+        """Never request from ``peer`` again in this task, nor accept its blocks.
+
+        Blocks it already delivered to pieces still being collected are dropped and open again,
+        so a bad block of its cannot fail the piece later and blame nobody. Complete pieces are
+        left alone: their verification (in flight) decides.
+        """
         self._banned.add(peer)
         self._release_all(self._requests.remove_peer(peer))
+        for piece in self._active.values():
+            if len(piece.received) == len(piece.blocks):
+                continue
+            tainted = [block for block, sender in piece.received.items() if sender == peer]
+            for block in tainted:
+                del piece.received[block]
+            self._release_all(tainted)
 
     # -- requests --------------------------------------------------------------------------
 
@@ -303,8 +315,7 @@ class Scheduler(Generic[P]):
         piece = self._active.get(block.index)
         if piece is None:  # verified meanwhile from elsewhere (e.g. the origin)
             return BlockOutcome(tuple(cancels), piece_complete=False)
-        piece.received.add(block)
-        piece.contributors[peer] = None
+        piece.received[block] = peer
         return BlockOutcome(tuple(cancels), piece_complete=len(piece.received) == len(piece.blocks))
 
     def block_aborted(self, peer: P, block: Block) -> None:
@@ -352,8 +363,7 @@ class Scheduler(Generic[P]):
         piece = self._active.get(index)
         if piece is None:
             return set()
-        contributors = set(piece.contributors)
-        piece.contributors.clear()
+        contributors = set(piece.received.values())
         piece.received.clear()
         self._release_all(piece.blocks)
         return contributors

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -104,7 +105,9 @@ class _Peer:
         self.key = conn.peer_id
         self.session = session
         self.large_blocks = large_blocks
-        self.receiving: Block | None = None
+        #: Blocks claimed for the piece buffer whose ``piece`` event is still to come, in wire
+        #: order (the decoder may start the next block before the last one's event is handled).
+        self.receiving: deque[Block] = deque()
         self.refill_handle: asyncio.TimerHandle | None = None
         self.strikes = 0
         self.upload_wake = asyncio.Event()
@@ -154,7 +157,7 @@ class PeerTask:
         self._pending: set[PeerConnection] = set()  # outgoing, handshake not done yet
         self._buffers: dict[int, bytearray] = {}
         self._free_buffers: list[bytearray] = []
-        self._verifying: set[int] = set()
+        self._verifying: dict[int, asyncio.Future[bool]] = {}
         self.completed: asyncio.Future[None] = self._loop.create_future()
         if self.scheduler.is_complete():
             self.completed.set_result(None)
@@ -182,16 +185,18 @@ class PeerTask:
         if self._closed:
             return
         self._closed = True
+        tasks = [p.upload_task for p in self._peers.values() if p.upload_task is not None]
         if self._tick_task is not None:
-            self._tick_task.cancel()
+            tasks.append(self._tick_task)
+        for task in tasks:
+            task.cancel()
         for conn in list(self._pending):
             conn.close("task closing")
         for peer in list(self._peers.values()):
             peer.conn.close("task closing")
-        uploads = [p.upload_task for p in self._peers.values() if p.upload_task is not None]
-        for task in uploads:
-            task.cancel()
-        await asyncio.gather(*uploads, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # The store is the caller's to close next: let pieces being written finish first.
+        await asyncio.gather(*self._verifying.values(), return_exceptions=True)
         if not self.completed.done():
             self.completed.cancel()
 
@@ -226,7 +231,7 @@ class PeerTask:
         block = Block(index, begin, length)
         if not self.scheduler.claim_block(peer.key, block):
             return None
-        peer.receiving = block
+        peer.receiving.append(block)
         buffer = self._buffers.get(index)
         if buffer is None:
             buffer = self._take_buffer(self.layout.piece_size(index))
@@ -258,32 +263,32 @@ class PeerTask:
         elif isinstance(message, m.Choke):
             if not peer.session.fast:  # BEP 6: with fast, rejects come one by one instead
                 self.scheduler.peer_choked(peer.key)
+                self._refill_all()
         elif isinstance(message, m.RejectRequest):
             block = Block(message.index, message.begin, message.length)
             self.scheduler.request_rejected(peer.key, block)
             self._refill_all()
         elif isinstance(message, m.Interested):
-            if (
-                sum(not p.session.am_choking for p in self._peers.values())
-                < self.config.max_unchoked
-            ):
-                conn.send(peer.session.unchoke())
+            self._unchoke_interested()
         elif isinstance(message, m.NotInterested):
             conn.send(peer.session.choke())
+            self._unchoke_interested()
 
     def on_closed(self, conn: PeerConnection, reason: str) -> None:
         peer = self._peers.pop(conn.peer_id, None)
         if peer is None:
             return
         log.debug("peer %s gone: %s", peer.key, reason)
-        if peer.receiving is not None:
-            self.scheduler.block_aborted(peer.key, peer.receiving)
+        for block in peer.receiving:
+            self.scheduler.block_aborted(peer.key, block)
         self.scheduler.peer_left(peer.key)
         if peer.refill_handle is not None:
             peer.refill_handle.cancel()
         if peer.upload_task is not None:
             peer.upload_task.cancel()
-        self._refill_all()
+        if not self._closed:
+            self._unchoke_interested()
+            self._refill_all()
 
     # -- downloading ----------------------------------------------------------------------------
 
@@ -291,10 +296,10 @@ class PeerTask:
         block = Block(message.index, message.begin, len(message.data))
         key = str(peer.key)
         self.stats.bytes_from_peer[key] = self.stats.bytes_from_peer.get(key, 0) + block.length
-        if peer.receiving != block:
+        if not peer.receiving or peer.receiving[0] != block:
             self.stats.wasted_bytes += block.length
         else:
-            peer.receiving = None
+            peer.receiving.popleft()
             self.stats.downloaded_bytes += block.length
             outcome = self.scheduler.block_received(peer.key, block)
             self._send_cancels(outcome.cancels)
@@ -362,15 +367,17 @@ class PeerTask:
 
     def _verify(self, index: int) -> None:
         buffer = self._buffers.pop(index)
-        self._verifying.add(index)
         future = self._loop.run_in_executor(self._executor, self.store.commit_piece, index, buffer)
+        self._verifying[index] = future
         future.add_done_callback(lambda f: self._verified(index, buffer, f))
 
     def _verified(self, index: int, buffer: bytearray, future: asyncio.Future[bool]) -> None:
-        self._verifying.discard(index)
-        if future.cancelled() or self._closed:
+        self._verifying.pop(index, None)
+        if future.cancelled():
             return
-        error = future.exception()
+        error = future.exception()  # retrieved even when closing, so it is never "unretrieved"
+        if self._closed:
+            return
         if error is not None:
             log.error("storing piece %d failed: %s", index, error)
             if not self.completed.done():
@@ -423,6 +430,17 @@ class PeerTask:
 
     # -- uploading ------------------------------------------------------------------------------
 
+    def _unchoke_interested(self) -> None:
+        """Unchoke interested peers while fewer than ``max_unchoked`` are unchoked."""
+        peers = self._peers.values()
+        free = self.config.max_unchoked - sum(not p.session.am_choking for p in peers)
+        for peer in list(peers):
+            if free <= 0:
+                return
+            if peer.session.am_choking and peer.session.peer_interested:
+                peer.conn.send(peer.session.unchoke())
+                free -= 1
+
     async def _upload_loop(self, peer: _Peer) -> None:
         """Serve the peer's queued requests, in order, under the upload limit."""
         session, conn = peer.session, peer.conn
@@ -463,7 +481,7 @@ class PeerTask:
             if peer is not None:
                 peer.conn.send((m.Cancel(block.index, block.begin, block.length),))
         for conn in list(self._pending):
-            if now - conn.last_received_s > config.handshake_timeout_s:
+            if now - conn.connected_s > config.handshake_timeout_s:
                 conn.close("no handshake in time")
         for peer in list(self._peers.values()):
             conn = peer.conn
@@ -471,5 +489,6 @@ class PeerTask:
                 conn.close(f"idle for {config.idle_timeout_s:.0f}s")
             elif now - conn.last_sent_s > config.keepalive_interval_s:
                 conn.send((m.KeepAlive(),))
-        if expired:
-            self._refill_all()
+        # Every tick, not only after expiries: blocks a peer rejected or let time out become
+        # askable of it again once their cool-down ends, and nothing else would ask.
+        self._refill_all()

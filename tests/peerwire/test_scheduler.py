@@ -327,6 +327,22 @@ def test_banned_peer_gets_no_requests_and_its_blocks_are_refused() -> None:
     assert sorted(scheduler.next_requests("good")) == blocks
 
 
+def test_ban_reopens_blocks_the_peer_delivered_to_unfinished_pieces() -> None:
+    scheduler, _ = make(num_pieces=1, depth=2)
+    join(scheduler, "bad")
+    join(scheduler, "good")
+    first = scheduler.next_requests("bad")
+    assert deliver(scheduler, "bad", first[0]) is not None
+    scheduler.ban("bad")
+    requested = scheduler.next_requests("good")
+    assert first[0] in requested  # the banned peer's block is fetched again
+    for block in requested:
+        outcome = deliver(scheduler, "good", block)
+        assert outcome is not None
+    assert scheduler.next_requests("good")  # the rest of the piece is still to come
+    assert scheduler.piece_failed(0) == {"good"}  # "bad" is no longer among the suppliers
+
+
 def test_piece_verified_elsewhere_cancels_its_requests() -> None:
     scheduler, _ = make(num_pieces=2, depth=8)
     join(scheduler, "a", [0])
@@ -556,6 +572,11 @@ class Swarm:
                     s.ban(name)
                     self.banned.add(name)
                     self.outstanding[name].clear()
+                    # A ban drops what the peer delivered to pieces still being collected.
+                    for index, blocks in self.buffer.items():
+                        if len(blocks) < len(self.layout.blocks(index, BLOCK)):
+                            for dropped in [b for b, who in blocks.items() if who == name]:
+                                del blocks[dropped]
         else:
             assert s.piece_verified(block.index) == []
 
