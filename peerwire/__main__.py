@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import uvloop
@@ -145,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up after this long (default 600)",
     )
     fetch.add_argument(
+        "--preallocate",
+        action="store_true",
+        help="reserve the file's blocks before downloading (default: a sparse file, after "
+        "checking the free space)",
+    )
+    fetch.add_argument(
         "--linger",
         type=_duration,
         default=0.0,
@@ -226,7 +233,9 @@ async def seed(args: argparse.Namespace, executor: ThreadPoolExecutor) -> int:
 async def fetch(args: argparse.Namespace, executor: ThreadPoolExecutor) -> int:
     loop = asyncio.get_running_loop()
     manifest = Manifest.from_json(args.manifest.read_bytes())
-    store = await loop.run_in_executor(executor, PieceStore.create, args.output, manifest)
+    store = await loop.run_in_executor(
+        executor, partial(PieceStore.create, preallocate=args.preallocate), args.output, manifest
+    )
     pieces_at_start = len(store.have)
     started = time.monotonic()
     download = TokenBucket(args.rate, clock=loop.time) if args.rate else None

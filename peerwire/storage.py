@@ -123,9 +123,20 @@ class PieceStore:
 
     @classmethod
     def create(
-        cls, output_path: str | os.PathLike[str], manifest: Manifest, *, resume: bool = True
+        cls,
+        output_path: str | os.PathLike[str],
+        manifest: Manifest,
+        *,
+        resume: bool = True,
+        preallocate: bool = False,
     ) -> PieceStore:
         """Start (or, with ``resume``, continue) downloading ``manifest`` towards ``output_path``.
+
+        The partial file is sparse by default, after a check that the file system has room for
+        what is still missing (a full disk is refused up front, with the figures). With
+        ``preallocate`` the blocks are reserved (``posix_fallocate``): no other writer can take
+        the space meanwhile, but on tmpfs that zeroes every page before the first byte arrives
+        (a quarter second per GiB here), which is why it is not the default.
 
         An existing partial file and record for the same manifest content are reopened and each
         recorded piece re-verified; anything else there is replaced. The partial file is locked
@@ -150,11 +161,11 @@ class PieceStore:
             recorded = _read_record(record, manifest) if resume else None
             if recorded is None:
                 have = Bitfield(manifest.num_pieces)
-                _set_length(fd, 0, partial)
+                _set_length(fd, 0, partial, preallocate=False)
             else:
                 have = _reverify(fd, partial, manifest, recorded)
                 log.info("resuming %s: %d of %d pieces verified", output, len(have), len(recorded))
-            _set_length(fd, manifest.total_length, partial)
+            _set_length(fd, manifest.total_length, partial, preallocate=preallocate)
             record_fd = _write_record(record, manifest, have)
         except BaseException:
             os.close(fd)
@@ -439,20 +450,38 @@ def _pread_exactly(fd: int, view: memoryview, offset: int) -> None:
         done += count
 
 
-def _set_length(fd: int, length: int, path: Path) -> None:
-    """Make the file exactly ``length`` bytes, reserving blocks so a full disk shows up now."""
+def _set_length(fd: int, length: int, path: Path, *, preallocate: bool) -> None:
+    """Make the file exactly ``length`` bytes: reserved blocks, or sparse after a space check."""
     try:
-        if os.fstat(fd).st_size > length:
+        stat = os.fstat(fd)
+        if stat.st_size > length:
             os.ftruncate(fd, length)
-        if length > 0:
+        if length > 0 and preallocate:
             try:
                 os.posix_fallocate(fd, 0, length)
+                return
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                     raise
-                os.ftruncate(fd, length)  # no reservation on this file system: sparse file
+        if length > 0:
+            _check_free_space(fd, length - min(length, stat.st_blocks * 512), path)
+            os.ftruncate(fd, length)
     except OSError as exc:
-        raise _wrap(exc, f"preallocate {length} bytes", path) from exc
+        if isinstance(exc, StorageError):
+            raise
+        raise _wrap(exc, f"make the file {length} bytes", path) from exc
+
+
+def _check_free_space(fd: int, needed_bytes: int, path: Path) -> None:
+    """Refuse up front when the file system cannot hold what the download still has to write."""
+    fs = os.fstatvfs(fd)
+    free_bytes = fs.f_bavail * fs.f_frsize
+    if needed_bytes > free_bytes:
+        raise StorageError(
+            errno.ENOSPC,
+            f"not enough space: {needed_bytes} bytes still to write, {free_bytes} free",
+            path,
+        )
 
 
 def _read_record(path: Path, manifest: Manifest) -> set[int] | None:

@@ -405,3 +405,28 @@ def test_disk_full_while_preallocating_leaves_no_partial_file(tmp_path: Path) ->
     assert result["disk_full"] is True
     assert result["path"] == str(partial_of(output))
     assert sorted(tmp_path.iterdir()) == []
+
+
+def test_partial_file_is_sparse_unless_preallocated(tmp_path: Path) -> None:
+    big = Manifest(TaskId(b"\x01" * 20), 64 * 1024 * 1024, 1024 * 1024, (b"\x00" * 32,) * 64)
+    with PieceStore.create(tmp_path / "sparse.bin", big):
+        sparse = partial_of(tmp_path / "sparse.bin").stat()
+    with PieceStore.create(tmp_path / "full.bin", big, preallocate=True):
+        full = partial_of(tmp_path / "full.bin").stat()
+    assert sparse.st_size == full.st_size == 64 * 1024 * 1024
+    assert sparse.st_blocks * 512 < 1024 * 1024  # nothing allocated yet
+    assert full.st_blocks * 512 >= 64 * 1024 * 1024
+
+
+def test_download_larger_than_the_free_space_is_refused_up_front(tmp_path: Path) -> None:
+    free_bytes = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    piece_length = 64 * 1024 * 1024
+    pieces = free_bytes // piece_length + 2
+    huge = Manifest(
+        TaskId(b"\x02" * 20), pieces * piece_length, piece_length, (b"\x00" * 32,) * pieces
+    )
+    with pytest.raises(StorageError) as caught:
+        PieceStore.create(tmp_path / "huge.bin", huge)
+    assert caught.value.is_disk_full
+    assert "not enough space" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []  # no partial file, no record left behind
