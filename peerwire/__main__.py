@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--block-size",
             type=_size,
             metavar="SIZE",
-            help="block size requested from our own peers (default 256K)",
+            help="block size requested from our own peers (default 512K)",
         )
         sub.add_argument(
             "--pipeline", type=int, metavar="N", help="requests in flight per peer (default 16)"

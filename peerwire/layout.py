@@ -10,7 +10,7 @@ MIB = 1024 * KIB
 #: Block size every BitTorrent client accepts (BEP 3 practice).
 STANDARD_BLOCK_BYTES = 16 * KIB
 #: Block size our own peers use between themselves (fewer messages, larger reads).
-LARGE_BLOCK_BYTES = 256 * KIB
+LARGE_BLOCK_BYTES = 512 * KIB
 #: Largest block we serve on request; larger requests are a protocol error of the asker.
 MAX_BLOCK_BYTES = 1 * MIB
 
@@ -91,7 +91,7 @@ def block_bytes_for_rate(rate_bps: float | None, *, largest: int = LARGE_BLOCK_B
     """Block size for a download limited to ``rate_bps``: at most about 50 ms of the rate.
 
     A block is the unit a limited download books at once, so smaller blocks at low rates keep
-    the flow smooth (a 256 KiB block is a quarter second at 1 MiB/s). A power of two between
+    the flow smooth (a 512 KiB block is half a second at 1 MiB/s). A power of two between
     ``STANDARD_BLOCK_BYTES`` and ``largest``; ``largest`` when unlimited.
     """
     if rate_bps is None:

@@ -142,6 +142,10 @@ class Scheduler(Generic[P]):
     def missing_count(self) -> int:
         return self._have.num_pieces - len(self._have)
 
+    def total_inflight(self) -> int:
+        """Requests in flight at all peers together (endgame duplicates count each)."""
+        return len(self._requests)
+
     def inflight(self, peer: P) -> int:
         return self._requests.inflight(peer)
 

@@ -43,7 +43,10 @@ class WireConfig:
     """Tunables of the peer wire for one task. Defaults suit loopback and datacentre links."""
 
     block_bytes: int = LARGE_BLOCK_BYTES
-    pipeline_depth: int = 16
+    pipeline_depth: int = 32
+    #: Bytes requested from all peers of the task and not yet arrived: bounds the piece
+    #: buffers a task can hold, however many peers it has.
+    max_inflight_bytes: int = 64 * 1024 * 1024
     request_timeout_s: float = 10.0
     handshake_timeout_s: float = 10.0
     keepalive_interval_s: float = 30.0
@@ -65,6 +68,7 @@ class WireConfig:
             "idle_timeout_s": self.idle_timeout_s,
             "tick_s": self.tick_s,
             "max_peers": self.max_peers,
+            "max_inflight_bytes": self.max_inflight_bytes,
             "ban_after_bad_pieces": self.ban_after_bad_pieces,
         }
         for name, value in positive.items():
@@ -151,6 +155,9 @@ class PeerTask:
             rng=self._rng,
             random_first_pieces=self.config.random_first_pieces,
             policy=self.config.picker_policy,
+        )
+        self._max_inflight_blocks = max(
+            1, self.config.max_inflight_bytes // self.config.block_bytes
         )
         self._peers: dict[PeerId, _Peer] = {}
         self._banned: set[PeerId] = set()
@@ -322,11 +329,14 @@ class PeerTask:
             return
         if len(self._verifying) >= _MAX_PIECES_VERIFYING:
             return  # _verified refills everyone when the backlog shrinks
+        room = self._max_inflight_blocks - self.scheduler.total_inflight()
+        if room <= 0:
+            return  # arrivals refill
         if not peer.large_blocks and self.config.block_bytes > STANDARD_BLOCK_BYTES:
             return  # a stock client may refuse our large blocks; it still gets our uploads
         bucket = self._download_bucket
         if bucket is None:
-            blocks = self.scheduler.next_requests(peer.key)
+            blocks = self.scheduler.next_requests(peer.key, max_blocks=room)
             if blocks:
                 peer.conn.send([m.Request(b.index, b.begin, b.length) for b in blocks])
             return

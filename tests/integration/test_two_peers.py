@@ -109,7 +109,9 @@ def test_corrupted_block_is_rejected_refetched_and_file_correct(tmp_path: Path) 
         offset = 68 + 5 + 5 + 3 * (13 + block) + 13 + block // 2
         relay = CorruptingRelay((s.host, s.port), offset)
         try:
-            summary = fetch(manifest_path, output, [f"127.0.0.1:{relay.port}"])
+            summary = fetch(
+                manifest_path, output, [f"127.0.0.1:{relay.port}"], "--block-size", "256K"
+            )
         finally:
             relay.close()
     assert relay.flipped

@@ -738,3 +738,30 @@ def test_close_in_the_middle_of_a_download_leaves_no_errors(
         # run() fails on any "Task was destroyed" / "exception never retrieved" report.
 
     run(main)
+
+
+def test_requests_in_flight_stay_under_the_task_cap_with_many_seeds(
+    content: Content, executor: Executor
+) -> None:
+    cap_blocks = 3
+    config = replace(CONFIG, max_inflight_bytes=cap_blocks * CONFIG.block_bytes)
+
+    async def main() -> None:
+        async with Swarm(content, executor) as swarm:
+            seeds = [await swarm.seed() for _ in range(4)]
+            leech = await swarm.leecher("leech", config=config)
+            peak = 0
+
+            def sample() -> bool:
+                nonlocal peak
+                peak = max(peak, leech.task.scheduler.total_inflight())
+                return leech.task.completed.done()
+
+            for seed in seeds:
+                await leech.connect(seed)
+            await wait_until(sample, "the download under a small in-flight cap")
+            await leech.complete()
+            assert_exact_copy(leech, content)
+            assert 0 < peak <= cap_blocks
+
+    run(main)
