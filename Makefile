@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # PROGRAM=DEBIAN_PACKAGE pairs the test suite runs for real (installed when root).
-TEST_PROGRAMS :=
+TEST_PROGRAMS := aria2c=aria2 nginx=nginx
 # Programs the benchmarks compare against.
 BENCH_PROGRAMS := aria2c=aria2 nginx=nginx
 
-.PHONY: demo test lint typecheck pytest bench venv clean
+.PHONY: demo test bench venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,7 @@ test: venv
 bench: venv
 	tools/system-deps.sh $(BENCH_PROGRAMS)
 	$(BIN)/python bench/peer_throughput.py
+	$(BIN)/python bench/fetch_rate.py
 	$(BIN)/python bench/ratelimit_sockets.py
 
 clean:
