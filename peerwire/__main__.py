@@ -21,7 +21,7 @@ from pathlib import Path
 
 import uvloop
 
-from peerwire.connection import PeerListener
+from peerwire.connection import PeerListener, single_task_router
 from peerwire.ids import PeerId
 from peerwire.layout import block_bytes_for_rate, choose_piece_length
 from peerwire.manifest import Manifest, build_manifest
@@ -183,6 +183,27 @@ def _wire_config(args: argparse.Namespace) -> WireConfig:
     )
 
 
+def _start_task(
+    args: argparse.Namespace,
+    store: PieceStore,
+    executor: ThreadPoolExecutor,
+    *,
+    download_rate_bps: float | None = None,
+    upload_rate_bps: float | None = None,
+) -> PeerTask:
+    clock = asyncio.get_running_loop().time
+    task = PeerTask(
+        store,
+        peer_id=PeerId.generate(),
+        executor=executor,
+        config=_wire_config(args),
+        download_bucket=TokenBucket(download_rate_bps, clock=clock) if download_rate_bps else None,
+        upload_bucket=TokenBucket(upload_rate_bps, clock=clock) if upload_rate_bps else None,
+    )
+    task.start()
+    return task
+
+
 async def _wait_for_signal() -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -201,16 +222,8 @@ async def seed(args: argparse.Namespace, executor: ThreadPoolExecutor) -> int:
     if args.manifest_out is not None:
         args.manifest_out.write_text(manifest.to_json())
     store = PieceStore.open_complete(args.file, manifest)
-    upload = TokenBucket(args.upload_rate, clock=loop.time) if args.upload_rate else None
-    task = PeerTask(
-        store,
-        peer_id=PeerId.generate(),
-        executor=executor,
-        config=_wire_config(args),
-        upload_bucket=upload,
-    )
-    task.start()
-    listener = PeerListener(lambda task_id: task if task_id == task.task_id else None)
+    task = _start_task(args, store, executor, upload_rate_bps=args.upload_rate)
+    listener = PeerListener(single_task_router(task))
     host, port = await listener.start(*args.listen)
     print(f"listening {host}:{port}", flush=True)
     log.info(
@@ -238,18 +251,10 @@ async def fetch(args: argparse.Namespace, executor: ThreadPoolExecutor) -> int:
     )
     pieces_at_start = len(store.have)
     started = time.monotonic()
-    download = TokenBucket(args.rate, clock=loop.time) if args.rate else None
-    task = PeerTask(
-        store,
-        peer_id=PeerId.generate(),
-        executor=executor,
-        config=_wire_config(args),
-        download_bucket=download,
-    )
-    task.start()
+    task = _start_task(args, store, executor, download_rate_bps=args.rate)
     listener = None
     if args.listen:
-        listener = PeerListener(lambda task_id: task if task_id == task.task_id else None)
+        listener = PeerListener(single_task_router(task))
         await listener.start(*args.listen)
     ok = False
     elapsed_s = 0.0

@@ -233,6 +233,11 @@ async def open_connection(
     return conn
 
 
+def single_task_router(owner: ConnectionOwner) -> TaskRouter:
+    """A router that accepts connections for ``owner``'s task only."""
+    return lambda task_id: owner if task_id == owner.task_id else None
+
+
 class PeerListener:
     """Accepts peer connections for any task the router knows (one port for all tasks).
 

@@ -26,7 +26,7 @@ import pytest
 import uvloop
 
 from peerwire import messages as m
-from peerwire.connection import PeerConnection, PeerListener, open_connection
+from peerwire.connection import PeerConnection, PeerListener, open_connection, single_task_router
 from peerwire.errors import LocalProtocolError
 from peerwire.ids import PeerId, TaskId
 from peerwire.layout import KIB
@@ -227,7 +227,7 @@ class Swarm:
         node = Node(task, store)
         if listen:
             node.listener = PeerListener(
-                lambda task_id: task if task_id == task.task_id else None,
+                single_task_router(task),
                 handshake_timeout_s=config.handshake_timeout_s,
             )
             node._address = await node.listener.start("127.0.0.1", 0)
