@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol, cast
 
 from peerwire import messages as m
+from peerwire.decoder import Decoder
 from peerwire.errors import LocalProtocolError, ProtocolError
 from peerwire.ids import PeerId, TaskId
 
@@ -67,7 +68,7 @@ class PeerConnection(asyncio.BufferedProtocol):
         self.owner = owner
         self._router = router
         self.outgoing = owner is not None
-        self.decoder = m.Decoder(max_message_bytes=max_message_bytes, block_sink=self._sink)
+        self.decoder = Decoder(max_message_bytes=max_message_bytes, block_sink=self._sink)
         self.transport: asyncio.Transport | None = None
         self.remote: m.Handshake | None = None
         self.address = "?"

@@ -1,16 +1,12 @@
 """Piece storage of one task: verified pieces written at their offsets, resumable, read for upload.
 
-A download goes to ``<output>.dfpart`` (preallocated to the full length) and a small record
-``<output>.dfpart.pieces`` lists the pieces verified so far. DESIGN.md, step 5: the output path
-only ever holds the complete, verified file; ``finalize`` checks the optional whole-file digest,
-fsyncs and renames the partial file into place. A failed download never leaves data there.
-
-Record format (append-only, crash-tolerant): a 40-byte header, ``DFPIECE1`` then the manifest's
-``content_digest``, followed by 8-byte entries, ``>I`` piece index and the first 4 bytes of that
-piece's sha256. A torn last entry (short, or zero-filled by a crash) fails its check and is
-ignored; a header for another manifest makes the partial file worthless and both are replaced.
-Pieces are not fsynced one by one, so a crash may keep a record entry whose data never reached
-the disk: every recorded piece is therefore re-verified when a download resumes.
+A download goes to ``<output>.dfpart`` (sparse, or preallocated on request) and a small record
+``<output>.dfpart.pieces`` (``peerwire.piecerecord``) lists the pieces verified so far.
+DESIGN.md, step 5: the output path only ever holds the complete, verified file; ``finalize``
+checks the optional whole-file digest, fsyncs and renames the partial file into place. A failed
+download never leaves data there. Pieces are not fsynced one by one, so a crash may keep a
+record entry whose data never reached the disk: every recorded piece is therefore re-verified
+when a download resumes.
 
 Threads: ``verify`` and ``commit_piece`` may run in worker threads (``run_in_executor``) while the
 event loop reads blocks for uploads. Hashing and ``pwrite`` release the GIL and run unlocked;
@@ -26,7 +22,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import struct
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -35,14 +30,12 @@ from pathlib import Path
 from peerwire.bitfield import Bitfield
 from peerwire.layout import MIB, Block
 from peerwire.manifest import Manifest
+from peerwire.piecerecord import read_record, record_entry, write_record
 
 log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".dfpart"
 RECORD_SUFFIX = ".dfpart.pieces"
-_RECORD_MAGIC = b"DFPIECE1"
-_RECORD_HEADER_BYTES = len(_RECORD_MAGIC) + 32
-_ENTRY = struct.Struct(">I4s")
 #: Read size for the whole-file digest in ``finalize``.
 _HASH_READ_BYTES = 4 * MIB
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -158,7 +151,10 @@ class PieceStore:
             ) from exc
         recorded: set[int] | None = None
         try:
-            recorded = _read_record(record, manifest) if resume else None
+            try:
+                recorded = read_record(record, manifest) if resume else None
+            except OSError as exc:
+                raise _wrap(exc, "read piece record", record) from exc
             if recorded is None:
                 have = Bitfield(manifest.num_pieces)
                 _set_length(fd, 0, partial, preallocate=False)
@@ -166,7 +162,10 @@ class PieceStore:
                 have = _reverify(fd, partial, manifest, recorded)
                 log.info("resuming %s: %d of %d pieces verified", output, len(have), len(recorded))
             _set_length(fd, manifest.total_length, partial, preallocate=preallocate)
-            record_fd = _write_record(record, manifest, have)
+            try:
+                record_fd = write_record(record, manifest, have)
+            except OSError as exc:
+                raise _wrap(exc, "write piece record", record) from exc
         except BaseException:
             os.close(fd)
             if recorded is None:  # nothing worth keeping: leave no debris behind
@@ -262,7 +261,7 @@ class PieceStore:
             return True
         self._check_writable()
         self._write(index, data)
-        entry = _ENTRY.pack(index, self._manifest.piece_sha256[index][:4])
+        entry = record_entry(self._manifest, index)
         with self._using_fd(), self._state:
             if index in self._have:
                 return True
@@ -484,28 +483,6 @@ def _check_free_space(fd: int, needed_bytes: int, path: Path) -> None:
         )
 
 
-def _read_record(path: Path, manifest: Manifest) -> set[int] | None:
-    """Piece indices the record lists for ``manifest``; None when absent or for other content."""
-    limit = _RECORD_HEADER_BYTES + 2 * _ENTRY.size * manifest.num_pieces + _ENTRY.size
-    try:
-        with open(path, "rb") as stream:
-            raw = stream.read(limit + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise _wrap(exc, "read piece record", path) from exc
-    if len(raw) > limit or raw[:_RECORD_HEADER_BYTES] != _record_header(manifest):
-        log.info("discarding %s: written for other content", path)
-        return None
-    indices: set[int] = set()
-    body = memoryview(raw)[_RECORD_HEADER_BYTES:]
-    for start in range(0, body.nbytes - _ENTRY.size + 1, _ENTRY.size):
-        index, check = _ENTRY.unpack_from(body, start)
-        if index < manifest.num_pieces and manifest.piece_sha256[index][:4] == check:
-            indices.add(index)
-    return indices
-
-
 def _reverify(
     fd: int, path: Path, manifest: Manifest, indices: Iterable[int], *, raise_on_bad: bool = False
 ) -> Bitfield:
@@ -530,26 +507,6 @@ def _reverify(
         else:
             log.warning("%s: recorded piece %d fails verification; fetching it again", path, index)
     return have
-
-
-def _record_header(manifest: Manifest) -> bytes:
-    return _RECORD_MAGIC + manifest.content_digest()
-
-
-def _write_record(path: Path, manifest: Manifest, have: Bitfield) -> int:
-    """Write a fresh record listing ``have`` (atomically, via rename); return an append fd."""
-    content = _record_header(manifest) + b"".join(
-        _ENTRY.pack(index, manifest.piece_sha256[index][:4]) for index in have
-    )
-    scratch = path.with_name(path.name + ".tmp")
-    try:
-        with open(scratch, "wb") as stream:
-            stream.write(content)
-        os.replace(scratch, path)
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-    except OSError as exc:
-        scratch.unlink(missing_ok=True)
-        raise _wrap(exc, "write piece record", path) from exc
 
 
 def _fsync_directory(path: Path) -> None:

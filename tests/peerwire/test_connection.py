@@ -27,6 +27,7 @@ import uvloop
 
 from peerwire import messages as m
 from peerwire.connection import PeerConnection, PeerListener, open_connection, single_task_router
+from peerwire.decoder import Decoder
 from peerwire.errors import LocalProtocolError
 from peerwire.ids import PeerId, TaskId
 from peerwire.layout import KIB
@@ -272,7 +273,7 @@ class RawPeer:
         self.reader = reader
         self.writer = writer
         self.peer_id = peer_id
-        self.decoder = m.Decoder()
+        self.decoder = Decoder()
         self.eof = False
 
     def handshake(self, task_id: TaskId, reserved: bytes = FAST_AND_LARGE) -> None:

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from peerwire.decoder import NEED_DATA, BlockSink, Decoder
 from peerwire.errors import LocalProtocolError, ProtocolError
 from peerwire.ids import PeerId, TaskId
 from peerwire.layout import MAX_BLOCK_BYTES, MIB
@@ -24,12 +25,9 @@ from peerwire.messages import (
     FAST_EXTENSION_BIT,
     HANDSHAKE_LENGTH,
     LARGE_BLOCKS_BIT,
-    NEED_DATA,
     Bitfield,
-    BlockSink,
     Cancel,
     Choke,
-    Decoder,
     Event,
     Handshake,
     Have,

@@ -6,6 +6,7 @@ import pytest
 
 from peerwire import messages as m
 from peerwire.bitfield import Bitfield
+from peerwire.decoder import Decoder
 from peerwire.errors import ProtocolError
 from peerwire.layout import MAX_BLOCK_BYTES, Block, PieceLayout
 from peerwire.session import DEFAULT_MAX_QUEUED_REQUESTS, PeerSession
@@ -407,11 +408,9 @@ def test_availability_messages(fast: bool, have: Bitfield, expected: list[m.Mess
 def test_two_peers_exchange_a_block_through_the_codec() -> None:
     """A seed and a leecher, each a session plus a decoder, bytes pushed between them."""
     seed, leecher = session(fast=True), session(fast=True)
-    to_seed, to_leecher = m.Decoder(expect_handshake=False), m.Decoder(expect_handshake=False)
+    to_seed, to_leecher = Decoder(expect_handshake=False), Decoder(expect_handshake=False)
 
-    def send(
-        outgoing: list[m.Message], decoder: m.Decoder, receiver: PeerSession
-    ) -> list[m.Message]:
+    def send(outgoing: list[m.Message], decoder: Decoder, receiver: PeerSession) -> list[m.Message]:
         decoder.receive_data(b"".join(m.encode(message) for message in outgoing))
         replies: list[m.Message] = []
         while (event := decoder.next_event()) is not None:
