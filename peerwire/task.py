@@ -405,7 +405,8 @@ class PeerTask:
         self._send_cancels(self.scheduler.piece_verified(index))
         have = m.Have(index)
         for peer in self._peers.values():
-            peer.conn.send((have,))
+            if index not in peer.session.peer_has:  # have suppression: it knows already
+                peer.conn.send((have,))
             if peer.session.am_interested and not self.scheduler.is_interesting(peer.key):
                 peer.conn.send(peer.session.interested(False))
         if self.on_piece is not None:
