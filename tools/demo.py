@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,13 @@ def start_seed(workdir: Path, source: Path, upload_rate: str) -> tuple[subproces
     return seed, line.split()[1]
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -75,11 +83,11 @@ def main() -> int:
         seed, seed_addr = start_seed(workdir, source, args.seed_rate)
         console.print(f"seed listening on {seed_addr}, upload capped at {args.seed_rate}/s")
         fetchers: list[tuple[str, subprocess.Popen[str], Path]] = []
-        base_port = 20000 + os.getpid() % 20000
+        ports = [free_port() for _ in range(args.fetchers)]
         try:
             for n in range(args.fetchers):
-                listen = f"127.0.0.1:{base_port + n}"
-                peers = [seed_addr] + [f"127.0.0.1:{base_port + k}" for k in range(n)]
+                listen = f"127.0.0.1:{ports[n]}"
+                peers = [seed_addr] + [f"127.0.0.1:{ports[k]}" for k in range(n)]
                 out = workdir / f"fetcher{n}.bin"
                 cmd = [
                     PYTHON,
