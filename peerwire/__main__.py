@@ -121,7 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
         "each piece; OUT appears only complete. An interrupted fetch resumes. "
         "Example: python -m peerwire fetch --manifest big.json --peer 127.0.0.1:6881 -O big.iso",
     )
-    fetch.add_argument("--manifest", type=Path, required=True, metavar="PATH")
+    fetch.add_argument(
+        "--manifest",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="the task's manifest (JSON, as written by seed --manifest-out)",
+    )
     fetch.add_argument(
         "--peer",
         type=_address,
@@ -130,7 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="a peer to download from (repeatable)",
     )
-    fetch.add_argument("-O", "--output", type=Path, required=True, metavar="PATH")
+    fetch.add_argument(
+        "-O",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="where the verified file appears (PATH.dfpart and PATH.dfpart.pieces meanwhile)",
+    )
     fetch.add_argument("--rate", type=_rate, metavar="RATE", help="download limit, e.g. 20M")
     fetch.add_argument(
         "--listen",
@@ -140,10 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fetch.add_argument(
         "--timeout",
-        type=float,
+        type=_duration,
         default=600.0,
-        metavar="SECONDS",
-        help="give up after this long (default 600)",
+        metavar="DURATION",
+        help="give up after this long, e.g. 90s or 10m (default 10m)",
     )
     fetch.add_argument(
         "--preallocate",
@@ -169,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="block size requested from our own peers (default 512K)",
         )
         sub.add_argument(
-            "--pipeline", type=int, metavar="N", help="requests in flight per peer (default 16)"
+            "--pipeline", type=int, metavar="N", help="requests in flight per peer (default 32)"
         )
     return parser
 
