@@ -168,7 +168,6 @@ Message = (
 )
 Event = Handshake | Message
 
-_U32 = struct.Struct(">I")
 _HEADER = struct.Struct(">IB")
 _HAVE = struct.Struct(">IBI")
 _TRIPLE = struct.Struct(">IBIII")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -93,8 +94,6 @@ def fetch(
 
 
 def file_digest(path: Path) -> bytes:
-    import hashlib
-
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(8 << 20):
