@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # PROGRAM=DEBIAN_PACKAGE pairs the test suite runs for real (installed when root).
 TEST_PROGRAMS := aria2c=aria2 nginx=nginx
 # Programs the benchmarks compare against.
-BENCH_PROGRAMS := aria2c=aria2 nginx=nginx
+BENCH_PROGRAMS := aria2c=aria2 nginx=nginx wrk=wrk
 
 .PHONY: demo test bench venv clean
 
@@ -32,6 +32,8 @@ bench: venv
 	$(BIN)/python bench/peer_throughput.py
 	$(BIN)/python bench/fetch_rate.py
 	$(BIN)/python bench/ratelimit_sockets.py
+	$(BIN)/python bench/tracker_announce.py
+	$(BIN)/python bench/tracker_memory.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

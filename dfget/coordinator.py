@@ -1,0 +1,353 @@
+"""The peer's side of the tracker interface (DESIGN.md), and its HTTP implementation.
+
+The download engine talks to its coordinator only through ``Coordinator``:
+
+    announce(task, progress)          -> peers, back-to-source assignment, manifest news
+    get_manifest / put_manifest       -> the task's piece digests (report_piece is a partial put)
+    report_error(task, peer, reason)  -> a bad piece, a refused connection
+    service_down(task, progress)      -> leaving the swarm (``event=stopped``)
+
+so that another coordinator (gossip membership, no central tracker) can replace ``HttpTracker``
+without touching the engine. ``HttpTracker`` speaks to one or more ``dftracker`` instances, tried
+in turn: a tracker that cannot be reached (connection refused, timeout, HTTP 5xx) is skipped and
+the next one asked; the last one that answered is asked first next time. A tracker that answers
+with a bencoded ``failure reason`` has answered: that is ``TrackerRefused``, not a failover.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+from urllib.parse import quote_from_bytes, urlsplit
+
+import aiohttp
+import bencodepy
+import yarl
+
+from peerwire.ids import PeerId, TaskId
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S: Final = 10.0
+#: Largest tracker answer read (an announce with 200 peers is ~1.5 KB; a manifest of a million
+#: pieces ~70 MB is beyond any task we make).
+MAX_ANSWER_BYTES: Final = 64 * 1024 * 1024
+#: bencode.py's decoder without a text encoding: every string stays bytes, keys included.
+_BENCODE: Final = bencodepy.Bencode()
+
+
+class TrackerError(Exception):
+    """Base of coordinator errors."""
+
+
+class TrackerUnavailable(TrackerError):
+    """No tracker in the list could be reached; the message says what each one did."""
+
+
+class TrackerRefused(TrackerError):
+    """A tracker answered with a ``failure reason`` (or a 4xx for the JSON API)."""
+
+
+class ManifestConflict(TrackerError):
+    """The tracker holds different digests or geometry for this task (HTTP 409)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What a peer says about itself in an announce (BEP 3 fields plus our ``df_*`` ones)."""
+
+    peer_id: PeerId
+    port: int
+    uploaded_bytes: int = 0
+    downloaded_bytes: int = 0
+    left_bytes: int | None = None
+    #: BEP 3 bitfield of the pieces held; None for a peer that does not know the layout yet.
+    have: bytes | None = None
+    load: int = 0
+    zone: str = ""
+    can_source: bool = True
+    origin_bytes: int = 0
+    numwant: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAddress:
+    host: str
+    port: int
+    peer_id: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceAnswer:
+    interval_s: float
+    min_interval_s: float
+    complete: int
+    incomplete: int
+    peers: tuple[PeerAddress, ...]
+    #: Pieces to fetch from the origin now (ascending); () when none.
+    assignment: tuple[int, ...] = ()
+    assignment_ttl_s: float = 0.0
+    #: Digests the tracker's manifest holds (None: the tracker has no manifest for the task).
+    pieces_known: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskManifestDoc:
+    """The tracker's view of a task: geometry and the digests known so far (None = unknown)."""
+
+    url: str
+    total_length: int
+    piece_length: int
+    piece_sha256: tuple[bytes | None, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "total_length": self.total_length,
+            "piece_length": self.piece_length,
+            "piece_sha256": [d.hex() if d is not None else None for d in self.piece_sha256],
+        }
+
+
+class Coordinator(Protocol):
+    """The narrow interface between a peer and whatever coordinates its swarm."""
+
+    async def announce(
+        self, task: TaskId, progress: Progress, event: str = ""
+    ) -> AnnounceAnswer: ...
+
+    async def get_manifest(self, task: TaskId) -> TaskManifestDoc | None: ...
+
+    async def put_manifest(self, task: TaskId, manifest: TaskManifestDoc) -> TaskManifestDoc: ...
+
+    async def report_piece(self, task: TaskId, piece_index: int, sha256: bytes) -> None: ...
+
+    async def report_error(
+        self, task: TaskId, reporter: PeerId, peer: PeerAddress, reason: str
+    ) -> None: ...
+
+    async def service_down(self, task: TaskId, progress: Progress) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def tracker_base_url(text: str) -> str:
+    """``http://host:6969`` or ``http://host:6969/announce`` -> ``http://host:6969``."""
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"tracker must be an http:// URL, not {text!r}")
+    path = parts.path.rstrip("/")
+    if path.endswith("/announce"):
+        path = path[: -len("/announce")]
+    if parts.query or parts.fragment:
+        raise ValueError(f"tracker URL must not carry a query: {text!r}")
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def announce_query(task: TaskId, progress: Progress, event: str) -> str:
+    """The query string of one announce; raw bytes percent-encoded byte by byte (BEP 3)."""
+    params = [
+        ("info_hash", quote_from_bytes(task.raw, safe="")),
+        ("peer_id", quote_from_bytes(progress.peer_id.raw, safe="")),
+        ("port", str(progress.port)),
+        ("uploaded", str(progress.uploaded_bytes)),
+        ("downloaded", str(progress.downloaded_bytes)),
+        ("compact", "1"),
+        ("numwant", str(progress.numwant)),
+        ("df_load", str(progress.load)),
+        ("df_source", "1" if progress.can_source else "0"),
+        ("df_origin", str(progress.origin_bytes)),
+    ]
+    if progress.left_bytes is not None:
+        params.append(("left", str(progress.left_bytes)))
+    if event:
+        params.append(("event", event))
+    if progress.have is not None:
+        params.append(("df_have", quote_from_bytes(progress.have, safe="")))
+    if progress.zone:
+        params.append(("df_zone", quote_from_bytes(progress.zone.encode(), safe="")))
+    return "&".join(f"{key}={value}" for key, value in params)
+
+
+def parse_announce_answer(body: bytes) -> AnnounceAnswer:
+    """Decode a bencoded announce answer; TrackerRefused on ``failure reason`` or garbage."""
+    try:
+        answer = _BENCODE.decode(body)
+    except Exception as exc:  # bencode.py raises several types on garbage
+        raise TrackerRefused(f"tracker answer is not bencode: {exc}") from exc
+    if not isinstance(answer, dict):
+        raise TrackerRefused("tracker answer is not a bencoded dictionary")
+    if b"failure reason" in answer:
+        reason = bytes(answer[b"failure reason"]).decode(errors="replace")
+        raise TrackerRefused(f"tracker refused the announce: {reason}")
+    peers: list[PeerAddress] = []
+    raw4 = answer.get(b"peers", b"")
+    if isinstance(raw4, list):  # BEP 3 dictionary model (compact=0)
+        for entry in raw4:
+            if isinstance(entry, dict) and b"ip" in entry and b"port" in entry:
+                peer_id = entry.get(b"peer id")
+                peers.append(
+                    PeerAddress(entry[b"ip"].decode(errors="replace"), int(entry[b"port"]), peer_id)
+                )
+    elif isinstance(raw4, bytes):  # BEP 23
+        for offset in range(0, len(raw4) - len(raw4) % 6, 6):
+            host = str(ipaddress.IPv4Address(raw4[offset : offset + 4]))
+            (port,) = struct.unpack_from(">H", raw4, offset + 4)
+            peers.append(PeerAddress(host, port))
+    raw6 = answer.get(b"peers6", b"")
+    if isinstance(raw6, bytes):  # BEP 7
+        for offset in range(0, len(raw6) - len(raw6) % 18, 18):
+            host = str(ipaddress.IPv6Address(raw6[offset : offset + 16]))
+            (port,) = struct.unpack_from(">H", raw6, offset + 16)
+            peers.append(PeerAddress(host, port))
+    assignment = answer.get(b"df assign", [])
+    known = answer.get(b"df known")
+    interval = _integer(answer.get(b"interval"), 30)
+    return AnnounceAnswer(
+        interval_s=float(interval),
+        min_interval_s=float(_integer(answer.get(b"min interval"), interval)),
+        complete=_integer(answer.get(b"complete"), 0),
+        incomplete=_integer(answer.get(b"incomplete"), 0),
+        peers=tuple(peers),
+        assignment=tuple(i for i in assignment if isinstance(i, int))
+        if isinstance(assignment, list)
+        else (),
+        assignment_ttl_s=float(_integer(answer.get(b"df assign ttl"), 0)),
+        pieces_known=known if isinstance(known, int) else None,
+    )
+
+
+def _integer(value: object, default: int) -> int:
+    return value if isinstance(value, int) else default
+
+
+def parse_manifest_doc(document: Any) -> TaskManifestDoc:
+    """The JSON of ``GET /tasks/<id>``; TrackerRefused when it is not one."""
+    try:
+        digests = tuple(
+            bytes.fromhex(d) if d is not None else None for d in document["piece_sha256"]
+        )
+        return TaskManifestDoc(
+            url=str(document["url"]),
+            total_length=int(document["total_length"]),
+            piece_length=int(document["piece_length"]),
+            piece_sha256=digests,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TrackerRefused(f"tracker sent a malformed manifest: {exc!r}") from exc
+
+
+class HttpTracker:
+    """``Coordinator`` over HTTP to a list of ``dftracker`` base URLs, tried in turn."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        if not urls:
+            raise ValueError("at least one tracker URL is needed")
+        self.base_urls = [tracker_base_url(url) for url in urls]
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session = session
+        self._own_session = session is None
+        self._preferred = 0
+
+    async def _request(
+        self, method: str, target: str, payload: bytes | None = None
+    ) -> tuple[int, bytes]:
+        """One request to the first tracker that answers; (status, body)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        problems: list[str] = []
+        count = len(self.base_urls)
+        for step in range(count):
+            index = (self._preferred + step) % count
+            url = yarl.URL(self.base_urls[index] + target, encoded=True)
+            try:
+                async with self._session.request(
+                    method,
+                    url,
+                    data=payload,
+                    headers={"Content-Type": "application/json"} if payload is not None else None,
+                    allow_redirects=False,
+                ) as response:
+                    body = await response.content.read(MAX_ANSWER_BYTES)
+                    if response.status >= 500:
+                        problems.append(f"{self.base_urls[index]}: HTTP {response.status}")
+                        continue
+                    self._preferred = index
+                    return response.status, body
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                problems.append(f"{self.base_urls[index]}: {exc.__class__.__name__} {exc}")
+        raise TrackerUnavailable("no tracker reachable: " + "; ".join(problems))
+
+    async def announce(self, task: TaskId, progress: Progress, event: str = "") -> AnnounceAnswer:
+        status, body = await self._request(
+            "GET", "/announce?" + announce_query(task, progress, event)
+        )
+        if status != 200:
+            raise TrackerRefused(f"announce answered HTTP {status}")
+        return parse_announce_answer(body)
+
+    async def get_manifest(self, task: TaskId) -> TaskManifestDoc | None:
+        status, body = await self._request("GET", f"/tasks/{task.hex()}")
+        if status == 404:
+            return None
+        return parse_manifest_doc(self._json(status, body))
+
+    async def put_manifest(self, task: TaskId, manifest: TaskManifestDoc) -> TaskManifestDoc:
+        return await self._put(task, manifest.to_json())
+
+    async def report_piece(self, task: TaskId, piece_index: int, sha256: bytes) -> None:
+        await self._put(task, {"piece_sha256": {str(piece_index): sha256.hex()}})
+
+    async def _put(self, task: TaskId, document: dict[str, Any]) -> TaskManifestDoc:
+        payload = json.dumps(document, separators=(",", ":")).encode()
+        status, body = await self._request("PUT", f"/tasks/{task.hex()}", payload)
+        if status == 409:
+            raise ManifestConflict(_error_text(body))
+        return parse_manifest_doc(self._json(status, body))
+
+    async def report_error(
+        self, task: TaskId, reporter: PeerId, peer: PeerAddress, reason: str
+    ) -> None:
+        document: dict[str, Any] = {"reporter": reporter.hex(), "reason": reason[:64]}
+        if peer.peer_id is not None:
+            document["peer"] = peer.peer_id.hex()
+        host = f"[{peer.host}]" if ":" in peer.host else peer.host
+        document["address"] = f"{host}:{peer.port}"
+        payload = json.dumps(document).encode()
+        status, body = await self._request("POST", f"/tasks/{task.hex()}/reports", payload)
+        self._json(status, body)
+
+    async def service_down(self, task: TaskId, progress: Progress) -> None:
+        await self.announce(task, progress, "stopped")
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+    @staticmethod
+    def _json(status: int, body: bytes) -> Any:
+        if status != 200:
+            raise TrackerRefused(f"tracker answered HTTP {status}: {_error_text(body)}")
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise TrackerRefused(f"tracker answer is not JSON: {exc}") from exc
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        document = json.loads(body)
+        return str(document.get("error", document))
+    except (ValueError, AttributeError):
+        return body[:200].decode(errors="replace")

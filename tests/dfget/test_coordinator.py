@@ -1,0 +1,175 @@
+"""HttpTracker (the peer's side of the tracker interface) against a real tracker on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from dfget.coordinator import (
+    HttpTracker,
+    ManifestConflict,
+    PeerAddress,
+    Progress,
+    TaskManifestDoc,
+    TrackerRefused,
+    TrackerUnavailable,
+    announce_query,
+    parse_announce_answer,
+    tracker_base_url,
+)
+from peerwire.ids import PeerId, TaskId
+from tests.integration.trackers import free_port
+from tracker.config import TrackerConfig
+from tracker.server import TrackerServer
+
+PIECE = 16384
+
+
+def run_with_tracker(body: Callable[[TrackerServer], Awaitable[None]], **changes: object) -> None:
+    async def main() -> None:
+        config = TrackerConfig(host="127.0.0.1", port=0, **changes)  # type: ignore[arg-type]
+        server = TrackerServer(config)
+        await server.start()
+        try:
+            await asyncio.wait_for(body(server), 30)
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+def base(server: TrackerServer) -> str:
+    return f"http://127.0.0.1:{server.port}"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("http://h:6969", "http://h:6969"),
+        ("http://h:6969/", "http://h:6969"),
+        ("http://h:6969/announce", "http://h:6969"),
+        ("http://h:6969/df/announce", "http://h:6969/df"),
+    ],
+)
+def test_tracker_url_accepts_base_or_announce_form(text: str, expected: str) -> None:
+    assert tracker_base_url(text) == expected
+
+
+@pytest.mark.parametrize("text", ["ftp://h/announce", "h:6969", "http://h:6969/announce?x=1"])
+def test_tracker_url_rejects_what_is_not_a_tracker(text: str) -> None:
+    with pytest.raises(ValueError, match="tracker"):
+        tracker_base_url(text)
+
+
+def test_announce_query_escapes_every_raw_byte() -> None:
+    task = TaskId(bytes(range(20)))
+    query = announce_query(task, Progress(PeerId(b"-DF0100-" + b"\xff" * 12), 6881), "started")
+    assert "info_hash=%00%01%02%03" in query
+    assert "peer_id=-DF0100-%FF%FF" in query
+    assert "event=started" in query
+
+
+def test_failure_reason_is_a_refusal_not_a_failover() -> None:
+    with pytest.raises(TrackerRefused, match="no such thing"):
+        parse_announce_answer(b"d14:failure reason13:no such thinge")
+
+
+def test_two_peers_learn_each_other_through_the_tracker() -> None:
+    async def body(server: TrackerServer) -> None:
+        tracker = HttpTracker([base(server) + "/announce"])
+        task = TaskId(hashlib.sha256(b"t").digest()[:20])
+        first = Progress(PeerId.generate(), 7001, left_bytes=100)
+        second = Progress(PeerId.generate(), 7002, left_bytes=100)
+        answer = await tracker.announce(task, first, "started")
+        assert answer.peers == ()
+        answer = await tracker.announce(task, second, "started")
+        assert [(p.host, p.port) for p in answer.peers] == [("127.0.0.1", 7001)]
+        assert answer.interval_s == 5
+        await tracker.service_down(task, first)
+        answer = await tracker.announce(task, second)
+        assert answer.peers == ()
+        await tracker.close()
+
+    run_with_tracker(body)
+
+
+def test_unreachable_tracker_is_skipped_for_the_next_one() -> None:
+    async def body(server: TrackerServer) -> None:
+        dead = f"http://127.0.0.1:{free_port()}"
+        tracker = HttpTracker([dead, base(server)], timeout_s=5)
+        task = TaskId(b"\x01" * 20)
+        answer = await tracker.announce(task, Progress(PeerId.generate(), 7001, left_bytes=1))
+        assert answer.complete + answer.incomplete == 1
+        await tracker.close()
+
+    run_with_tracker(body)
+
+
+def test_no_tracker_reachable_names_each_one() -> None:
+    async def main() -> None:
+        dead = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
+        tracker = HttpTracker(dead, timeout_s=5)
+        with pytest.raises(TrackerUnavailable) as info:
+            await tracker.announce(TaskId(b"\x02" * 20), Progress(PeerId.generate(), 1))
+        await tracker.close()
+        assert all(url in str(info.value) for url in dead)
+
+    asyncio.run(main())
+
+
+def test_manifest_round_trip_and_piece_reports() -> None:
+    async def body(server: TrackerServer) -> None:
+        tracker = HttpTracker([base(server)])
+        task = TaskId(b"\x03" * 20)
+        assert await tracker.get_manifest(task) is None
+        doc = TaskManifestDoc("http://origin/f", 3 * PIECE, PIECE, (None, None, None))
+        stored = await tracker.put_manifest(task, doc)
+        assert stored.piece_sha256 == (None, None, None)
+        digest = hashlib.sha256(b"piece 1").digest()
+        await tracker.report_piece(task, 1, digest)
+        fetched = await tracker.get_manifest(task)
+        assert fetched is not None
+        assert fetched.piece_sha256 == (None, digest, None)
+        with pytest.raises(ManifestConflict):
+            await tracker.report_piece(task, 1, hashlib.sha256(b"other").digest())
+        answer = await tracker.announce(
+            task, Progress(PeerId.generate(), 7001, left_bytes=3 * PIECE, have=b"\x00")
+        )
+        assert answer.pieces_known == 1
+        await tracker.close()
+
+    run_with_tracker(body)
+
+
+def test_back_to_source_assignment_reaches_the_peer() -> None:
+    async def body(server: TrackerServer) -> None:
+        tracker = HttpTracker([base(server)])
+        task = TaskId(b"\x04" * 20)
+        await tracker.put_manifest(
+            task, TaskManifestDoc("http://o/f", 8 * PIECE, PIECE, (None,) * 8)
+        )
+        progress = Progress(PeerId.generate(), 7001, left_bytes=8 * PIECE, have=b"\x00")
+        answer = await tracker.announce(task, progress, "started")
+        assert answer.assignment and answer.assignment[0] == 0
+        assert answer.assignment_ttl_s > 0
+        await tracker.close()
+
+    run_with_tracker(body)
+
+
+def test_report_error_reaches_the_tracker() -> None:
+    async def body(server: TrackerServer) -> None:
+        tracker = HttpTracker([base(server)])
+        task = TaskId(b"\x05" * 20)
+        bad = PeerId.generate()
+        await tracker.announce(task, Progress(bad, 7009, left_bytes=0))
+        await tracker.report_error(
+            task, PeerId.generate(), PeerAddress("127.0.0.1", 7009, bad.raw), "bad_piece"
+        )
+        assert server.swarm.reports_total == 1
+        await tracker.close()
+
+    run_with_tracker(body)

@@ -1,0 +1,74 @@
+"""Helpers to run a real ``dftracker serve`` process on 127.0.0.1 and talk to it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+PYTHON = sys.executable
+
+
+@dataclass
+class Tracker:
+    process: subprocess.Popen[str]
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def announce_url(self) -> str:
+        return f"{self.base_url}/announce"
+
+    def get(self, target: str) -> bytes:
+        with urllib.request.urlopen(self.base_url + target, timeout=10) as response:
+            body: bytes = response.read()
+            return body
+
+    def stats(self, **params: str) -> dict[str, Any]:
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        document: dict[str, Any] = json.loads(self.get("/stats" + ("?" + query if query else "")))
+        return document
+
+
+@contextmanager
+def tracker_process(*args: str) -> Iterator[Tracker]:
+    """``dftracker serve`` on a free port; SIGTERM (then SIGKILL) on exit."""
+    process = subprocess.Popen(
+        [PYTHON, "-m", "tracker.cli", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        if not line.startswith("listening "):
+            process.kill()
+            _, err = process.communicate(timeout=10)
+            raise AssertionError(f"tracker did not start: {line!r}\n{err}")
+        port = int(line.rsplit(":", 1)[1].split("/", 1)[0])
+        yield Tracker(process, port)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        try:
+            process.communicate(timeout=10)  # reaps it and closes the pipes
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

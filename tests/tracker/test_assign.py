@@ -1,0 +1,402 @@
+"""tracker.assign: disjoint, budgeted, expiring back-to-source assignments."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from tracker.assign import (
+    DEFAULT_PIECES,
+    SourcePlanner,
+    bitfield_to_int,
+    full_mask,
+    piece_indices,
+)
+
+PIECE = 16 * 1024
+INTERVAL_S = 5.0
+TTL_S = 20.0
+
+
+def bitfield(pieces: set[int] | range, num_pieces: int) -> bytes:
+    """BEP 3 bitfield, built byte by byte (independently of the code under test)."""
+    data = bytearray((num_pieces + 7) // 8)
+    for i in pieces:
+        data[i // 8] |= 0x80 >> (i % 8)
+    return bytes(data)
+
+
+def have(pieces: set[int] | range, num_pieces: int) -> int:
+    return bitfield_to_int(bitfield(pieces, num_pieces))
+
+
+def planner(num_pieces: int = 100, *, budget: int = 4, max_pieces: int = 16) -> SourcePlanner:
+    return SourcePlanner(num_pieces, budget=budget, max_pieces=max_pieces, ttl_s=TTL_S)
+
+
+def ask(
+    plan: SourcePlanner,
+    peer: bytes,
+    now: float = 0.0,
+    available: int = 0,
+    rate_bps: float | None = None,
+) -> tuple[int, ...]:
+    return plan.assign(
+        peer, now, available, rate_bps=rate_bps, piece_length=PIECE, interval_s=INTERVAL_S
+    )
+
+
+# --- bitset helpers -----------------------------------------------------------------------------
+
+
+def test_piece_zero_is_the_high_bit_of_the_first_byte() -> None:
+    assert bitfield_to_int(b"\x80\x00") == 1 << 15
+    assert piece_indices(bitfield_to_int(b"\x80\x00"), 9) == [0]
+    assert piece_indices(bitfield_to_int(b"\x00\x80"), 9) == [8]
+
+
+def test_full_mask_leaves_the_spare_bits_clear() -> None:
+    assert full_mask(0) == 0
+    assert full_mask(8) == 0xFF
+    assert full_mask(10) == 0xFFC0
+    assert full_mask(10) == bitfield_to_int(bitfield(range(10), 10))
+
+
+def test_piece_indices_ignores_spare_bits() -> None:
+    assert piece_indices(0xFFFF, 10) == list(range(10))
+
+
+def test_piece_indices_rejects_negative_masks() -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        piece_indices(-1, 8)
+
+
+@given(st.integers(0, 300).flatmap(lambda n: st.tuples(st.just(n), st.sets(st.integers(0, n)))))
+def test_piece_indices_inverts_the_bep3_bitfield(case: tuple[int, set[int]]) -> None:
+    num_pieces, pieces = case
+    pieces = {i for i in pieces if i < num_pieces}
+    assert piece_indices(have(pieces, num_pieces), num_pieces) == sorted(pieces)
+
+
+# --- choosing pieces ------------------------------------------------------------------------------
+
+
+def test_first_assignment_is_the_lowest_contiguous_run() -> None:
+    assert ask(planner(), b"a") == (0, 1)
+
+
+def test_each_peer_gets_the_next_run_disjoint_from_the_others() -> None:
+    plan = planner()
+    assert ask(plan, b"a") == (0, 1)
+    assert ask(plan, b"b") == (2, 3)
+    assert ask(plan, b"c", rate_bps=3 * PIECE / INTERVAL_S) == (4, 5, 6)
+    assert plan.fetchers == 3
+    assert plan.assigned_pieces == 7
+
+
+def test_pieces_held_in_the_swarm_are_never_assigned() -> None:
+    plan = planner(20)
+    available = have({0, 1, 2, 4, 5, 9}, 20)
+    rate = 6 * PIECE / INTERVAL_S
+    # The gap at 3 is taken whole, then the run from 6 up to the target size.
+    assert ask(plan, b"a", available=available, rate_bps=rate) == (3, 6, 7, 8, 10, 11)
+
+
+def test_a_short_tail_is_all_there_is_to_assign() -> None:
+    plan = planner(10)
+    assert ask(plan, b"a", available=have(range(8), 10), rate_bps=1e9) == (8, 9)
+
+
+@pytest.mark.parametrize(
+    ("rate_bps", "max_pieces", "expected"),
+    [
+        (None, 16, DEFAULT_PIECES),
+        (None, 1, 1),
+        (0.0, 16, 1),
+        (-5.0, 16, 1),
+        (1.0, 16, 1),
+        (PIECE / INTERVAL_S, 16, 1),
+        (PIECE / INTERVAL_S + 1, 16, 2),
+        (10 * PIECE / INTERVAL_S, 16, 10),
+        (100 * PIECE / INTERVAL_S, 16, 16),
+        (math.inf, 16, 16),
+        (math.nan, 16, DEFAULT_PIECES),
+    ],
+)
+def test_assignment_size_covers_one_interval_at_the_peer_rate(
+    rate_bps: float | None, max_pieces: int, expected: int
+) -> None:
+    plan = planner(max_pieces=max_pieces)
+    assert len(ask(plan, b"a", rate_bps=rate_bps)) == expected
+
+
+def test_a_faster_peer_is_topped_up_to_its_new_size() -> None:
+    plan = planner()
+    assert ask(plan, b"a") == (0, 1)
+    assert ask(plan, b"b") == (2, 3)
+    assert ask(plan, b"a", rate_bps=4 * PIECE / INTERVAL_S) == (0, 1, 4, 5)
+    assert plan.assigned_total == 6
+
+
+def test_fetched_pieces_leave_the_assignment_and_are_replaced() -> None:
+    plan = planner()
+    assert ask(plan, b"a") == (0, 1)
+    assert ask(plan, b"a", now=1.0, available=have({0}, 100)) == (1, 2)
+    assert plan.assigned_pieces == 2
+    assert plan.assigned_total == 3
+
+
+def test_an_unchanged_announce_returns_the_same_assignment() -> None:
+    plan = planner()
+    assert ask(plan, b"a") == ask(plan, b"a", now=1.0) == (0, 1)
+    assert plan.assigned_total == 2
+
+
+def test_nothing_is_assigned_once_every_piece_is_available() -> None:
+    plan = planner(10)
+    assert ask(plan, b"a", rate_bps=1e9) == tuple(range(10))
+    everything = full_mask(10)
+    assert ask(plan, b"a", now=1.0, available=everything) == ()
+    assert ask(plan, b"b", now=1.0, available=everything) == ()
+    assert (plan.fetchers, plan.assigned_pieces, plan.missing(everything)) == (0, 0, 0)
+
+
+def test_an_empty_task_assigns_nothing() -> None:
+    plan = planner(0)
+    assert ask(plan, b"a") == ()
+    assert plan.missing(0) == 0
+
+
+def test_missing_counts_pieces_neither_available_nor_assigned() -> None:
+    plan = planner(10)
+    available = have({0, 1}, 10)
+    assert plan.missing(available) == 8
+    ask(plan, b"a", available=available)
+    assert plan.missing(available) == 6
+
+
+# --- budget, expiry, release ---------------------------------------------------------------------
+
+
+def test_budget_limits_how_many_peers_fetch_at_once() -> None:
+    plan = planner(budget=2)
+    assert ask(plan, b"a") == (0, 1)
+    assert ask(plan, b"b") == (2, 3)
+    assert ask(plan, b"c") == ()
+    assert plan.fetchers == 2
+    # A fetcher with work left keeps its slot...
+    assert ask(plan, b"a", now=1.0, available=have({0}, 100), rate_bps=0.0) == (1,)
+    assert ask(plan, b"c", now=1.0, available=have({0}, 100)) == ()
+    # ...and once it has fetched everything, the slot is free for the next peer.
+    done = have({0, 1}, 100)
+    assert ask(plan, b"c", now=2.0, available=done) == (4, 5)
+    assert ask(plan, b"a", now=2.0, available=done) == ()
+    assert plan.fetchers == 2
+
+
+def test_a_zero_budget_assigns_nothing() -> None:
+    assert ask(planner(budget=0), b"a") == ()
+
+
+def test_expired_assignment_goes_to_another_peer() -> None:
+    plan = planner(budget=1)
+    assert ask(plan, b"a") == (0, 1)
+    assert ask(plan, b"b", now=TTL_S - 0.1) == ()
+    assert ask(plan, b"b", now=TTL_S) == (0, 1)
+    assert plan.fetchers == 1
+
+
+def test_an_idle_fetcher_is_not_kept_alive_by_announcing() -> None:
+    plan = planner(budget=1)
+    ask(plan, b"a")
+    for now in (5.0, 10.0, 15.0):
+        assert ask(plan, b"a", now=now) == (0, 1)
+    assert ask(plan, b"b", now=TTL_S) == (0, 1)
+
+
+def test_progress_restarts_the_ttl() -> None:
+    plan = planner(budget=1, max_pieces=2)
+    ask(plan, b"a")
+    # Piece 0 arrives at 15 s; nothing is left to top up with, yet the peer is working.
+    rest = have(set(range(2, 100)), 100)
+    assert ask(plan, b"a", now=15.0, available=rest | have({0}, 100)) == (1,)
+    assert ask(plan, b"b", now=TTL_S + 1, available=rest | have({0}, 100)) == ()
+    assert ask(plan, b"b", now=15.0 + TTL_S, available=rest | have({0}, 100)) == (1,)
+
+
+def test_topping_up_restarts_the_ttl_of_the_whole_assignment() -> None:
+    plan = planner(budget=1)
+    assert ask(plan, b"a") == (0, 1)
+    assert ask(plan, b"a", now=10.0, rate_bps=4 * PIECE / INTERVAL_S) == (0, 1, 2, 3)
+    assert plan.expire(TTL_S + 5.0) == 0
+    assert plan.expire(10.0 + TTL_S) == 4
+
+
+def test_expire_returns_how_many_pieces_came_back() -> None:
+    plan = planner()
+    ask(plan, b"a")
+    ask(plan, b"b", now=5.0, rate_bps=3 * PIECE / INTERVAL_S)
+    assert plan.expire(TTL_S) == 2
+    assert plan.fetchers == 1
+    assert plan.expire(5.0 + TTL_S) == 3
+    assert (plan.fetchers, plan.assigned_pieces) == (0, 0)
+
+
+def test_release_frees_the_pieces_at_once() -> None:
+    plan = planner(budget=1)
+    ask(plan, b"a")
+    plan.release(b"a")
+    plan.release(b"never assigned")
+    assert (plan.fetchers, plan.assigned_pieces) == (0, 0)
+    assert ask(plan, b"b", now=0.1) == (0, 1)
+    assert plan.assignment_of(b"b") == (0, 1)
+    assert plan.assignment_of(b"a") == ()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_pieces": -1}, "num_pieces"),
+        ({"budget": -1}, "budget"),
+        ({"max_pieces": 0}, "max_pieces"),
+        ({"ttl_s": 0.0}, "ttl_s"),
+        ({"ttl_s": math.inf}, "ttl_s"),
+    ],
+)
+def test_planner_rejects_invalid_settings(kwargs: dict[str, float], message: str) -> None:
+    settings_: dict[str, float] = {"num_pieces": 10, "budget": 1, "max_pieces": 4, "ttl_s": 1.0}
+    settings_.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        SourcePlanner(
+            int(settings_["num_pieces"]),
+            budget=int(settings_["budget"]),
+            max_pieces=int(settings_["max_pieces"]),
+            ttl_s=settings_["ttl_s"],
+        )
+
+
+def test_assign_rejects_a_non_positive_piece_length() -> None:
+    with pytest.raises(ValueError, match="piece_length"):
+        planner().assign(b"a", 0.0, 0, rate_bps=None, piece_length=0, interval_s=INTERVAL_S)
+
+
+def test_large_task_assigns_from_the_first_gap() -> None:
+    num_pieces = 1 << 20
+    plan = planner(num_pieces)
+    available = have(range(500_000), num_pieces)
+    assert ask(plan, b"a", available=available) == (500_000, 500_001)
+    assert ask(plan, b"b", available=available, rate_bps=1e12) == tuple(range(500_002, 500_018))
+    assert plan.missing(available) == num_pieces - 500_018
+
+
+# --- simulation ---------------------------------------------------------------------------------
+
+
+def test_simulated_swarm_fetches_each_piece_from_the_origin_once() -> None:
+    """Four peers announce every interval; one stalls and never fetches what it is given.
+
+    Workers fetch their assignment in one interval and then trade pieces; the stalled peer's
+    pieces are taken back after the ttl and fetched by someone else. The origin sends each
+    piece exactly once and everyone finishes.
+    """
+    num_pieces = 60
+    plan = planner(num_pieces, budget=3, max_pieces=4)
+    peers = [b"w1", b"w2", b"w3", b"stall"]
+    held: dict[bytes, set[int]] = {peer: set() for peer in peers}
+    origin_fetches = [0] * num_pieces
+    rate = 4 * PIECE / INTERVAL_S
+    now = 0.0
+    for _ in range(200):
+        union = set().union(*held.values())
+        if all(len(pieces) == num_pieces for pieces in held.values()):
+            break
+        available = have(union, num_pieces)
+        work = {peer: ask(plan, peer, now, available, rate) for peer in peers}
+        assigned = [i for pieces in work.values() for i in pieces]
+        assert len(assigned) == len(set(assigned)), "assignments overlap"
+        assert not set(assigned) & union, "an available piece was assigned"
+        assert sum(1 for pieces in work.values() if pieces) <= 3
+        for peer in peers:
+            if peer != b"stall":
+                for i in work[peer]:
+                    origin_fetches[i] += 1
+                    held[peer].add(i)
+        for pieces in held.values():  # one round of trading: everyone gets what existed before
+            pieces |= union
+        now += INTERVAL_S
+    else:
+        pytest.fail("the swarm never finished")
+    assert origin_fetches == [1] * num_pieces
+    assert plan.missing(full_mask(num_pieces)) == 0
+
+
+class PlannerMachine(RuleBasedStateMachine):
+    """Random announces, fetches, departures and clock steps; the invariants always hold."""
+
+    NUM_PIECES = 37
+    PEERS = (b"p0", b"p1", b"p2", b"p3", b"p4")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plan = SourcePlanner(self.NUM_PIECES, budget=3, max_pieces=5, ttl_s=TTL_S)
+        self.available: set[int] = set()
+        self.now = 0.0
+
+    def mask(self) -> int:
+        return have(self.available, self.NUM_PIECES)
+
+    @rule(
+        peer=st.sampled_from(PEERS),
+        rate_pieces=st.one_of(st.none(), st.integers(0, 8)),
+    )
+    def announce(self, peer: bytes, rate_pieces: int | None) -> None:
+        rate = None if rate_pieces is None else rate_pieces * PIECE / INTERVAL_S
+        got = ask(self.plan, peer, self.now, self.mask(), rate)
+        assert list(got) == sorted(set(got))
+        assert len(got) <= 5
+        assert not set(got) & self.available
+        if not got:
+            # Refused only when the budget is spent or there is nothing left to hand out.
+            assert self.plan.fetchers >= 3 or self.plan.missing(self.mask()) == 0
+
+    @rule(peer=st.sampled_from(PEERS), data=st.data())
+    def fetch_some(self, peer: bytes, data: st.DataObject) -> None:
+        work = self.plan.assignment_of(peer)
+        if work:
+            self.available |= set(data.draw(st.sets(st.sampled_from(work))))
+
+    @rule(peer=st.sampled_from(PEERS))
+    def leave(self, peer: bytes) -> None:
+        self.plan.release(peer)
+        assert self.plan.assignment_of(peer) == ()
+
+    @rule(step_s=st.sampled_from([0.5, 5.0, TTL_S / 2, TTL_S]))
+    def wait(self, step_s: float) -> None:
+        self.now += step_s
+
+    @precondition(lambda self: self.now > 0)
+    @rule()
+    def expire(self) -> None:
+        before = self.plan.assigned_pieces
+        released = self.plan.expire(self.now)
+        assert self.plan.assigned_pieces == before - released
+
+    @invariant()
+    def assignments_are_disjoint_and_counted(self) -> None:
+        seen: list[int] = []
+        for peer in self.PEERS:
+            seen.extend(self.plan.assignment_of(peer))
+        assert len(seen) == len(set(seen))
+        assert len(seen) == self.plan.assigned_pieces
+        assert self.plan.fetchers == sum(1 for p in self.PEERS if self.plan.assignment_of(p))
+        assert self.plan.fetchers <= 3
+        missing = self.plan.missing(0)
+        assert missing == self.NUM_PIECES - len(seen)
+
+
+PlannerMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40)
+test_planner_state_machine = PlannerMachine.TestCase

@@ -1,0 +1,109 @@
+"""``/metrics``: the tracker's Prometheus exposition (prometheus-client).
+
+The hot path only bumps plain integers (in ``Routes`` and ``Swarm``); this collector turns them
+into metric families when Prometheus scrapes, so an announce never takes a metrics lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from tracker.routes import LATENCY_BUCKETS_S, Routes
+
+PREFIX = "dragonfly_tracker_"
+
+
+class TrackerCollector(Collector):
+    """Reads the counters of one ``Routes`` (and its ``Swarm``) at scrape time."""
+
+    def __init__(self, routes: Routes) -> None:
+        self._routes = routes
+
+    def collect(self) -> Iterator[Metric]:
+        routes = self._routes
+        swarm = routes.swarm
+        announces = CounterMetricFamily(
+            PREFIX + "announces",
+            "Announces answered, by BEP 3 event and result (ok, failure).",
+            labels=["event", "result"],
+        )
+        for (event, result), count in sorted(routes.announces.items()):
+            announces.add_metric([event, result], count)
+        yield announces
+
+        scrapes = CounterMetricFamily(
+            PREFIX + "scrapes", "Scrapes answered, by result.", labels=["result"]
+        )
+        for result, count in sorted(routes.scrapes.items()):
+            scrapes.add_metric([result], count)
+        yield scrapes
+
+        puts = CounterMetricFamily(
+            PREFIX + "manifest_puts",
+            "Manifest uploads (PUT /tasks/<id>), by result (ok, conflict, invalid).",
+            labels=["result"],
+        )
+        for result, count in sorted(routes.manifest_puts.items()):
+            puts.add_metric([result], count)
+        yield puts
+
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip(LATENCY_BUCKETS_S, routes.latency_counts, strict=False):
+            running += count
+            buckets.append((repr(bound), running))
+        running += routes.latency_counts[-1]
+        buckets.append(("+Inf", running))
+        yield HistogramMetricFamily(
+            PREFIX + "announce_duration_seconds",
+            "Time to parse, decide and encode one announce (excludes HTTP I/O).",
+            buckets=buckets,
+            sum_value=routes.latency_sum_s,
+        )
+
+        yield GaugeMetricFamily(PREFIX + "peers", "Peers currently in any swarm.", swarm.peer_count)
+        yield GaugeMetricFamily(
+            PREFIX + "seeds", "Peers that have the whole file.", swarm.seed_count
+        )
+        yield GaugeMetricFamily(PREFIX + "tasks", "Tasks currently tracked.", swarm.task_count)
+        yield CounterMetricFamily(
+            PREFIX + "source_assigned_pieces",
+            "Pieces handed to peers to fetch from the origin (back-to-source assignments).",
+            swarm.assigned_pieces_total,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "bad_peer_reports", "Reports of misbehaving peers.", swarm.reports_total
+        )
+        yield CounterMetricFamily(
+            PREFIX + "completions",
+            "Downloads completed (scrape 'downloaded').",
+            swarm.completions_total,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "peers_expired",
+            "Peers dropped after missing announces.",
+            swarm.peers_expired_total,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "http_requests", "HTTP requests answered, any route.", routes.requests_total
+        )
+
+
+def make_registry(routes: Routes) -> CollectorRegistry:
+    """A registry of its own (not the global one), so several trackers can share a process."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TrackerCollector(routes))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

@@ -1,0 +1,244 @@
+"""Which request goes where, and what it answers: the tracker's HTTP surface without the sockets.
+
+``Routes.handle`` takes one parsed request (method, target, body, the client's address) and
+returns a ``Response``. The server (the only asyncio module) owns connections, limits and
+timeouts; this module owns meaning, and keeps the counters that ``metrics`` exports.
+
+Routes:
+
+* ``GET /announce`` (BEP 3, 7, 23) and ``GET /scrape`` (BEP 48): bencoded, HTTP 200 even for a
+  refused announce (``failure reason``), as BitTorrent clients expect.
+* ``GET|PUT /tasks/<hex id>``: the task manifest (JSON); ``POST /tasks/<hex id>/reports``.
+* ``GET /stats``: JSON of the swarm for dftop; ``GET /healthz``; ``GET /metrics`` is added by
+  the server (it belongs to prometheus-client).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from tracker.config import TrackerConfig
+from tracker.manifests import ManifestConflict, ManifestError, parse_manifest_update
+from tracker.model import ID_BYTES, Event
+from tracker.protocol import (
+    AnnounceError,
+    encode_announce,
+    encode_failure,
+    encode_scrape,
+    parse_announce,
+    parse_report,
+    parse_scrape,
+)
+from tracker.swarm import Swarm, SwarmFull
+
+log = logging.getLogger(__name__)
+
+TEXT: Final = b"text/plain; charset=utf-8"
+JSON: Final = b"application/json"
+#: Announce latency histogram buckets (seconds), from well under a millisecond to a stall.
+LATENCY_BUCKETS_S: Final = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.1,
+)
+#: Largest ``peers`` a ``/stats`` request may ask for per task.
+STATS_PEERS_MAX: Final = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: bytes = TEXT
+
+
+_EVENT_LABELS: Final = {event: (event.name.lower() if event.value else "none") for event in Event}
+
+
+class Routes:
+    """The tracker's request handlers over one ``Swarm``; counters for ``/metrics``."""
+
+    def __init__(
+        self,
+        config: TrackerConfig,
+        swarm: Swarm,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.config = config
+        self.swarm = swarm
+        self._clock = clock
+        #: (event label, result) -> announces; result is ``ok`` or ``failure``.
+        self.announces: dict[tuple[str, str], int] = {}
+        self.scrapes: dict[str, int] = {"ok": 0, "failure": 0}
+        self.manifest_puts: dict[str, int] = {"ok": 0, "conflict": 0, "invalid": 0}
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        self.latency_sum_s = 0.0
+        self.requests_total = 0
+
+    # --- dispatch -----------------------------------------------------------------------------
+
+    def handle(self, method: bytes, target: bytes, body: bytes, remote_ip: str) -> Response:
+        """Answer one request; never raises for anything a client can send."""
+        self.requests_total += 1
+        path, _, query = target.partition(b"?")
+        if path == b"/announce":
+            if method not in (b"GET", b"HEAD"):
+                return _method_not_allowed()
+            return self._announce(query, remote_ip)
+        if path == b"/scrape":
+            if method not in (b"GET", b"HEAD"):
+                return _method_not_allowed()
+            return self._scrape(query)
+        if path.startswith(b"/tasks/"):
+            return self._tasks(method, path[len(b"/tasks/") :], body)
+        if path == b"/stats":
+            if method not in (b"GET", b"HEAD"):
+                return _method_not_allowed()
+            return self._stats(query)
+        if path == b"/healthz":
+            return Response(200, b"ok\n")
+        return Response(404, b"not found: try /announce, /scrape, /stats, /metrics, /healthz\n")
+
+    # --- BitTorrent -----------------------------------------------------------------------------
+
+    def _announce(self, query: bytes, remote_ip: str) -> Response:
+        started = self._clock()
+        config = self.config
+        label = "invalid"
+        try:
+            request = parse_announce(
+                query,
+                remote_ip,
+                trust_ip=config.trust_ip_param,
+                numwant_default=config.numwant_default,
+                numwant_max=config.numwant_max,
+            )
+            label = _EVENT_LABELS[request.event]
+            result = self.swarm.announce(request)
+        except (AnnounceError, SwarmFull) as exc:
+            log.debug("announce from %s refused: %s", remote_ip, exc)
+            body = encode_failure(str(exc))
+            outcome = "failure"
+        else:
+            body = encode_announce(result, compact=request.compact, no_peer_id=request.no_peer_id)
+            outcome = "ok"
+        key = (label, outcome)
+        self.announces[key] = self.announces.get(key, 0) + 1
+        elapsed_s = self._clock() - started
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, elapsed_s)] += 1
+        self.latency_sum_s += elapsed_s
+        return Response(200, body)
+
+    def _scrape(self, query: bytes) -> Response:
+        try:
+            hashes = parse_scrape(query, max_hashes=self.config.max_scrape_hashes)
+            if hashes:
+                files = self.swarm.scrape(hashes)
+            elif self.config.full_scrape:
+                files = self.swarm.scrape_all(self.config.max_scrape_hashes)
+            else:
+                raise AnnounceError("scrape needs info_hash (full scrape is disabled)")
+        except AnnounceError as exc:
+            self.scrapes["failure"] += 1
+            return Response(200, encode_failure(str(exc)))
+        self.scrapes["ok"] += 1
+        return Response(200, encode_scrape(files))
+
+    # --- JSON API ---------------------------------------------------------------------------
+
+    def _tasks(self, method: bytes, rest: bytes, body: bytes) -> Response:
+        hex_id, _, sub = rest.partition(b"/")
+        task = _task_id(hex_id)
+        if task is None:
+            return _json_error(400, "task id must be 40 hex digits")
+        if sub == b"reports":
+            if method != b"POST":
+                return _method_not_allowed()
+            return self._report(task, body)
+        if sub:
+            return _json_error(404, "no such resource")
+        if method in (b"GET", b"HEAD"):
+            manifest = self.swarm.get_manifest(task)
+            if manifest is None:
+                return _json_error(404, "no manifest for this task")
+            return Response(200, manifest.to_json(task), JSON)
+        if method == b"PUT":
+            return self._put_manifest(task, body)
+        return _method_not_allowed()
+
+    def _put_manifest(self, task: bytes, body: bytes) -> Response:
+        try:
+            update = parse_manifest_update(body)
+            manifest = self.swarm.put_manifest(task, update)
+        except ManifestConflict as exc:
+            self.manifest_puts["conflict"] += 1
+            log.warning("manifest for task %s refused: %s", task.hex(), exc)
+            return _json_error(409, str(exc))
+        except ManifestError as exc:
+            self.manifest_puts["invalid"] += 1
+            return _json_error(400, str(exc))
+        except SwarmFull as exc:
+            return _json_error(503, str(exc))
+        self.manifest_puts["ok"] += 1
+        return Response(200, manifest.to_json(task), JSON)
+
+    def _report(self, task: bytes, body: bytes) -> Response:
+        try:
+            report = parse_report(body)
+        except ValueError as exc:
+            return _json_error(400, str(exc))
+        found = self.swarm.report(task, report)
+        log.info(
+            "task %s: peer %s reported %s by %s",
+            task.hex()[:12],
+            report.peer_id.hex()[:12] if report.peer_id else report.address,
+            report.reason,
+            report.reporter.hex()[:12],
+        )
+        return Response(200, json.dumps({"found": found}).encode(), JSON)
+
+    def _stats(self, query: bytes) -> Response:
+        task: bytes | None = None
+        peers_limit = 100
+        for part in query.split(b"&"):
+            key, _, value = part.partition(b"=")
+            if key == b"task":
+                task = _task_id(value)
+                if task is None:
+                    return _json_error(400, "task must be 40 hex digits")
+            elif key == b"peers":
+                if not value.isdigit() or len(value) > 6:
+                    return _json_error(400, "peers must be a number")
+                peers_limit = min(int(value), STATS_PEERS_MAX)
+        document = self.swarm.stats(task, peers_limit=peers_limit)
+        return Response(200, json.dumps(document, separators=(",", ":")).encode(), JSON)
+
+
+def _task_id(hex_id: bytes) -> bytes | None:
+    if len(hex_id) != 2 * ID_BYTES:
+        return None
+    try:
+        return bytes.fromhex(hex_id.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _json_error(status: int, message: str) -> Response:
+    return Response(status, json.dumps({"error": message}).encode(), JSON)
+
+
+def _method_not_allowed() -> Response:
+    return Response(405, b"method not allowed\n")

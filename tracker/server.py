@@ -1,0 +1,292 @@
+"""The tracker's only asyncio module: HTTP/1.1 connections on uvloop, parsed by httptools.
+
+Everything a request means is decided by ``Routes`` synchronously, so responses leave in request
+order (pipelining works) and no request waits on another. This module enforces the HTTP bounds
+of ``TrackerConfig``: request line plus headers at most ``max_head_bytes`` (else 431), a body at
+most ``max_body_bytes`` (else 413), headers complete within ``head_timeout_s`` of the first byte
+(a client that never finishes them is dropped), an idle kept-alive connection closed after
+``keepalive_timeout_s``, at most ``max_connections`` open. Keep-alive and ``Connection: close``
+both work (HTTP/1.0 too). A malformed request gets a 400 and that connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Final, cast
+
+import httptools
+
+from tracker.config import TrackerConfig
+from tracker.metrics import make_registry, render
+from tracker.routes import Response, Routes
+from tracker.swarm import Swarm
+
+log = logging.getLogger(__name__)
+
+_REASONS: Final = {
+    200: b"OK",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    409: b"Conflict",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+METRICS_CONTENT_TYPE: Final = b"text/plain; version=0.0.4; charset=utf-8"
+#: How often deadlines are checked; a timeout fires up to this much late.
+SWEEP_S: Final = 1.0
+
+
+class _RequestTooLarge(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class TrackerServer:
+    """Owns the listening socket, the connections, the expiry sweep and shutdown."""
+
+    def __init__(self, config: TrackerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.swarm = Swarm(config, clock)
+        self.routes = Routes(config, self.swarm)
+        self.registry = make_registry(self.routes)
+        self.connections: set[HttpConnection] = set()
+        self._server: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None and self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: HttpConnection(self), self.config.host, self.config.port, backlog=1024
+        )
+        self._tasks.append(asyncio.create_task(self._sweep_connections()))
+        self._tasks.append(asyncio.create_task(self._expire_peers()))
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        for connection in list(self.connections):
+            connection.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._tasks.clear()
+
+    def metrics_response(self) -> Response:
+        return Response(200, render(self.registry), METRICS_CONTENT_TYPE)
+
+    async def _sweep_connections(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = loop.time()
+            for connection in [c for c in self.connections if c.deadline < now]:
+                connection.timed_out()
+
+    async def _expire_peers(self) -> None:
+        period_s = max(self.config.interval_s / 2, 0.5)
+        while True:
+            await asyncio.sleep(period_s)
+            removed = self.swarm.expire()
+            if removed:
+                log.info("expired %d silent peers", removed)
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: feeds httptools, answers each complete request in order."""
+
+    def __init__(self, server: TrackerServer) -> None:
+        self._server = server
+        self._config = server.config
+        self._routes = server.routes
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_event_loop()
+        self._remote_ip = ""
+        self._url = b""
+        self._body: list[bytes] = []
+        self._head_bytes = 0
+        self._body_bytes = 0
+        self._paused = False
+        self.deadline = 0.0
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._remote_ip = str(peer[0]) if peer else ""
+        if len(self._server.connections) >= self._config.max_connections:
+            log.warning("connection limit %d reached: refusing", self._config.max_connections)
+            transport.write(_response(503, b"too many connections\n", b"text/plain", False, False))
+            transport.close()
+            return
+        self._server.connections.add(self)
+        self.deadline = self._loop.time() + self._config.head_timeout_s
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except _RequestTooLarge as exc:
+            self._fail(exc.status, b"request too large\n")
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _RequestTooLarge):
+                self._fail(cause.status, b"request too large\n")
+            else:
+                log.exception("tracker: request handler failed")
+                self._fail(400, b"bad request\n")
+        except httptools.HttpParserUpgrade:
+            self._fail(400, b"upgrade and CONNECT are not supported\n")
+        except httptools.HttpParserError as exc:
+            log.debug("malformed request from %s: %s", self._remote_ip, exc)
+            self._fail(400, b"malformed HTTP request\n")
+
+    def pause_writing(self) -> None:
+        # The client does not read its answers: stop reading its requests until it does.
+        if self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and self._paused:
+            self._paused = False
+            self._transport.resume_reading()
+
+    # --- httptools callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._body = []
+        self._head_bytes = 0
+        self._body_bytes = 0
+        self.deadline = self._loop.time() + self._config.head_timeout_s
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > self._config.max_head_bytes:
+            raise _RequestTooLarge(414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._config.max_head_bytes:
+            raise _RequestTooLarge(431)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._config.max_body_bytes:
+            raise _RequestTooLarge(413)
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        method = self._parser.get_method()
+        keep_alive = self._parser.should_keep_alive()
+        path = self._url.partition(b"?")[0]
+        if path == b"/metrics" and method in (b"GET", b"HEAD"):
+            response = self._server.metrics_response()
+        else:
+            response = self._routes.handle(method, self._url, b"".join(self._body), self._remote_ip)
+        http10_keep_alive = keep_alive and self._parser.get_http_version() == "1.0"
+        body = b"" if method == b"HEAD" else response.body
+        transport.write(
+            _response(
+                response.status,
+                body,
+                response.content_type,
+                keep_alive,
+                http10_keep_alive,
+                content_length=len(response.body),
+            )
+        )
+        if not keep_alive:
+            transport.close()
+            return
+        self.deadline = self._loop.time() + self._config.keepalive_timeout_s
+
+    # --- errors and deadlines ------------------------------------------------------------------
+
+    def _fail(self, status: int, message: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(_response(status, message, b"text/plain", False, False))
+            self._transport.close()
+            self._transport = None
+        self._server.connections.discard(self)
+
+    def timed_out(self) -> None:
+        """Headers not finished in time, or idle too long after a response: drop it."""
+        log.debug("closing connection from %s: deadline passed", self._remote_ip)
+        if self._transport is not None:
+            self._transport.abort()
+        self._server.connections.discard(self)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+def _response(
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    keep_alive: bool,
+    http10_keep_alive: bool,
+    *,
+    content_length: int | None = None,
+) -> bytes:
+    length = len(body) if content_length is None else content_length
+    connection = b"" if keep_alive and not http10_keep_alive else b"Connection: close\r\n"
+    if http10_keep_alive:
+        connection = b"Connection: keep-alive\r\n"
+    return b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        status,
+        _REASONS.get(status, b"Unknown"),
+        content_type,
+        length,
+        connection,
+        body,
+    )
+
+
+async def serve(
+    config: TrackerConfig, ready: Callable[[TrackerServer], None] | None = None
+) -> None:
+    """Run until SIGINT or SIGTERM, then close every connection and return."""
+    server = TrackerServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        if ready is not None:
+            ready(server)
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        log.info("shutting down")
+        await server.close()

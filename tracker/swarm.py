@@ -1,0 +1,596 @@
+"""The tracker's registry: tasks, their peers, manifests and back-to-source plans. Pure.
+
+``Swarm.announce`` turns one parsed announce (BEP 3 plus our ``df_*`` parameters) into an answer:
+peers to try (``selection``), pieces to fetch from the origin (``assign``), and counts. State is
+soft: peers that stop announcing are dropped by ``expire``, and a restarted tracker is whole
+again after one interval (peers re-announce and re-``PUT`` their manifests). Time comes from the
+injected ``clock``; nothing here does I/O.
+
+Per peer, one ``__slots__`` record (about 1 KB with its contact and map entry, so 100,000 peers
+fit easily). Each task's peer map is kept in least-recently-announced order (an announce moves
+its peer to the end), so ``expire`` looks only at the front of each map.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from tracker.assign import SourcePlanner, bitfield_to_int, full_mask
+from tracker.config import TrackerConfig
+from tracker.manifests import ManifestConflict, ManifestUpdate, TaskManifest
+from tracker.model import (
+    AnnounceRequest,
+    AnnounceResult,
+    Event,
+    PeerContact,
+    PeerReport,
+    ScrapeCounts,
+)
+from tracker.selection import Ranked, Ranking
+
+#: Reporters remembered per reported peer (oldest forgotten first): bounds a report flood.
+MAX_REPORTERS = 16
+
+
+class SwarmFull(Exception):
+    """A new task was refused because ``max_tasks`` are tracked; ``str()`` is the reason."""
+
+    def __init__(self, reason: str = "tracker is tracking too many tasks") -> None:
+        super().__init__(reason)
+
+
+class _Peer(Ranked):
+    """One peer of one task (``peer_id``, ``contact`` and ``zone`` come from ``Ranked``)."""
+
+    __slots__ = (
+        "can_source",
+        "counted",
+        "download_bps",
+        "downloaded",
+        "first_seen",
+        "grew_at",
+        "have",
+        "last_seen",
+        "left",
+        "load",
+        "origin",
+        "progress",
+        "reports",
+        "upload_bps",
+        "uploaded",
+    )
+
+    def __init__(self, req: AnnounceRequest, now: float) -> None:
+        super().__init__(req.peer_id, PeerContact.make(req.peer_id, req.port, req.ip4, req.ip6))
+        self.first_seen = self.last_seen = self.grew_at = now
+        self.downloaded = req.downloaded_bytes
+        self.uploaded = req.uploaded_bytes
+        self.origin = req.origin_bytes
+        self.left: int | None = None  # set by the first announce's update
+        self.counted = False  # counted as a completion
+        self.download_bps = self.upload_bps = 0.0
+        self.have: int | None = None  # piece-set int (assign module), None = unknown
+        self.progress = 0.0
+        self.load: int | None = None
+        self.can_source = False
+        #: Reporter peer id -> when it reported (oldest first); None while never reported.
+        self.reports: dict[bytes, float] | None = None
+
+
+class _Task:
+    """One task: peers, ranking, manifest and planner, counters kept after peers leave."""
+
+    __slots__ = (
+        "available",
+        "available_stale",
+        "completions",
+        "created",
+        "download_bps",
+        "full",
+        "have_bytes",
+        "idle_since",
+        "manifest",
+        "origin_bytes",
+        "peer_bytes",
+        "peers",
+        "planner",
+        "ranking",
+        "reported",
+        "seeds",
+        "upload_bps",
+    )
+
+    def __init__(self, now: float, exclude_reports: int) -> None:
+        self.peers: dict[bytes, _Peer] = {}
+        self.ranking = Ranking(exclude_reports=exclude_reports)
+        self.manifest: TaskManifest | None = None
+        self.planner: SourcePlanner | None = None
+        self.full = 0  # every piece, once the manifest says how many
+        self.have_bytes = -1  # df_have length the manifest expects; -1 without manifest
+        self.available = 0  # OR of the live peers' have
+        self.available_stale = False
+        self.created = self.idle_since = now
+        self.seeds = self.completions = 0
+        self.origin_bytes = self.peer_bytes = 0
+        self.download_bps = self.upload_bps = 0.0  # sums over the peers
+        self.reported: set[bytes] = set()  # peers holding reports (expired by ``expire``)
+
+
+class Swarm:
+    """Every task the tracker knows; the one owner of that state."""
+
+    def __init__(self, config: TrackerConfig, clock: Callable[[], float]) -> None:
+        self._config = config
+        self._clock = clock
+        self._started = clock()
+        self._tasks: dict[bytes, _Task] = {}
+        self._interval_s = max(1, round(config.interval_s))
+        self._min_interval_s = max(1, round(config.min_interval_s))
+        self._assign_ttl_s = int(config.assign_ttl_s)
+        self._max_reporters = max(MAX_REPORTERS, config.bad_peer_exclude_reports)
+        self.peer_count = 0
+        self.seed_count = 0
+        self.completions_total = 0
+        self.reports_total = 0
+        self.manifest_conflicts_total = 0
+        self.peers_expired_total = 0
+        self.assigned_pieces_total = 0
+        self.origin_bytes_total = 0
+        self.peer_bytes_total = 0
+
+    @property
+    def task_count(self) -> int:
+        return len(self._tasks)
+
+    # --- announce -------------------------------------------------------------------------
+
+    def announce(self, req: AnnounceRequest) -> AnnounceResult:
+        """Record what ``req`` says and answer it; SwarmFull for a new task past ``max_tasks``."""
+        now = self._clock()
+        stopped = req.event is Event.STOPPED
+        task = self._tasks.get(req.info_hash)
+        if task is None:
+            if stopped:
+                return self._answer(None, [])
+            if len(self._tasks) >= self._config.max_tasks:
+                raise SwarmFull()
+            task = self._tasks[req.info_hash] = _Task(now, self._config.bad_peer_exclude_reports)
+        peers = task.peers
+        peer = peers.pop(req.peer_id, None)
+        if peer is None:
+            if stopped:
+                return self._answer(task, [])
+            if len(peers) >= self._config.max_peers_per_task:  # answered, not stored
+                contact = PeerContact.make(req.peer_id, req.port, req.ip4, req.ip6)
+                chosen = task.ranking.select(req.peer_id, contact, req.zone, req.numwant)
+                return self._answer(task, chosen)
+            peer = _Peer(req, now)
+            self.peer_count += 1
+            first = True
+        else:
+            first = False
+        peers[req.peer_id] = peer  # (re)inserted last: the map stays in last-announce order
+        self._update(task, peer, req, now, first=first)
+        if stopped:
+            self._remove(task, peer, now)
+            if not peers and task.manifest is None:
+                del self._tasks[req.info_hash]  # nothing worth keeping
+            return self._answer(task, [])
+        chosen = task.ranking.select(req.peer_id, peer.contact, peer.zone, req.numwant)
+        assignment: tuple[int, ...] = ()
+        planner, manifest = task.planner, task.manifest
+        if planner is not None and manifest is not None:
+            if peer.can_source and peer.left != 0:
+                before = planner.assigned_total
+                assignment = planner.assign(
+                    peer.peer_id,
+                    now,
+                    self._available(task),
+                    rate_bps=peer.download_bps or None,
+                    piece_length=manifest.piece_length,
+                    interval_s=self._config.interval_s,
+                )
+                self.assigned_pieces_total += planner.assigned_total - before
+            elif planner.fetchers:
+                planner.release(peer.peer_id)  # done, or no longer allowed to fetch
+        return self._answer(task, chosen, assignment)
+
+    def _update(
+        self, task: _Task, peer: _Peer, req: AnnounceRequest, now: float, *, first: bool
+    ) -> None:
+        """Fold one announce into the peer's record and the task's counters."""
+        contact = peer.contact
+        if contact.port != req.port or contact.ip4 != req.ip4 or contact.ip6 != req.ip6:
+            peer.contact = PeerContact.make(req.peer_id, req.port, req.ip4, req.ip6)
+        if not first:
+            # Rates from deltas since the previous announce; a client that restarted reports
+            # smaller totals than before: count nothing rather than a negative rate.
+            downloaded = max(0, req.downloaded_bytes - peer.downloaded)
+            uploaded = max(0, req.uploaded_bytes - peer.uploaded)
+            from_origin = max(0, req.origin_bytes - peer.origin)
+            task.origin_bytes += from_origin
+            self.origin_bytes_total += from_origin
+            from_peers = max(0, downloaded - from_origin)
+            task.peer_bytes += from_peers
+            self.peer_bytes_total += from_peers
+            elapsed_s = now - peer.last_seen
+            if elapsed_s > 0:
+                download_bps, upload_bps = downloaded / elapsed_s, uploaded / elapsed_s
+                task.download_bps += download_bps - peer.download_bps
+                task.upload_bps += upload_bps - peer.upload_bps
+                peer.download_bps, peer.upload_bps = download_bps, upload_bps
+            if downloaded:
+                peer.grew_at = now
+        peer.downloaded, peer.uploaded = req.downloaded_bytes, req.uploaded_bytes
+        peer.origin = req.origin_bytes
+        peer.last_seen = now
+
+        left, previous_left = req.left_bytes, peer.left
+        if (left == 0) != (previous_left == 0):
+            delta = 1 if left == 0 else -1
+            task.seeds += delta
+            self.seed_count += delta
+        # A completion: event=completed, or left went from >0 to 0 (aria2c --seed-time=0 sends
+        # only stopped with left=0). A peer that arrives complete is a seed, not a completion.
+        if (
+            left == 0
+            and not peer.counted
+            and (req.event is Event.COMPLETED or (previous_left is not None and previous_left > 0))
+        ):
+            peer.counted = True
+            task.completions += 1
+            self.completions_total += 1
+        peer.left = left
+        peer.load, peer.zone, peer.can_source = req.load, req.zone, req.can_source
+
+        have = self._have_of(task, req)
+        old = peer.have
+        if have != old:
+            peer.have = have
+            if have is not None and (old is None or not old & ~have):
+                task.available |= have  # pieces only grew: the union grows with them
+            elif old:
+                task.available_stale = True
+        peer.progress = self._progress(task, peer)
+        self._rank(task, peer, now)
+
+    @staticmethod
+    def _have_of(task: _Task, req: AnnounceRequest) -> int | None:
+        """The peer's pieces as a set int, or None when unknown (see TRACKER.md ``df_have``)."""
+        if task.manifest is None:
+            return None
+        if req.have is not None and len(req.have) == task.have_bytes:
+            return bitfield_to_int(req.have) & task.full  # BEP 3: spare bits mean nothing
+        if req.left_bytes == 0:
+            return task.full  # a stock seed has everything; one shared int for all seeds
+        return None
+
+    @staticmethod
+    def _progress(task: _Task, peer: _Peer) -> float:
+        """Fraction of the file the peer holds, 0..1, from the best evidence at hand."""
+        manifest = task.manifest
+        if manifest is not None:
+            if peer.have is not None and manifest.num_pieces:
+                return peer.have.bit_count() / manifest.num_pieces
+            if peer.left is not None and manifest.total_length:
+                done = manifest.total_length - peer.left
+                return min(1.0, max(0.0, done / manifest.total_length))
+        return 1.0 if peer.left == 0 else 0.0
+
+    def _rank(self, task: _Task, peer: _Peer, now: float) -> None:
+        task.ranking.place(
+            peer, progress=peer.progress, load=peer.load, bad_reports=self._bad(peer, now)
+        )
+
+    def _bad(self, peer: _Peer, now: float) -> int:
+        """Distinct reporters of ``peer`` within ``bad_peer_ttl_s``; forgets older reports."""
+        reports = peer.reports
+        if reports is None:
+            return 0
+        oldest_s = now - self._config.bad_peer_ttl_s
+        for reporter in [r for r, at in reports.items() if at <= oldest_s]:
+            del reports[reporter]
+        if not reports:
+            peer.reports = None
+            return 0
+        return len(reports)
+
+    def _available(self, task: _Task) -> int:
+        """Pieces some live peer holds; recomputed only after a peer lost pieces or left."""
+        if task.available_stale:
+            union = 0
+            for peer in task.peers.values():
+                if peer.have:
+                    union |= peer.have
+            task.available = union
+            task.available_stale = False
+        return task.available
+
+    def _remove(self, task: _Task, peer: _Peer, now: float) -> None:
+        """Take ``peer`` out of ``task``: counts, ranking, assignment, union of pieces."""
+        del task.peers[peer.peer_id]
+        self.peer_count -= 1
+        task.ranking.remove(peer)
+        task.reported.discard(peer.peer_id)
+        if task.planner is not None:
+            task.planner.release(peer.peer_id)
+        if peer.left == 0:
+            task.seeds -= 1
+            self.seed_count -= 1
+        if peer.have:
+            task.available_stale = True
+        task.download_bps -= peer.download_bps
+        task.upload_bps -= peer.upload_bps
+        if not task.peers:
+            task.idle_since = now
+            task.download_bps = task.upload_bps = 0.0  # no float residue in an empty task
+
+    def _answer(
+        self, task: _Task | None, chosen: list[PeerContact], assignment: tuple[int, ...] = ()
+    ) -> AnnounceResult:
+        complete = incomplete = 0
+        known: int | None = None
+        if task is not None:
+            complete = task.seeds
+            incomplete = len(task.peers) - complete
+            if task.manifest is not None:
+                known = task.manifest.known
+        return AnnounceResult(
+            interval_s=self._interval_s,
+            min_interval_s=self._min_interval_s,
+            complete=complete,
+            incomplete=incomplete,
+            peers=chosen,
+            assignment=assignment,
+            assignment_ttl_s=self._assign_ttl_s if assignment else 0,
+            pieces_known=known,
+        )
+
+    # --- scrape, manifests, reports -------------------------------------------------------
+
+    def scrape(self, info_hashes: tuple[bytes, ...]) -> dict[bytes, ScrapeCounts]:
+        """BEP 48 counts of the known tasks among ``info_hashes``; unknown ones are omitted."""
+        files: dict[bytes, ScrapeCounts] = {}
+        for info_hash in info_hashes:
+            task = self._tasks.get(info_hash)
+            if task is not None:
+                files[info_hash] = _counts(task)
+        return files
+
+    def scrape_all(self, limit: int) -> dict[bytes, ScrapeCounts]:
+        """Counts of up to ``limit`` tasks (a full scrape, when the operator enabled it)."""
+        files: dict[bytes, ScrapeCounts] = {}
+        for info_hash, task in self._tasks.items():
+            if len(files) >= limit:
+                break
+            files[info_hash] = _counts(task)
+        return files
+
+    def get_manifest(self, task: bytes) -> TaskManifest | None:
+        record = self._tasks.get(task)
+        return None if record is None else record.manifest
+
+    def put_manifest(self, task: bytes, update: ManifestUpdate) -> TaskManifest:
+        """Create or extend the manifest of ``task`` (creating the task if needed).
+
+        ManifestError (bad or incomplete first document) and ManifestConflict (disagrees with
+        the stored one; counted) propagate; SwarmFull when a new task is past ``max_tasks``.
+        """
+        record = self._tasks.get(task)
+        if record is None and len(self._tasks) >= self._config.max_tasks:
+            raise SwarmFull()
+        if record is not None and record.manifest is not None:
+            try:
+                record.manifest.merge(update)
+            except ManifestConflict:
+                self.manifest_conflicts_total += 1
+                raise
+            return record.manifest
+        manifest = TaskManifest.create(update)
+        now = self._clock()
+        if record is None:
+            record = self._tasks[task] = _Task(now, self._config.bad_peer_exclude_reports)
+        record.manifest = manifest
+        record.full = full_mask(manifest.num_pieces)
+        record.have_bytes = (manifest.num_pieces + 7) // 8
+        record.planner = SourcePlanner(
+            manifest.num_pieces,
+            budget=self._config.origin_budget,
+            max_pieces=self._config.assign_max_pieces,
+            ttl_s=self._config.assign_ttl_s,
+        )
+        # Peers' pieces were unknown without a manifest; they tell again on their next announce.
+        record.available, record.available_stale = 0, False
+        if not record.peers:
+            record.idle_since = now
+        return manifest
+
+    def report(self, task: bytes, report: PeerReport) -> bool:
+        """Remember that ``report.reporter`` saw the subject misbehave; True if it was found."""
+        self.reports_total += 1
+        record = self._tasks.get(task)
+        if record is None:
+            return False
+        subject = record.peers.get(report.peer_id) if report.peer_id is not None else None
+        if subject is None and report.address is not None:
+            subject = _find_by_address(record, report.address)
+        if subject is None:
+            return False
+        if report.reporter == subject.peer_id:
+            return True  # nobody votes on itself
+        reports = subject.reports
+        if reports is None:
+            reports = subject.reports = {}
+        reports.pop(report.reporter, None)
+        now = self._clock()
+        reports[report.reporter] = now
+        if len(reports) > self._max_reporters:
+            del reports[next(iter(reports))]
+        record.reported.add(subject.peer_id)
+        self._rank(record, subject, now)
+        return True
+
+    # --- soft state -----------------------------------------------------------------------
+
+    def expire(self) -> int:
+        """Drop silent peers, stale reports and assignments, idle tasks; returns peers dropped.
+
+        A peer silent for more than ``peer_timeout_s`` is gone (its assignment is released at
+        once). A task without peers is dropped once idle for ``task_ttl_s`` (it keeps its
+        manifest for returning peers until then), at once when it has no manifest.
+        """
+        now = self._clock()
+        deadline = now - self._config.peer_timeout_s
+        removed = 0
+        idle: list[bytes] = []
+        for key, task in self._tasks.items():
+            silent: list[_Peer] = []
+            for peer in task.peers.values():  # least recently announced first
+                if peer.last_seen >= deadline:
+                    break
+                silent.append(peer)
+            for peer in silent:
+                self._remove(task, peer, now)
+            removed += len(silent)
+            for peer_id in list(task.reported):
+                peer = task.peers[peer_id]
+                self._rank(task, peer, now)
+                if peer.reports is None:
+                    task.reported.discard(peer_id)
+            if task.planner is not None and task.planner.fetchers:
+                task.planner.expire(now)
+            if not task.peers and (
+                task.manifest is None or now - task.idle_since > self._config.task_ttl_s
+            ):
+                idle.append(key)
+        for key in idle:
+            self._tasks.pop(key, None)
+        self.peers_expired_total += removed
+        return removed
+
+    # --- stats (dftop) --------------------------------------------------------------------
+
+    def stats(
+        self, task: bytes | None = None, peers_limit: int = 100, tasks_limit: int = 1000
+    ) -> dict[str, Any]:
+        """The ``GET /stats`` document: totals, then tasks hottest first (or just ``task``)."""
+        now = self._clock()
+        tasks = self._tasks
+        if task is not None:
+            record = tasks.get(task)
+            chosen = [] if record is None else [(task, record)]
+        else:
+            chosen = heapq.nsmallest(
+                max(0, tasks_limit),
+                tasks.items(),
+                key=lambda item: (item[1].seeds - len(item[1].peers), -item[1].download_bps),
+            )
+        return {
+            "tracker": {
+                "uptime_s": now - self._started,
+                "interval_s": self._config.interval_s,
+                "now_s": now,
+            },
+            "totals": {
+                "tasks": len(tasks),
+                "peers": self.peer_count,
+                "seeds": self.seed_count,
+                "download_bps": max(0.0, sum(t.download_bps for t in tasks.values())),
+                "upload_bps": max(0.0, sum(t.upload_bps for t in tasks.values())),
+                "origin_bytes": self.origin_bytes_total,
+                "peer_bytes": self.peer_bytes_total,
+            },
+            "tasks": [self._task_stats(key, record, now, peers_limit) for key, record in chosen],
+        }
+
+    def _task_stats(self, key: bytes, task: _Task, now: float, peers_limit: int) -> dict[str, Any]:
+        manifest, planner, peers = task.manifest, task.planner, task.peers
+        listed = heapq.nlargest(max(0, peers_limit), peers.values(), key=lambda p: p.progress)
+        return {
+            "id": key.hex(),
+            "url": manifest.url if manifest else None,
+            "name": (urlsplit(manifest.url).path.rsplit("/", 1)[-1] or None) if manifest else None,
+            "size_bytes": manifest.total_length if manifest else None,
+            "piece_length": manifest.piece_length if manifest else None,
+            "pieces": manifest.num_pieces if manifest else None,
+            "pieces_known": manifest.known if manifest else 0,
+            "pieces_available": self._available(task).bit_count() if manifest else None,
+            "peers": len(peers),
+            "seeds": task.seeds,
+            "completed": task.completions,
+            "completion": sum(p.progress for p in peers.values()) / len(peers) if peers else 0.0,
+            "download_bps": max(0.0, task.download_bps),
+            "upload_bps": max(0.0, task.upload_bps),
+            "origin_bytes": task.origin_bytes,
+            "peer_bytes": task.peer_bytes,
+            "age_s": now - task.created,
+            "source_fetchers": planner.fetchers if planner else 0,
+            "peer_list": [self._peer_stats(task, peer, now) for peer in listed],
+            "peer_list_truncated": len(peers) > len(listed),
+        }
+
+    def _peer_stats(self, task: _Task, peer: _Peer, now: float) -> dict[str, Any]:
+        assigned = len(task.planner.assignment_of(peer.peer_id)) if task.planner else 0
+        stall_s = 2 * self._config.interval_s
+        if peer.left == 0:
+            state = "seeding"
+        elif assigned:
+            state = "fetching"
+        elif now - peer.grew_at >= stall_s:  # grew_at starts at first_seen: seen that long
+            state = "stalled"
+        else:
+            state = "downloading"
+        oldest_s = now - self._config.bad_peer_ttl_s
+        have = peer.have
+        return {
+            "id": peer.peer_id.hex(),
+            "client": _client(peer.peer_id),
+            "address": peer.contact.address,
+            "zone": peer.zone,
+            "progress": peer.progress,
+            "have": None if have is None else have.to_bytes(task.have_bytes, "big").hex(),
+            "download_bps": peer.download_bps,
+            "upload_bps": peer.upload_bps,
+            "downloaded_bytes": peer.downloaded,
+            "uploaded_bytes": peer.uploaded,
+            "origin_bytes": peer.origin,
+            "left_bytes": peer.left,
+            "load": peer.load,
+            "last_seen_s": now - peer.last_seen,
+            "assigned": assigned,
+            "state": state,
+            "reported_bad": sum(1 for at in (peer.reports or {}).values() if at > oldest_s),
+        }
+
+
+def _counts(task: _Task) -> ScrapeCounts:
+    return ScrapeCounts(task.seeds, len(task.peers) - task.seeds, task.completions)
+
+
+def _find_by_address(task: _Task, address: str) -> _Peer | None:
+    """The peer of ``task`` at ``host:port`` / ``[v6]:port`` (IP literals only), if any."""
+    host, _, port_text = address.rpartition(":")
+    try:
+        packed = ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).packed
+        port = int(port_text)
+    except ValueError:
+        return None  # a hostname: peers are known by address only
+    for peer in task.peers.values():
+        contact = peer.contact
+        if contact.port == port and (contact.ip4 == packed or contact.ip6 == packed):
+            return peer
+    return None
+
+
+def _client(peer_id: bytes) -> str:
+    """The printable head of a peer id (at most 8 characters): ``-DF0100-``, ``-qB4620-``."""
+    head = []
+    for byte in peer_id[:8]:
+        if not 0x20 < byte < 0x7F:
+            break
+        head.append(chr(byte))
+    return "".join(head)
