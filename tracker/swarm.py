@@ -13,11 +13,9 @@ its peer to the end), so ``expire`` looks only at the front of each map.
 
 from __future__ import annotations
 
-import heapq
 import ipaddress
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from tracker.assign import SourcePlanner, bitfield_to_int, full_mask
 from tracker.config import TrackerConfig
@@ -31,6 +29,7 @@ from tracker.model import (
     ScrapeCounts,
 )
 from tracker.selection import Ranked, Ranking
+from tracker.stats import stats_document
 
 #: Reporters remembered per reported peer (oldest forgotten first): bounds a report flood.
 MAX_REPORTERS = 16
@@ -189,7 +188,7 @@ class Swarm:
                 assignment = planner.assign(
                     peer.peer_id,
                     now,
-                    self._available(task),
+                    self.available(task),
                     rate_bps=peer.download_bps or None,
                     piece_length=manifest.piece_length,
                     interval_s=self._config.interval_s,
@@ -299,7 +298,7 @@ class Swarm:
             return 0
         return len(reports)
 
-    def _available(self, task: _Task) -> int:
+    def available(self, task: _Task) -> int:
         """Pieces some live peer holds; recomputed only after a peer lost pieces or left."""
         if task.available_stale:
             union = 0
@@ -477,94 +476,19 @@ class Swarm:
     def stats(
         self, task: bytes | None = None, peers_limit: int = 100, tasks_limit: int = 1000
     ) -> dict[str, Any]:
-        """The ``GET /stats`` document: totals, then tasks hottest first (or just ``task``)."""
-        now = self._clock()
-        tasks = self._tasks
-        if task is not None:
-            record = tasks.get(task)
-            chosen = [] if record is None else [(task, record)]
-        else:
-            chosen = heapq.nsmallest(
-                max(0, tasks_limit),
-                tasks.items(),
-                key=lambda item: (item[1].seeds - len(item[1].peers), -item[1].download_bps),
-            )
-        return {
-            "tracker": {
-                "uptime_s": now - self._started,
-                "interval_s": self._config.interval_s,
-                "now_s": now,
-            },
-            "totals": {
-                "tasks": len(tasks),
-                "peers": self.peer_count,
-                "seeds": self.seed_count,
-                "download_bps": max(0.0, sum(t.download_bps for t in tasks.values())),
-                "upload_bps": max(0.0, sum(t.upload_bps for t in tasks.values())),
-                "origin_bytes": self.origin_bytes_total,
-                "peer_bytes": self.peer_bytes_total,
-            },
-            "tasks": [self._task_stats(key, record, now, peers_limit) for key, record in chosen],
-        }
+        """The ``GET /stats`` document (see ``tracker.stats``)."""
+        return stats_document(self, self._tasks, task, peers_limit, tasks_limit)
 
-    def _task_stats(self, key: bytes, task: _Task, now: float, peers_limit: int) -> dict[str, Any]:
-        manifest, planner, peers = task.manifest, task.planner, task.peers
-        listed = heapq.nlargest(max(0, peers_limit), peers.values(), key=lambda p: p.progress)
-        return {
-            "id": key.hex(),
-            "url": manifest.url if manifest else None,
-            "name": (urlsplit(manifest.url).path.rsplit("/", 1)[-1] or None) if manifest else None,
-            "size_bytes": manifest.total_length if manifest else None,
-            "piece_length": manifest.piece_length if manifest else None,
-            "pieces": manifest.num_pieces if manifest else None,
-            "pieces_known": manifest.known if manifest else 0,
-            "pieces_available": self._available(task).bit_count() if manifest else None,
-            "peers": len(peers),
-            "seeds": task.seeds,
-            "completed": task.completions,
-            "completion": sum(p.progress for p in peers.values()) / len(peers) if peers else 0.0,
-            "download_bps": max(0.0, task.download_bps),
-            "upload_bps": max(0.0, task.upload_bps),
-            "origin_bytes": task.origin_bytes,
-            "peer_bytes": task.peer_bytes,
-            "age_s": now - task.created,
-            "source_fetchers": planner.fetchers if planner else 0,
-            "peer_list": [self._peer_stats(task, peer, now) for peer in listed],
-            "peer_list_truncated": len(peers) > len(listed),
-        }
+    @property
+    def config(self) -> TrackerConfig:
+        return self._config
 
-    def _peer_stats(self, task: _Task, peer: _Peer, now: float) -> dict[str, Any]:
-        assigned = len(task.planner.assignment_of(peer.peer_id)) if task.planner else 0
-        stall_s = 2 * self._config.interval_s
-        if peer.left == 0:
-            state = "seeding"
-        elif assigned:
-            state = "fetching"
-        elif now - peer.grew_at >= stall_s:  # grew_at starts at first_seen: seen that long
-            state = "stalled"
-        else:
-            state = "downloading"
-        oldest_s = now - self._config.bad_peer_ttl_s
-        have = peer.have
-        return {
-            "id": peer.peer_id.hex(),
-            "client": _client(peer.peer_id),
-            "address": peer.contact.address,
-            "zone": peer.zone,
-            "progress": peer.progress,
-            "have": None if have is None else have.to_bytes(task.have_bytes, "big").hex(),
-            "download_bps": peer.download_bps,
-            "upload_bps": peer.upload_bps,
-            "downloaded_bytes": peer.downloaded,
-            "uploaded_bytes": peer.uploaded,
-            "origin_bytes": peer.origin,
-            "left_bytes": peer.left,
-            "load": peer.load,
-            "last_seen_s": now - peer.last_seen,
-            "assigned": assigned,
-            "state": state,
-            "reported_bad": sum(1 for at in (peer.reports or {}).values() if at > oldest_s),
-        }
+    @property
+    def started_s(self) -> float:
+        return self._started
+
+    def now(self) -> float:
+        return self._clock()
 
 
 def _counts(task: _Task) -> ScrapeCounts:
@@ -584,13 +508,3 @@ def _find_by_address(task: _Task, address: str) -> _Peer | None:
         if contact.port == port and (contact.ip4 == packed or contact.ip6 == packed):
             return peer
     return None
-
-
-def _client(peer_id: bytes) -> str:
-    """The printable head of a peer id (at most 8 characters): ``-DF0100-``, ``-qB4620-``."""
-    head = []
-    for byte in peer_id[:8]:
-        if not 0x20 < byte < 0x7F:
-            break
-        head.append(chr(byte))
-    return "".join(head)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote_from_bytes
 
 import bencode
+import bencodepy
 
 from tracker.config import TrackerConfig
 from tracker.server import TrackerServer
@@ -263,5 +265,45 @@ def test_head_request_gets_headers_only() -> None:
         writer.write(get(b"/healthz"))
         status, _, payload = await read_response(reader)
         assert (status, payload) == (200, b"ok\n")
+
+    run_with_tracker(body)
+
+
+def test_ipv6_client_is_handed_out_in_peers6() -> None:
+    async def body(server: TrackerServer) -> None:
+        reader, writer = await asyncio.open_connection("::1", server.port)
+        _OPEN.append(writer)
+        task = os.urandom(20)
+        writer.write(get(announce_target(task, os.urandom(20), 7001)))
+        await read_response(reader)
+        writer.write(get(announce_target(task, os.urandom(20), 7002)))
+        _, _, payload = await read_response(reader)
+        answer = bencodepy.Bencode().decode(payload)
+        assert answer[b"peers6"] == bytes(15) + b"\x01" + (7001).to_bytes(2, "big")
+        assert answer[b"peers"] == b""
+
+    run_with_tracker(body, host="::1")
+
+
+def test_scrape_and_stats_over_http() -> None:
+    async def body(server: TrackerServer) -> None:
+        reader, writer = await connect(server)
+        tasks = [os.urandom(20), os.urandom(20)]
+        for task in tasks:
+            writer.write(get(announce_target(task, os.urandom(20), 7001, left="0")))
+            await read_response(reader)
+        query = "&".join("info_hash=" + quote_from_bytes(t, safe="") for t in tasks)
+        writer.write(get(b"/scrape?" + query.encode()))
+        _, _, payload = await read_response(reader)
+        files = bencodepy.Bencode().decode(payload)[b"files"]
+        assert set(files) == set(tasks)
+        assert all(files[t][b"complete"] == 1 for t in tasks)
+        writer.write(get(b"/stats?task=" + tasks[0].hex().encode() + b"&peers=5"))
+        status, headers, payload = await read_response(reader)
+        document = json.loads(payload)
+        assert (status, headers[b"content-type"]) == (200, b"application/json")
+        assert document["totals"]["tasks"] == 2
+        assert [t["id"] for t in document["tasks"]] == [tasks[0].hex()]
+        assert document["tasks"][0]["peer_list"][0]["state"] == "seeding"
 
     run_with_tracker(body)

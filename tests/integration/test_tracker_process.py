@@ -1,0 +1,54 @@
+"""``dftracker serve`` as a process: it starts, answers, and shuts down cleanly on signals."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.trackers import tracker_process
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_shuts_the_tracker_down_cleanly(signum: signal.Signals) -> None:
+    with tracker_process() as tracker:
+        assert tracker.get("/healthz") == b"ok\n"
+        tracker.process.send_signal(signum)
+        _, err = tracker.process.communicate(timeout=20)
+        assert tracker.process.returncode == 0, err
+        assert "Traceback" not in err
+
+
+def test_config_file_and_environment_reach_the_tracker(tmp_path: Path) -> None:
+    config = tmp_path / "tracker.toml"
+    config.write_text('[tracker]\ninterval_s = "7s"\n')
+    with tracker_process("--config", str(config)) as tracker:
+        assert tracker.stats()["tracker"]["interval_s"] == 7.0
+
+
+def test_bad_option_is_a_clear_usage_error() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tracker.cli", "serve", "--interval", "soon"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "not a duration: 'soon'" in done.stderr
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    with tracker_process() as tracker:
+        done = subprocess.run(
+            [sys.executable, "-m", "tracker.cli", "serve", "--port", str(tracker.port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 1
+    assert "cannot listen" in done.stderr
