@@ -55,3 +55,58 @@ def test_require_program_finds_a_real_program_and_rejects_a_missing_one() -> Non
     assert Path(require_program("sh")).exists()
     with pytest.raises((pytest.skip.Exception, pytest.fail.Exception)):
         require_program("no-such-program-dragonfly-test")
+
+
+def test_tracker_announce_bench_drives_wrk_and_checks_every_answer(tmp_path: Path) -> None:
+    require_program("wrk")
+    out = tmp_path / "announce.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "tracker_announce.py"),
+            "--duration",
+            "1s",
+            "--connections",
+            "4",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(results) == {"keepalive", "close"}
+    for result in results.values():
+        assert result["announces_per_s"] > 0
+        assert result["tracker_failures"] == 0
+        # every request wrk counted was answered ok by the tracker (wrk may cut the last ones)
+        assert result["tracker_ok"] >= result["requests"] > 0
+
+
+def test_tracker_memory_bench_loads_peers_and_reads_rss(tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "tracker_memory.py"),
+            "--peers",
+            "2000",
+            "--tasks",
+            "200",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = {r["scenario"]: r for r in json.loads(out.read_text())["results"]}
+    for scenario in ("bittorrent", "dragonfly"):
+        assert results[scenario]["tracker_peers"] == 2000
+        assert results[scenario]["tracker_tasks"] == 200
+        assert results[scenario]["rss_bytes"] > results[scenario]["idle_rss_bytes"]
