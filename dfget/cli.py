@@ -1,12 +1,268 @@
-"""Entry point of ``dfget``. The download command is not built yet (issue #4)."""
+"""``dfget``: command-line arguments -> ``DownloadOptions`` (``dfget.config``) -> ``download``.
+
+This module only parses, reports and maps outcomes to exit codes; the download itself is
+``dfget.download.download_sync``. Output: a live progress display on stderr when stderr is a
+terminal and ``--quiet`` is not given, one summary line on stderr at the end, errors as one
+``dfget: <message>`` line. stdout stays empty.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import logging
+import os
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import NoReturn
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from dfget import errors
+from dfget.config import CONFIG_ENV, UiOptions, build_options, find_config_file
+from dfget.options import DEFAULT_SEED_TIME_S, DownloadOptions, DownloadResult, ProgressReport
+from dfget.progress import ProgressDisplay, summary_line
+
+INTERRUPTED_MESSAGE = (
+    "dfget: interrupted; verified pieces kept beside the output, run the same command to resume"
+)
+
+_EXIT_CODES_HELP = f"""\
+exit codes:
+  {errors.EXIT_OK:<3}  the file is at PATH, complete and verified
+  {errors.EXIT_ERROR:<3}  local error (disk full, permission denied, ...) or internal error
+  {errors.EXIT_USAGE:<3}  bad arguments or configuration
+  {errors.EXIT_DIGEST_MISMATCH:<3}  the file's sha256 is not --digest; nothing written at PATH
+  {errors.EXIT_ORIGIN:<3}  the origin refused or failed (its HTTP status is in the message)
+  {errors.EXIT_TIMEOUT:<3}  --timeout passed before the file was complete
+  {errors.EXIT_NO_PEERS:<3}  the swarm cannot deliver and --no-back-to-source was given
+  {errors.EXIT_INTERRUPTED:<3}  interrupted (Ctrl-C, SIGTERM); the same command resumes
+
+Every option is also read from the environment (DFGET_TRACKER, DFGET_RATE, DFGET_UPLOAD_RATE,
+DFGET_DIGEST, DFGET_HEADER with one header per line, DFGET_FILTER, DFGET_TAG, DFGET_ZONE,
+DFGET_SEED_TIME, DFGET_NO_BACK_TO_SOURCE=1, DFGET_TIMEOUT, DFGET_QUIET=1, DFGET_PEER_PORT) and
+from a TOML file (--config, else ${CONFIG_ENV}, else ~/.config/dfget/config.toml) with the keys
+tracker, rate, upload_rate, digest, headers (a list), filter, tag, zone, seed_time,
+back_to_source (true/false), timeout, quiet, peer_port. Flags win over the environment over
+the file.
+
+example:
+  dfget https://example.com/model.bin -O model.bin --tracker http://tracker:6969 --rate 50M
+"""
+
+
+class _UsageError(Exception):
+    """argparse found bad arguments; main() prints one line and exits with EXIT_USAGE."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="dfget",
+        description=(
+            "Download one URL through the P2P swarm: peers trade verified pieces, the origin\n"
+            "serves each piece about once, and PATH appears only when the file is complete and\n"
+            "verified. Without a tracker, or when the swarm fails, it downloads from the origin\n"
+            "directly (unless --no-back-to-source)."
+        ),
+        epilog=_EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("url", metavar="URL", help="http:// or https:// URL to download")
+    add(
+        "-O",
+        "--output",
+        metavar="PATH",
+        help="where to save, e.g. -O /data/model.bin; a directory keeps the URL's file name "
+        "(default: the last segment of the URL's path in the current directory, index.html "
+        "when it is empty)",
+    )
+    add(
+        "--tracker",
+        action="append",
+        metavar="URL[,URL...]",
+        help="tracker base or announce URL, tried in turn, e.g. --tracker "
+        "http://t1:6969,http://t2:6969/announce (repeatable; default: none, straight from the "
+        "origin)",
+    )
+    add(
+        "--rate",
+        metavar="RATE",
+        help="download limit of this task, peers and origin together, e.g. --rate 20M "
+        "(20 MiB/s) or --rate 160mbit (default: unlimited)",
+    )
+    add(
+        "--upload-rate",
+        metavar="RATE",
+        help="upload limit to other peers, e.g. --upload-rate 10M (default: unlimited)",
+    )
+    add(
+        "--digest",
+        metavar="sha256:HEX",
+        help="expected sha256 of the whole file, checked before PATH appears; also the task's "
+        "identity, e.g. --digest sha256:9f86d0...0a08",
+    )
+    add(
+        "-H",
+        "--header",
+        action="append",
+        metavar="'Name: value'",
+        help="header sent to the origin, never part of the task identity, e.g. "
+        "-H 'Authorization: Bearer TOKEN' (repeatable)",
+    )
+    add(
+        "--filter",
+        action="append",
+        metavar="PARAM[,PARAM...]",
+        help="query parameters left out of the task identity (signatures, expiries), e.g. "
+        "--filter Signature,Expires (repeatable)",
+    )
+    add(
+        "--tag",
+        metavar="TAG",
+        help="part of the task identity: the same URL with another tag is another task, "
+        "e.g. --tag v2",
+    )
+    add(
+        "--zone",
+        metavar="LABEL",
+        help="where this host is (rack, datacenter); the tracker prefers peers of the same "
+        "zone, e.g. --zone rack-12",
+    )
+    add(
+        "--seed-time",
+        metavar="DURATION",
+        help="keep uploading this long after the download, e.g. --seed-time 5m; 0 leaves at "
+        f"once (default: {DEFAULT_SEED_TIME_S:g}s, a burst of hosts arrives within a minute)",
+    )
+    add(
+        "--no-back-to-source",
+        action="store_const",
+        const=True,
+        help="never download from the origin directly when the tracker or the swarm fails; "
+        "fail with exit code 6 instead",
+    )
+    add(
+        "--timeout",
+        metavar="DURATION",
+        help="give up after this long, seeding excluded, e.g. --timeout 10m (default: none)",
+    )
+    add(
+        "--peer-port",
+        metavar="N",
+        help="TCP port other peers connect to, e.g. --peer-port 65000 (default: 0, any free port)",
+    )
+    add("--config", type=Path, metavar="FILE", help="TOML file with any option above")
+    add(
+        "-q",
+        "--quiet",
+        action="store_const",
+        const=True,
+        help="no progress display (errors and the summary line are still printed)",
+    )
+    add("-v", "--verbose", action="count", default=0, help="more logging: -v info, -vv debug")
+    return parser
+
+
+def _download_sync(
+    options: DownloadOptions, *, on_progress: Callable[[ProgressReport], None] | None = None
+) -> DownloadResult:
+    """The engine; imported when a download starts so that ``dfget --help`` stays quick."""
+    from dfget.download import download_sync
+
+    return download_sync(options, on_progress=on_progress)
+
+
+def _configure_logging(verbose: int, console: Console | None) -> None:
+    """-v info, -vv debug, warnings otherwise; through the display's console when there is one."""
+    handler: logging.Handler
+    if console is not None:
+        handler = RichHandler(console=console, show_path=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("dfget: %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=log_level(verbose), handlers=[handler])
+
+
+def log_level(verbose: int) -> int:
+    """Warnings by default, -v info, -vv (or more) debug."""
+    return (logging.WARNING, logging.INFO, logging.DEBUG)[min(max(verbose, 0), 2)]
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the download like Ctrl-C does, so verified pieces are kept aside."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if not in_main_thread or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def run(options: DownloadOptions, ui: UiOptions, console: Console | None = None) -> int:
+    """Download with the display the terminal allows; report; return the exit code.
+
+    ``console`` is where the progress display goes (stderr by default); it is only used when
+    it is a terminal and ``--quiet`` is not given.
+    """
+    console = console if console is not None else Console(stderr=True)
+    show_progress = console.is_terminal and not ui.quiet
+    _configure_logging(ui.verbose, console if show_progress else None)
+    try:
+        with _sigterm_as_interrupt():
+            if show_progress:
+                with ProgressDisplay(console, label=options.output.name) as display:
+                    result = _download_sync(options, on_progress=display.update)
+            else:
+                result = _download_sync(options)
+    except errors.DownloadError as exc:
+        print(f"dfget: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        print(f"dfget: {exc}", file=sys.stderr)
+        return errors.EXIT_ERROR
+    except ValueError as exc:
+        print(f"dfget: {exc}", file=sys.stderr)
+        return errors.EXIT_USAGE
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(INTERRUPTED_MESSAGE, file=sys.stderr)
+        return errors.EXIT_INTERRUPTED
+    print(summary_line(result), file=sys.stderr)
+    return errors.EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(
-        "dfget: not built yet (issue #4); `make demo` runs the peerwire transfer", file=sys.stderr
-    )
-    return 2
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        config_file = find_config_file(args.config, os.environ)
+        options, ui = build_options(args, os.environ, config_file)
+    except (_UsageError, ValueError) as exc:
+        print(f"dfget: {exc} (see dfget --help)", file=sys.stderr)
+        return errors.EXIT_USAGE
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else errors.EXIT_USAGE
+    return run(options, ui)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -103,6 +103,10 @@ class TaskManifestDoc:
     total_length: int
     piece_length: int
     piece_sha256: tuple[bytes | None, ...] = field(default=())
+    #: The origin's ETag or Last-Modified when the task began (None: it sent neither).
+    validator: str | None = None
+    #: Whether the origin honours Range requests.
+    ranges: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +114,8 @@ class TaskManifestDoc:
             "total_length": self.total_length,
             "piece_length": self.piece_length,
             "piece_sha256": [d.hex() if d is not None else None for d in self.piece_sha256],
+            "validator": self.validator,
+            "ranges": self.ranges,
         }
 
 
@@ -231,11 +237,14 @@ def parse_manifest_doc(document: Any) -> TaskManifestDoc:
         digests = tuple(
             bytes.fromhex(d) if d is not None else None for d in document["piece_sha256"]
         )
+        validator = document.get("validator")
         return TaskManifestDoc(
             url=str(document["url"]),
             total_length=int(document["total_length"]),
             piece_length=int(document["piece_length"]),
             piece_sha256=digests,
+            validator=None if validator is None else str(validator),
+            ranges=document.get("ranges", True) is not False,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise TrackerRefused(f"tracker sent a malformed manifest: {exc!r}") from exc

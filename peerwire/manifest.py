@@ -34,6 +34,8 @@ MAX_JSON_BYTES = MAX_PIECES * (2 * SHA256_BYTES + 3) + MAX_URL_CHARS + 1024
 _MIN_READ_BYTES = 1 * MIB
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
+#: Stands for an unknown digest in ``content_digest`` (33 bytes: no sha256 can equal it).
+_UNKNOWN_DIGEST = b"\xff" * (SHA256_BYTES + 1)
 _REQUIRED_KEYS = frozenset({"version", "task_id", "total_length", "piece_length", "piece_sha256"})
 _ALL_KEYS = _REQUIRED_KEYS | {"url"}
 
@@ -47,14 +49,25 @@ class Manifest:
     """What a peer needs to verify a task's data: geometry plus one sha256 per piece.
 
     ``url`` is informational (where the origin copy lives); it is not part of the content and
-    so not part of ``content_digest``.
+    so not part of ``content_digest``. A digest may be ``None``: not known yet. That is the
+    normal state of a task fetched by URL, whose digests arrive from the tracker as peers fetch
+    pieces from the origin (``Manifest.open`` makes one with none known); a ``PieceStore``
+    created with ``open_digests=True`` learns them as they come.
     """
 
     task_id: TaskId
     total_length: int
     piece_length: int
-    piece_sha256: tuple[bytes, ...]
+    piece_sha256: tuple[bytes | None, ...]
     url: str | None = None
+
+    @classmethod
+    def open(
+        cls, task_id: TaskId, total_length: int, piece_length: int, url: str | None = None
+    ) -> Manifest:
+        """A manifest of known geometry and no known digest."""
+        count = PieceLayout(total_length, piece_length).num_pieces
+        return cls(task_id, total_length, piece_length, (None,) * count, url)
 
     def __post_init__(self) -> None:
         if not isinstance(self.task_id, TaskId):
@@ -76,8 +89,10 @@ class Manifest:
                 f"the layout has {num_pieces} pieces"
             )
         for index, digest in enumerate(self.piece_sha256):
+            if digest is None:
+                continue
             if not isinstance(digest, bytes) or len(digest) != SHA256_BYTES:
-                raise ValueError(f"piece_sha256[{index}] must be {SHA256_BYTES} bytes")
+                raise ValueError(f"piece_sha256[{index}] must be {SHA256_BYTES} bytes or None")
         if self.url is not None and (
             not isinstance(self.url, str) or len(self.url) > MAX_URL_CHARS
         ):
@@ -91,6 +106,11 @@ class Manifest:
     def num_pieces(self) -> int:
         return len(self.piece_sha256)
 
+    @property
+    def is_complete(self) -> bool:
+        """Every piece digest is known."""
+        return None not in self.piece_sha256
+
     def content_digest(self) -> bytes:
         """sha256 over the geometry and the piece digests: equal exactly when the content is.
 
@@ -100,7 +120,7 @@ class Manifest:
         hasher = hashlib.sha256(b"peerwire-manifest-v1")
         hasher.update(struct.pack(">QQ", self.total_length, self.piece_length))
         for digest in self.piece_sha256:
-            hasher.update(digest)
+            hasher.update(_UNKNOWN_DIGEST if digest is None else digest)
         return hasher.digest()
 
     def to_json(self) -> str:
@@ -110,7 +130,7 @@ class Manifest:
             "task_id": self.task_id.hex(),
             "total_length": self.total_length,
             "piece_length": self.piece_length,
-            "piece_sha256": [digest.hex() for digest in self.piece_sha256],
+            "piece_sha256": [None if d is None else d.hex() for d in self.piece_sha256],
             "url": self.url,
         }
         return json.dumps(document, separators=(",", ":"))
@@ -155,8 +175,8 @@ class Manifest:
                 total_length=document["total_length"],
                 piece_length=document["piece_length"],
                 piece_sha256=tuple(
-                    _from_hex(item, SHA256_BYTES, f"piece_sha256[{index}]")
-                    for index, item in enumerate(digests)
+                    None if item is None else _from_hex(item, SHA256_BYTES, f"piece_sha256[{i}]")
+                    for i, item in enumerate(digests)
                 ),
                 url=url,
             )
@@ -188,7 +208,7 @@ def _from_hex(value: object, size_bytes: int, field: str) -> bytes:
     return bytes.fromhex(value)
 
 
-def local_task_id(piece_sha256: tuple[bytes, ...]) -> TaskId:
+def local_task_id(piece_sha256: tuple[bytes | None, ...]) -> TaskId:
     """Default id of a local file: sha256 over the concatenated piece digests, first 20 bytes.
 
     Two hosts that build a manifest of the same bytes with the same piece length agree on it, so
@@ -197,7 +217,7 @@ def local_task_id(piece_sha256: tuple[bytes, ...]) -> TaskId:
     """
     hasher = hashlib.sha256()
     for digest in piece_sha256:
-        hasher.update(digest)
+        hasher.update(_UNKNOWN_DIGEST if digest is None else digest)
     return TaskId(hasher.digest()[:20])
 
 

@@ -9,9 +9,11 @@ Functions here raise plain ``OSError``; ``storage`` wraps them with the path and
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 from peerwire.bitfield import Bitfield
@@ -24,34 +26,44 @@ _RECORD_HEADER_BYTES = len(_RECORD_MAGIC) + 32
 _ENTRY = struct.Struct(">I4s")
 
 
-def record_entry(manifest: Manifest, index: int) -> bytes:
+def record_entry(index: int, digest: bytes) -> bytes:
     """The 8 bytes appended when piece ``index`` is verified (one atomic ``O_APPEND`` write)."""
-    return _ENTRY.pack(index, manifest.piece_sha256[index][:4])
+    return _ENTRY.pack(index, digest[:4])
 
 
-def read_record(path: Path, manifest: Manifest) -> set[int] | None:
-    """Piece indices the record lists for ``manifest``; None when absent or for other content."""
-    limit = _RECORD_HEADER_BYTES + 2 * _ENTRY.size * manifest.num_pieces + _ENTRY.size
+def read_record(path: Path, header: bytes, digests: Sequence[bytes | None]) -> set[int] | None:
+    """Piece indices the record lists under ``header`` whose check matches a known digest;
+    None when the record is absent or was written for other content (another header)."""
+    limit = _RECORD_HEADER_BYTES + 2 * _ENTRY.size * len(digests) + _ENTRY.size
     try:
         with open(path, "rb") as stream:
             raw = stream.read(limit + 1)
     except FileNotFoundError:
         return None
-    if len(raw) > limit or raw[:_RECORD_HEADER_BYTES] != _record_header(manifest):
+    if len(raw) > limit or raw[:_RECORD_HEADER_BYTES] != header:
         log.info("discarding %s: written for other content", path)
         return None
     indices: set[int] = set()
     body = memoryview(raw)[_RECORD_HEADER_BYTES:]
     for start in range(0, body.nbytes - _ENTRY.size + 1, _ENTRY.size):
         index, check = _ENTRY.unpack_from(body, start)
-        if index < manifest.num_pieces and manifest.piece_sha256[index][:4] == check:
-            indices.add(index)
+        if index < len(digests):
+            digest = digests[index]
+            if digest is not None and digest[:4] == check:
+                indices.add(index)
     return indices
 
 
-def write_record(path: Path, manifest: Manifest, have: Bitfield) -> int:
-    """Write a fresh record listing ``have`` (atomically, via rename); return an append fd."""
-    content = _record_header(manifest) + b"".join(record_entry(manifest, i) for i in have)
+def write_record(path: Path, header: bytes, digests: Sequence[bytes | None], have: Bitfield) -> int:
+    """Write a fresh record listing ``have`` (atomically, via rename); return an append fd.
+    Every piece in ``have`` must have a known digest."""
+    entries = []
+    for index in have:
+        digest = digests[index]
+        if digest is None:
+            raise ValueError(f"piece {index} is verified but its digest is unknown")
+        entries.append(record_entry(index, digest))
+    content = header + b"".join(entries)
     scratch = path.with_name(path.name + ".tmp")
     try:
         with open(scratch, "wb") as stream:
@@ -63,5 +75,13 @@ def write_record(path: Path, manifest: Manifest, have: Bitfield) -> int:
         raise
 
 
-def _record_header(manifest: Manifest) -> bytes:
-    return _RECORD_MAGIC + manifest.content_digest()
+def record_header(manifest: Manifest, *, open_digests: bool = False) -> bytes:
+    """What ties a record to its content. A complete manifest: its ``content_digest``. An open
+    one (digests learned during the download): the task id and geometry, which do not change
+    as digests arrive; each entry's digest check still guards every recorded piece."""
+    if not open_digests:
+        return _RECORD_MAGIC + manifest.content_digest()
+    identity = hashlib.sha256(b"peerwire-open-record-v1")
+    identity.update(manifest.task_id.raw)
+    identity.update(struct.pack(">QQ", manifest.total_length, manifest.piece_length))
+    return _RECORD_MAGIC + identity.digest()

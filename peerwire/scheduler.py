@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -92,6 +92,7 @@ class Scheduler(Generic[P]):
         random_first_pieces: int = 4,
         policy: str = "rarest_first",
         endgame_copies: int = 2,
+        held: Iterable[int] = (),
     ) -> None:
         """``have`` is updated in place as pieces are verified; the scheduler is its only writer.
 
@@ -119,6 +120,11 @@ class Scheduler(Generic[P]):
             clock=clock, pipeline_depth=pipeline_depth, timeout_s=request_timeout_s
         )
         self._unstarted: set[int] = set(have.missing())
+        #: Missing pieces not to request from peers for now (``hold``): their digest is not
+        #: known yet, or this peer fetches them from the origin.
+        self._held: set[int] = set()
+        for index in held:
+            self.hold(index)
         self._active: dict[int, _Piece[P]] = {}
         self._open_pieces: OrderedDict[int, None] = OrderedDict()  # active, with open blocks
         self._receiving: dict[Block, P] = {}
@@ -133,8 +139,13 @@ class Scheduler(Generic[P]):
 
     @property
     def in_endgame(self) -> bool:
-        """Every missing block is requested, being received or received."""
-        return not self._unstarted and not self._open_pieces and not self._have.is_complete()
+        """Every missing block is requested, being received or received (none held)."""
+        return (
+            not self._unstarted
+            and not self._open_pieces
+            and not self._held
+            and not self._have.is_complete()
+        )
 
     def is_complete(self) -> bool:
         return self._have.is_complete()
@@ -261,7 +272,7 @@ class Scheduler(Generic[P]):
         self._take_started(peer, state, now, slots, chosen)
         if len(chosen) < slots and self._unstarted:
             self._take_new(peer, state, now, slots, chosen)
-        if len(chosen) < slots and not self._unstarted and not self._open_pieces:
+        if len(chosen) < slots and self.in_endgame:
             self._take_endgame(peer, state, now, slots, chosen)
         return chosen
 
@@ -330,6 +341,25 @@ class Scheduler(Generic[P]):
 
     # -- pieces ----------------------------------------------------------------------------
 
+    def hold(self, index: int) -> bool:
+        """Do not start piece ``index`` from peers until ``unhold``. True when it is held now;
+        False when it is already being received from peers or verified (too late to hold)."""
+        if index in self._unstarted:
+            self._unstarted.remove(index)
+            self._held.add(index)
+            return True
+        return index in self._held
+
+    def unhold(self, index: int) -> None:
+        """Peers may be asked for piece ``index`` again (a no-op unless it is held)."""
+        if index in self._held:
+            self._held.remove(index)
+            if index not in self._have:
+                self._unstarted.add(index)
+
+    def is_held(self, index: int) -> bool:
+        return index in self._held
+
     def piece_verified(self, index: int) -> list[tuple[P, Block]]:
         """We have piece ``index`` now (from peers or from anywhere else).
 
@@ -340,6 +370,7 @@ class Scheduler(Generic[P]):
             return []
         self._have.add(index)
         self._unstarted.discard(index)
+        self._held.discard(index)
         self._open_pieces.pop(index, None)
         piece = self._active.pop(index, None)
         cancels: list[tuple[P, Block]] = []

@@ -23,14 +23,14 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from peerwire.bitfield import Bitfield
-from peerwire.layout import MIB, Block
+from peerwire.layout import MIB, Block, PieceLayout
 from peerwire.manifest import Manifest
-from peerwire.piecerecord import read_record, record_entry, write_record
+from peerwire.piecerecord import read_record, record_entry, record_header, write_record
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,13 @@ class PieceStore:
         data_fd: int,
         record_fd: int | None,
         have: Bitfield,
+        digests: list[bytes | None] | None = None,
     ) -> None:
         self._manifest = manifest
+        #: The digest of each piece, or None while unknown (open manifests learn them).
+        self._digests: list[bytes | None] = (
+            list(manifest.piece_sha256) if digests is None else digests
+        )
         self._layout = manifest.layout
         self._data_path = data_path
         self._output_path = output_path
@@ -122,6 +127,7 @@ class PieceStore:
         *,
         resume: bool = True,
         preallocate: bool = False,
+        open_digests: bool = False,
     ) -> PieceStore:
         """Start (or, with ``resume``, continue) downloading ``manifest`` towards ``output_path``.
 
@@ -134,8 +140,17 @@ class PieceStore:
         An existing partial file and record for the same manifest content are reopened and each
         recorded piece re-verified; anything else there is replaced. The partial file is locked
         (``flock``) so a second downloader of the same output fails fast with EWOULDBLOCK.
+
+        ``open_digests``: the manifest's digests may be unknown (None) and are learned during the
+        download (``learn_digest``, ``commit_piece(..., learn=True)``); the resume record is then
+        tied to the task id and geometry, and a recorded piece whose digest is not known (yet)
+        on resume is fetched again. Without it the manifest must be complete.
         """
+        if not open_digests and not manifest.is_complete:
+            raise ValueError("manifest has unknown digests: use open_digests=True")
         output = Path(output_path)
+        header = record_header(manifest, open_digests=open_digests)
+        digests = list(manifest.piece_sha256)
         partial = output.with_name(output.name + PARTIAL_SUFFIX)
         record = output.with_name(output.name + RECORD_SUFFIX)
         try:
@@ -152,18 +167,18 @@ class PieceStore:
         recorded: set[int] | None = None
         try:
             try:
-                recorded = read_record(record, manifest) if resume else None
+                recorded = read_record(record, header, digests) if resume else None
             except OSError as exc:
                 raise _wrap(exc, "read piece record", record) from exc
             if recorded is None:
                 have = Bitfield(manifest.num_pieces)
                 _set_length(fd, 0, partial, preallocate=False)
             else:
-                have = _reverify(fd, partial, manifest, recorded)
+                have = _reverify(fd, partial, manifest.layout, digests, recorded)
                 log.info("resuming %s: %d of %d pieces verified", output, len(have), len(recorded))
             _set_length(fd, manifest.total_length, partial, preallocate=preallocate)
             try:
-                record_fd = write_record(record, manifest, have)
+                record_fd = write_record(record, header, digests, have)
             except OSError as exc:
                 raise _wrap(exc, "write piece record", record) from exc
         except BaseException:
@@ -172,7 +187,7 @@ class PieceStore:
                 partial.unlink(missing_ok=True)
                 record.unlink(missing_ok=True)
             raise
-        return cls(manifest, partial, output, fd, record_fd, have)
+        return cls(manifest, partial, output, fd, record_fd, have, digests)
 
     @classmethod
     def open_complete(
@@ -196,7 +211,14 @@ class PieceStore:
                     f"{data_path}: {size} bytes, manifest says {manifest.total_length}"
                 )
             if verify:
-                _reverify(fd, data_path, manifest, range(manifest.num_pieces), raise_on_bad=True)
+                _reverify(
+                    fd,
+                    data_path,
+                    manifest.layout,
+                    list(manifest.piece_sha256),
+                    range(manifest.num_pieces),
+                    raise_on_bad=True,
+                )
         except BaseException:
             os.close(fd)
             raise
@@ -236,10 +258,42 @@ class PieceStore:
         index outside the task; a buffer must be C-contiguous.
         """
         size = self._layout.piece_size(index)
+        expected = self._digests[index]
+        if expected is None:
+            return False
         with memoryview(data) as view:
             if view.nbytes != size:
                 return False
-            return hashlib.sha256(view).digest() == self._manifest.piece_sha256[index]
+            return hashlib.sha256(view).digest() == expected
+
+    def digest(self, index: int) -> bytes | None:
+        """The sha256 of piece ``index``, or None while unknown."""
+        return self._digests[index]
+
+    @property
+    def digests(self) -> tuple[bytes | None, ...]:
+        """Every piece's digest as known now (a snapshot)."""
+        with self._state:
+            return tuple(self._digests)
+
+    @property
+    def is_finalized(self) -> bool:
+        """The file is complete and at its output path (``finalize`` ran, or ``open_complete``)."""
+        return self._record_fd is None
+
+    def learn_digest(self, index: int, digest: bytes) -> bool:
+        """Record the digest of piece ``index`` (from the tracker's manifest). True when it was
+        new; ValueError when it contradicts the one known (the caller decides whom to trust)."""
+        if len(digest) != hashlib.sha256().digest_size:
+            raise ValueError(f"digest must be 32 bytes, got {len(digest)}")
+        with self._state:
+            known = self._digests[index]
+            if known == digest:
+                return False
+            if known is not None:
+                raise ValueError(f"piece {index}: digest {digest.hex()} contradicts {known.hex()}")
+            self._digests[index] = digest
+            return True
 
     def write_piece(self, index: int, data: Buffer) -> None:
         """Write the whole piece at its offset, unverified and unrecorded (``commit_piece`` does
@@ -249,19 +303,31 @@ class PieceStore:
             raise ValueError(f"piece {index} is verified; refusing to overwrite it")
         self._write(index, data)
 
-    def commit_piece(self, index: int, data: Buffer) -> bool:
+    def commit_piece(self, index: int, data: Buffer, *, learn: bool = False) -> bool:
         """Verify, write, record. False when ``data`` is not piece ``index`` (nothing written).
 
         Thread-safe (meant for a worker thread). A piece already verified is not written again.
         StorageError when the write or the record append fails; the piece is then not verified.
+        ``learn``: the data comes from a source we trust (the origin); when the piece's digest
+        is unknown it is computed from ``data`` and learned (``digest(index)`` then has it).
         """
+        if learn and self._digests[index] is None:
+            with memoryview(data) as view:
+                if view.nbytes != self._layout.piece_size(index):
+                    return False
+                computed = hashlib.sha256(view).digest()
+            with self._state:
+                if self._digests[index] is None:
+                    self._digests[index] = computed
         if not self.verify(index, data):
             return False
         if self.has_piece(index):
             return True
         self._check_writable()
         self._write(index, data)
-        entry = record_entry(self._manifest, index)
+        digest = self._digests[index]
+        assert digest is not None  # verify() passed
+        entry = record_entry(index, digest)
         with self._using_fd(), self._state:
             if index in self._have:
                 return True
@@ -484,12 +550,17 @@ def _check_free_space(fd: int, needed_bytes: int, path: Path) -> None:
 
 
 def _reverify(
-    fd: int, path: Path, manifest: Manifest, indices: Iterable[int], *, raise_on_bad: bool = False
+    fd: int,
+    path: Path,
+    layout: PieceLayout,
+    digests: Sequence[bytes | None],
+    indices: Iterable[int],
+    *,
+    raise_on_bad: bool = False,
 ) -> Bitfield:
     """The subset of ``indices`` whose bytes on disk hash right (one reused piece buffer)."""
-    layout = manifest.layout
-    have = Bitfield(manifest.num_pieces)
-    buffer = memoryview(bytearray(min(manifest.piece_length, max(1, manifest.total_length))))
+    have = Bitfield(layout.num_pieces)
+    buffer = memoryview(bytearray(min(layout.piece_length, max(1, layout.total_length))))
     for index in sorted(indices):
         piece = buffer[: layout.piece_size(index)]
         try:
@@ -500,10 +571,11 @@ def _reverify(
             actual = b""  # the file is shorter than the piece: not there
         else:
             actual = hashlib.sha256(piece).digest()
-        if actual == manifest.piece_sha256[index]:
+        expected = digests[index]
+        if expected is not None and actual == expected:
             have.add(index)
         elif raise_on_bad:
-            raise DigestMismatchError(path, manifest.piece_sha256[index], actual, index)
+            raise DigestMismatchError(path, expected or b"", actual, index)
         else:
             log.warning("%s: recorded piece %d fails verification; fetching it again", path, index)
     return have

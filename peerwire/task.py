@@ -85,6 +85,9 @@ class TaskStats:
     wasted_bytes: int = 0
     pieces_verified: int = 0
     pieces_failed: int = 0
+    #: Pieces and bytes added from outside the wire (the origin): ``add_origin_piece``.
+    origin_pieces: int = 0
+    origin_bytes: int = 0
     peers_banned: list[str] = field(default_factory=list)
     bytes_from_peer: dict[str, int] = field(default_factory=dict)
 
@@ -155,7 +158,11 @@ class PeerTask:
             rng=self._rng,
             random_first_pieces=self.config.random_first_pieces,
             policy=self.config.picker_policy,
+            # Pieces whose digest is unknown cannot be verified: not asked of peers until known.
+            held=[i for i in store.have.missing() if store.digest(i) is None],
         )
+        #: Pieces this peer fetches from the origin itself: not asked of peers meanwhile.
+        self._origin_claimed: set[int] = set()
         self._max_inflight_blocks = max(
             1, self.config.max_inflight_bytes // self.config.block_bytes
         )
@@ -172,6 +179,9 @@ class PeerTask:
         self._closed = False
         #: Called after each verified piece (index); for progress displays.
         self.on_piece: Callable[[int], None] | None = None
+        #: Called when a peer is banned: (its id, its address "host:port", the reason); the
+        #: download reports it to the tracker.
+        self.on_ban: Callable[[PeerId, str, str], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -210,6 +220,82 @@ class PeerTask:
     @property
     def peer_count(self) -> int:
         return len(self._peers)
+
+    # -- digests and origin pieces (open manifests) ---------------------------------------------
+
+    def learn_digests(self, digests: dict[int, bytes]) -> int:
+        """Digests from the tracker's manifest: those pieces may now be asked of peers.
+
+        Returns how many were new. A digest contradicting one already known is logged and
+        ignored (ours came from our own origin fetch or an earlier manifest).
+        """
+        learned = 0
+        for index, digest in digests.items():
+            try:
+                if self.store.learn_digest(index, digest):
+                    learned += 1
+            except ValueError as exc:
+                log.error("task %s: %s", self.task_id, exc)
+                continue
+            if index not in self._origin_claimed:
+                self.scheduler.unhold(index)
+        if learned:
+            for peer in list(self._peers.values()):
+                self._update_interest(peer)
+        return learned
+
+    def claim_for_origin(self, indices: list[int]) -> list[int]:
+        """Take pieces off the peer wire to fetch them from the origin; returns those taken
+        (pieces already had or already being received from peers are left to the wire)."""
+        taken: list[int] = []
+        for index in indices:
+            if index in self._origin_claimed:
+                taken.append(index)
+            elif not self.store.has_piece(index) and self.scheduler.hold(index):
+                self._origin_claimed.add(index)
+                taken.append(index)
+        return taken
+
+    def release_from_origin(self, indices: list[int]) -> None:
+        """Give claimed pieces back to the peer wire (the origin fetch failed or was taken back)."""
+        for index in indices:
+            if index in self._origin_claimed:
+                self._origin_claimed.discard(index)
+                if self.store.digest(index) is not None:
+                    self.scheduler.unhold(index)
+        self._refill_all()
+
+    @property
+    def origin_claimed(self) -> frozenset[int]:
+        return frozenset(self._origin_claimed)
+
+    async def add_origin_piece(self, index: int, data: bytes) -> bytes:
+        """Store a piece fetched from the origin and announce it to peers; returns its digest.
+
+        When the digest was known (an earlier fetcher reported it), ``data`` must match it:
+        ValueError otherwise (the origin changed, or sent garbage). Otherwise the digest is
+        computed from ``data`` and learned; the caller reports it to the tracker.
+        """
+        if self.store.has_piece(index):
+            self._origin_claimed.discard(index)
+            digest = self.store.digest(index)
+            assert digest is not None
+            return digest
+        ok = await self._loop.run_in_executor(
+            self._executor, lambda: self.store.commit_piece(index, data, learn=True)
+        )
+        self._origin_claimed.discard(index)
+        if not ok:
+            if self.store.digest(index) is not None:
+                self.scheduler.unhold(index)
+            raise ValueError(f"piece {index} from the origin does not match its known digest")
+        self.stats.origin_pieces += 1
+        self.stats.origin_bytes += len(data)
+        self._piece_verified(index)
+        self._refill_all()
+        digest = self.store.digest(index)
+        assert digest is not None
+        return digest
 
     # -- ConnectionOwner ------------------------------------------------------------------------
 
@@ -436,6 +522,8 @@ class PeerTask:
         self.stats.peers_banned.append(str(key))
         log.warning("banning peer %s: %s", key, reason)
         peer = self._peers.get(key)
+        if self.on_ban is not None:
+            self.on_ban(key, peer.conn.address if peer is not None else "?", reason)
         if peer is not None:
             peer.conn.close(f"banned: {reason}")
 

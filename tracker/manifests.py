@@ -31,7 +31,11 @@ MAX_URL_BYTES: Final = 8 * 1024
 #: sha256 digest size.
 DIGEST_BYTES: Final = 32
 _DIGEST_HEX: Final = 2 * DIGEST_BYTES
-_KNOWN_KEYS: Final = frozenset({"task_id", "url", "total_length", "piece_length", "piece_sha256"})
+_KNOWN_KEYS: Final = frozenset(
+    {"task_id", "url", "total_length", "piece_length", "piece_sha256", "validator", "ranges"}
+)
+#: Longest origin validator kept (an ETag or a Last-Modified date).
+MAX_VALIDATOR_CHARS: Final = 512
 #: Longest decimal piece index accepted as a dict key (1 << 20 has 7 digits).
 _MAX_INDEX_DIGITS: Final = 10
 
@@ -53,6 +57,11 @@ class ManifestUpdate:
     piece_length: int | None
     #: Piece index -> 32 raw sha256 bytes; only the digests the document states.
     digests: dict[int, bytes]
+    #: The origin's ETag (or Last-Modified) when the manifest was made: every fetcher checks
+    #: its Range answers against it, so a changed origin is an error, not a mixed file.
+    validator: str | None = None
+    #: Whether the origin honours Range requests; without, one peer streams the whole file.
+    ranges: bool | None = None
 
 
 def count_pieces(total_length: int, piece_length: int) -> int:
@@ -199,7 +208,17 @@ def parse_manifest_update(body: bytes, *, max_pieces: int = MAX_PIECES) -> Manif
 
     raw_digests = document.get("piece_sha256")
     digests = {} if raw_digests is None else _parse_digests(raw_digests, num_pieces, max_pieces)
-    return ManifestUpdate(url, total_length, piece_length, digests)
+    validator = document.get("validator")
+    if validator is not None and (
+        not isinstance(validator, str)
+        or len(validator) > MAX_VALIDATOR_CHARS
+        or not validator.isprintable()
+    ):
+        raise ManifestError(f"validator must be printable text of at most {MAX_VALIDATOR_CHARS}")
+    ranges = document.get("ranges")
+    if ranges is not None and not isinstance(ranges, bool):
+        raise ManifestError("ranges must be true or false")
+    return ManifestUpdate(url, total_length, piece_length, digests, validator, ranges)
 
 
 class TaskManifest:
@@ -210,7 +229,17 @@ class TaskManifest:
     costs about 33 MB and a 500-piece one about 16 KB, with no object per piece.
     """
 
-    __slots__ = ("_digests", "_have", "known", "num_pieces", "piece_length", "total_length", "url")
+    __slots__ = (
+        "_digests",
+        "_have",
+        "known",
+        "num_pieces",
+        "piece_length",
+        "ranges",
+        "total_length",
+        "url",
+        "validator",
+    )
 
     url: str
     total_length: int
@@ -226,6 +255,8 @@ class TaskManifest:
         self.piece_length = piece_length
         self.num_pieces = num_pieces
         self.known = 0
+        self.validator: str | None = None
+        self.ranges = True
         self._digests = bytearray(num_pieces * DIGEST_BYTES)
         self._have = bytearray((num_pieces + 7) // 8)
 
@@ -244,6 +275,8 @@ class TaskManifest:
         piece_length = _check_piece_length(update.piece_length)
         num_pieces = _check_num_pieces(total_length, piece_length, max_pieces)
         manifest = cls(url, total_length, piece_length, num_pieces)
+        manifest.validator = update.validator
+        manifest.ranges = update.ranges is not False
         for piece_index, digest in update.digests.items():
             if not 0 <= piece_index < num_pieces:
                 raise ManifestError(
@@ -257,11 +290,22 @@ class TaskManifest:
     def merge(self, update: ManifestUpdate) -> int:
         """Apply what ``update`` adds; returns how many digests were new.
 
-        All or nothing: a header field that differs from the stored one, a piece index past
-        the end, or a digest that differs from the stored digest of that piece raises
-        ManifestConflict (naming the field or piece) before anything is written.
+        All or nothing: a length or validator that differs from the stored one, a piece index
+        past the end, or a digest that differs from the stored digest of that piece raises
+        ManifestConflict (naming the field or piece) before anything is written. The url is
+        informational: peers may reach the same task through different URLs (a blob from two
+        registries, signed URLs with filtered parameters), so the first one is kept.
         """
-        for name in ("url", "total_length", "piece_length"):
+        if (
+            update.validator is not None
+            and self.validator is not None
+            and update.validator != self.validator
+        ):
+            raise ManifestConflict(
+                f"validator {update.validator!r} differs from the stored {self.validator!r}: "
+                "the origin changed under the task"
+            )
+        for name in ("total_length", "piece_length"):
             given = getattr(update, name)
             if given is not None and given != getattr(self, name):
                 raise ManifestConflict(
@@ -308,6 +352,8 @@ class TaskManifest:
         return (
             f'{{"task_id":"{task_id.hex()}","url":{json.dumps(self.url)},'
             f'"total_length":{self.total_length},"piece_length":{self.piece_length},'
+            f'"validator":{json.dumps(self.validator)},'
+            f'"ranges":{"true" if self.ranges else "false"},'
             f'"piece_sha256":[{",".join(entries)}]}}'
         ).encode()
 

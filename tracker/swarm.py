@@ -14,6 +14,7 @@ its peer to the end), so ``expire`` looks only at the front of each map.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -189,7 +190,8 @@ class Swarm:
                     peer.peer_id,
                     now,
                     self.available(task),
-                    rate_bps=peer.download_bps or None,
+                    # Without Range support the one fetcher streams it all: everything is its.
+                    rate_bps=(peer.download_bps or None) if manifest.ranges else math.inf,
                     piece_length=manifest.piece_length,
                     interval_s=self._config.interval_s,
                 )
@@ -396,10 +398,12 @@ class Swarm:
         record.manifest = manifest
         record.full = full_mask(manifest.num_pieces)
         record.have_bytes = (manifest.num_pieces + 7) // 8
+        # An origin without Range support can only be read from the start: one fetcher streams
+        # the whole file (every piece is its assignment) and the swarm trades what it publishes.
         record.planner = SourcePlanner(
             manifest.num_pieces,
-            budget=self._config.origin_budget,
-            max_pieces=self._config.assign_max_pieces,
+            budget=self._config.origin_budget if manifest.ranges else 1,
+            max_pieces=self._config.assign_max_pieces if manifest.ranges else manifest.num_pieces,
             ttl_s=self._config.assign_ttl_s,
         )
         # Peers' pieces were unknown without a manifest; they tell again on their next announce.

@@ -19,7 +19,8 @@ def test_signal_shuts_the_tracker_down_cleanly(signum: signal.Signals) -> None:
     with tracker_process() as tracker:
         assert tracker.get("/healthz") == b"ok\n"
         tracker.process.send_signal(signum)
-        _, err = tracker.process.communicate(timeout=20)
+        tracker.process.communicate(timeout=20)
+        err = tracker.stderr()
         assert tracker.process.returncode == 0, err
         assert "Traceback" not in err
 

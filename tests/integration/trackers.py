@@ -6,11 +6,12 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 PYTHON = sys.executable
 
@@ -19,6 +20,11 @@ PYTHON = sys.executable
 class Tracker:
     process: subprocess.Popen[str]
     port: int
+    errors: IO[str]
+
+    def stderr(self) -> str:
+        self.errors.seek(0)
+        return self.errors.read()
 
     @property
     def base_url(self) -> str:
@@ -41,30 +47,33 @@ class Tracker:
 
 @contextmanager
 def tracker_process(*args: str) -> Iterator[Tracker]:
-    """``dftracker serve`` on a free port; SIGTERM (then SIGKILL) on exit."""
-    process = subprocess.Popen(
-        [PYTHON, "-m", "tracker.cli", "serve", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline().strip()
-        if not line.startswith("listening "):
-            process.kill()
-            _, err = process.communicate(timeout=10)
-            raise AssertionError(f"tracker did not start: {line!r}\n{err}")
-        port = int(line.rsplit(":", 1)[1].split("/", 1)[0])
-        yield Tracker(process, port)
-    finally:
-        if process.poll() is None:
-            process.terminate()
+    """``dftracker serve`` on a free port; SIGTERM (then SIGKILL) on exit. Its stderr goes to a
+    file (``Tracker.stderr()``): a pipe nobody drains would block a chatty tracker."""
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(
+            [PYTHON, "-m", "tracker.cli", "serve", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
         try:
-            process.communicate(timeout=10)  # reaps it and closes the pipes
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
+            assert process.stdout is not None
+            line = process.stdout.readline().strip()
+            if not line.startswith("listening "):
+                process.kill()
+                process.communicate(timeout=10)
+                errors.seek(0)
+                raise AssertionError(f"tracker did not start: {line!r}\n{errors.read()}")
+            port = int(line.rsplit(":", 1)[1].split("/", 1)[0])
+            yield Tracker(process, port, errors)
+        finally:
+            if process.poll() is None:
+                process.terminate()
+            try:
+                process.communicate(timeout=10)  # reaps it and closes the pipes
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
 
 
 def free_port() -> int:

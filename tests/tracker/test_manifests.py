@@ -194,7 +194,6 @@ def test_merge_accepts_equal_header_fields() -> None:
 @pytest.mark.parametrize(
     ("update", "field"),
     [
-        (ManifestUpdate("http://127.0.0.1:8000/other", None, None, {1: sha(1)}), "url"),
         (ManifestUpdate(None, 7, None, {1: sha(1)}), "total_length"),
         (ManifestUpdate(None, None, 32 * KIB, {1: sha(1)}), "piece_length"),
     ],
@@ -258,8 +257,38 @@ def test_to_json_lists_every_piece_with_null_for_unknown() -> None:
     assert document == {
         "task_id": TASK.hex(),
         **header(),
+        "validator": None,
+        "ranges": True,
         "piece_sha256": [None, sha(1).hex(), None, None, None, None],
     }
+
+
+def test_url_is_informational_the_first_one_is_kept() -> None:
+    manifest = make()
+    assert manifest.merge(ManifestUpdate("http://127.0.0.1:8000/other", None, None, {1: sha(1)}))
+    assert manifest.url == header()["url"]
+    assert manifest.digest(1) == sha(1)
+
+
+def test_validator_and_ranges_are_stored_and_a_changed_validator_conflicts() -> None:
+    fields = header()
+    manifest = TaskManifest.create(
+        ManifestUpdate(
+            fields["url"], fields["total_length"], fields["piece_length"], {}, '"v1"', False
+        )
+    )
+    document = json.loads(manifest.to_json(TASK))
+    assert (document["validator"], document["ranges"]) == ('"v1"', False)
+    assert manifest.merge(ManifestUpdate(None, None, None, {0: sha(0)}, '"v1"')) == 1
+    with pytest.raises(ManifestConflict, match="origin changed"):
+        manifest.merge(ManifestUpdate(None, None, None, {1: sha(1)}, '"v2"'))
+    assert manifest.digest(1) is None
+
+
+@pytest.mark.parametrize("body", [b'{"validator": 5}', b'{"ranges": "yes"}'])
+def test_bad_validator_or_ranges_is_refused(body: bytes) -> None:
+    with pytest.raises(ManifestError):
+        parse_manifest_update(body)
 
 
 def test_to_json_escapes_the_url() -> None:

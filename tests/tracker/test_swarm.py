@@ -610,3 +610,12 @@ class SwarmMachine(RuleBasedStateMachine):
 
 SwarmMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 test_swarm_state_machine = SwarmMachine.TestCase
+
+
+def test_origin_without_ranges_gets_one_fetcher_streaming_every_piece() -> None:
+    swarm, _ = make(origin_budget=4, assign_max_pieces=2)
+    swarm.put_manifest(TASK, manifest(ranges=False))
+    first = swarm.announce(req(1, have=have(), can_source=True, left_bytes=TOTAL))
+    second = swarm.announce(req(2, have=have(), can_source=True, left_bytes=TOTAL))
+    assert first.assignment == tuple(range(PIECES))
+    assert second.assignment == ()

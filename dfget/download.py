@@ -1,0 +1,341 @@
+"""The download engine: one URL in, one verified file out, through the swarm when there is one.
+
+``download(options)`` (async) and ``download_sync(options)`` are the library API; the ``dfget``
+command is a thin shell over them. One download, start to end:
+
+1. Identity (``identity.task_id_for``): the URL without ``--filter`` parameters plus ``--tag``,
+   or the ``--digest`` alone. Headers never enter it.
+2. The manifest: the tracker's (``GET /tasks/<id>``); when it has none, this peer probes the
+   origin (length, validator, Range support), picks the piece length and ``PUT``s it.
+3. A ``PieceStore`` with open digests beside the output (``PATH.dfpart``; verified pieces are
+   recorded, so the same command resumes) and a ``PeerTask`` listening for other peers.
+4. Announces every interval (earlier when an origin assignment is done): the answer brings
+   peers to connect to, news of digests (``df known``: fetch the manifest again, learn them,
+   ask peers for those pieces) and pieces to fetch from the origin (``df assign``). Origin pieces
+   are fetched with Range requests, stored, offered to peers and their digests reported.
+5. Fallback: no tracker reachable, or no progress for ``STALL_S``, and the missing pieces come
+   from the origin directly (logged, counted in the result), unless back-to-source is disabled,
+   which is then a ``NoPeers`` error.
+6. Complete: the whole-file ``--digest`` is checked, the file renamed into place, ``completed``
+   announced; the peer keeps seeding for ``seed_time_s``, then announces ``stopped``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Final
+
+import uvloop
+
+from dfget.coordinator import HttpTracker, ManifestConflict, TaskManifestDoc, TrackerError
+from dfget.errors import DigestMismatch, DownloadTimeout, NoPeers, OriginChanged
+from dfget.identity import task_id_for
+from dfget.options import DownloadOptions, DownloadResult, ProgressReport
+from dfget.origin import Origin, OriginInfo
+from dfget.swarmpeer import SwarmPeer
+from peerwire.ids import TaskId
+from peerwire.layout import choose_piece_length
+from peerwire.manifest import Manifest
+from peerwire.ratelimit import AsyncRateLimiter, TokenBucket
+from peerwire.storage import DigestMismatchError, PieceStore
+
+log = logging.getLogger(__name__)
+
+#: No verified piece for this long while incomplete: the swarm is stuck, go to the origin.
+STALL_S: Final = 15.0
+#: With back-to-source disabled, give up after this long without progress.
+NO_PEERS_S: Final = 60.0
+#: How often progress is reported to ``on_progress``.
+PROGRESS_EVERY_S: Final = 0.25
+#: Concurrent origin requests when this peer fetches everything itself.
+DIRECT_FETCHERS: Final = 4
+
+
+async def download(
+    options: DownloadOptions, *, on_progress: Callable[[ProgressReport], None] | None = None
+) -> DownloadResult:
+    """Download ``options.url`` to ``options.output``; see the module docstring.
+
+    Raises a ``dfget.errors.DownloadError`` (digest mismatch, origin error, timeout, no peers),
+    ``OSError`` for the local disk, ``ValueError`` for bad options. Cancelled (Ctrl-C), it keeps
+    the verified pieces beside the output and announces ``stopped``; run it again to resume.
+    """
+    return await _Download(options, on_progress).run()
+
+
+def download_sync(
+    options: DownloadOptions, *, on_progress: Callable[[ProgressReport], None] | None = None
+) -> DownloadResult:
+    """``download`` on a fresh uvloop event loop, for code that is not async."""
+    return uvloop.run(download(options, on_progress=on_progress))
+
+
+class _Download:
+    def __init__(
+        self, options: DownloadOptions, on_progress: Callable[[ProgressReport], None] | None
+    ) -> None:
+        self.options = options
+        self.on_progress = on_progress
+        self.task_id = task_id_for(
+            options.url,
+            filters=options.filters,
+            tag=options.tag,
+            digest_sha256=options.digest_sha256,
+        )
+        self.started = time.monotonic()
+        clock = asyncio.get_running_loop().time
+        self.download_bucket = (
+            TokenBucket(options.rate_bps, clock=clock) if options.rate_bps else None
+        )
+        self.upload_bucket = (
+            TokenBucket(options.upload_rate_bps, clock=clock) if options.upload_rate_bps else None
+        )
+        limiter = AsyncRateLimiter(self.download_bucket) if self.download_bucket else None
+        self.origin = Origin(options.url, options.headers, limiter=limiter)
+        self.tracker = HttpTracker(list(options.trackers)) if options.trackers else None
+        self.fallback_reason: str | None = None
+        self.phase = "starting"
+
+    async def run(self) -> DownloadResult:
+        executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dfget-io")
+        peer: SwarmPeer | None = None
+        reporter: asyncio.Task[None] | None = None
+        try:
+            doc, info = await self._manifest()
+            store = await self._open_store(doc, executor)
+            peer = SwarmPeer(
+                self.options,
+                self.task_id,
+                store,
+                executor=executor,
+                origin=self.origin,
+                origin_info=info,
+                tracker=self.tracker,
+                download_bucket=self.download_bucket,
+                upload_bucket=self.upload_bucket,
+            )
+            await peer.start()
+            if on_progress := self.on_progress:
+                reporter = asyncio.create_task(self._report_loop(peer, on_progress))
+            if self.tracker is None:
+                peer.fetch_everything_from_origin(DIRECT_FETCHERS)
+            self.phase = "downloading"
+            await self._until_complete(peer)
+            self.phase = "verifying"
+            await self._finalize(peer, executor)
+            result = self._result(peer)
+            if self.options.seed_time_s > 0 and self.tracker is not None:
+                self.phase = "seeding"
+                await peer.seed(self.options.seed_time_s)
+            self.phase = "done"
+            if on_progress:
+                on_progress(peer.progress(self.phase))
+            return result
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+            if peer is not None:
+                await peer.close()
+            if self.tracker is not None:
+                await self.tracker.close()
+            await self.origin.close()
+            executor.shutdown(wait=True)
+
+    # -- steps --------------------------------------------------------------------------------
+
+    async def _manifest(self) -> tuple[TaskManifestDoc, OriginInfo]:
+        """The task's manifest (the tracker's, or made from an origin probe) and what to expect
+        from the origin; without a reachable tracker, switch to origin-only."""
+        options = self.options
+        doc: TaskManifestDoc | None = None
+        if self.tracker is not None:
+            try:
+                doc = await self.tracker.get_manifest(self.task_id)
+            except TrackerError as exc:
+                await self._lose_tracker(f"tracker unreachable: {exc}")
+        if doc is None and not options.back_to_source:
+            doc = await self._wait_for_manifest()
+        if doc is None:
+            info = await self.origin.probe()
+            piece_length = choose_piece_length(info.total_length)
+            count = -(-info.total_length // piece_length)
+            doc = TaskManifestDoc(
+                url=options.url,
+                total_length=info.total_length,
+                piece_length=piece_length,
+                piece_sha256=(None,) * count,
+                validator=info.validator,
+                ranges=info.accepts_ranges,
+            )
+            if self.tracker is not None:
+                try:
+                    doc = await self.tracker.put_manifest(self.task_id, doc)
+                except ManifestConflict:
+                    # Someone else made it first, with other geometry: theirs is the task's.
+                    fetched = await self.tracker.get_manifest(self.task_id)
+                    if fetched is None:
+                        raise
+                    doc = fetched
+                except TrackerError as exc:
+                    await self._lose_tracker(f"tracker unreachable: {exc}")
+            if doc.validator != info.validator or doc.total_length != info.total_length:
+                raise OriginChanged(
+                    "the origin's content differs from the task's manifest "
+                    f"(length {info.total_length} vs {doc.total_length}, "
+                    f"validator {info.validator!r} vs {doc.validator!r})"
+                )
+            return doc, info
+        expect = OriginInfo(
+            url=options.url,
+            total_length=doc.total_length,
+            validator=doc.validator,
+            accepts_ranges=doc.ranges,
+        )
+        return doc, expect
+
+    async def _wait_for_manifest(self) -> TaskManifestDoc:
+        """Back-to-source disabled and no manifest yet: only the swarm can tell the size."""
+        deadline = time.monotonic() + NO_PEERS_S
+        while self.tracker is not None and time.monotonic() < deadline:
+            try:
+                doc = await self.tracker.get_manifest(self.task_id)
+            except TrackerError as exc:
+                raise NoPeers(
+                    f"no tracker reachable and back-to-source is disabled: {exc}"
+                ) from exc
+            if doc is not None:
+                return doc
+            await asyncio.sleep(1.0)
+        if self.tracker is None:
+            raise NoPeers("no tracker reachable and back-to-source is disabled")
+        raise NoPeers(
+            f"no peer has published this task within {NO_PEERS_S:.0f}s and back-to-source is "
+            "disabled"
+        )
+
+    async def _lose_tracker(self, reason: str) -> None:
+        if not self.options.back_to_source:
+            raise NoPeers(f"{reason}; back-to-source is disabled")
+        log.warning("%s: downloading from the origin directly", reason)
+        self.fallback_reason = reason
+        if self.tracker is not None:
+            await self.tracker.close()
+        self.tracker = None
+
+    async def _open_store(self, doc: TaskManifestDoc, executor: ThreadPoolExecutor) -> PieceStore:
+        output = self.options.output
+        local = _load_digests(output, self.task_id, doc)
+        digests = tuple(
+            remote if remote is not None else local.get(index)
+            for index, remote in enumerate(doc.piece_sha256)
+        )
+        manifest = Manifest(self.task_id, doc.total_length, doc.piece_length, digests, doc.url)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            executor,
+            lambda: PieceStore.create(output, manifest, resume=True, open_digests=True),
+        )
+
+    async def _until_complete(self, peer: SwarmPeer) -> None:
+        """Wait for every piece; go to the origin when the swarm stalls; honour the timeout."""
+        timeout_s = self.options.timeout_s
+        deadline = None if timeout_s is None else self.started + timeout_s
+        last_count, last_progress = -1, time.monotonic()
+        while not peer.completed.done():
+            wait_s = 1.0
+            if deadline is not None:
+                wait_s = min(wait_s, max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(peer.completed), wait_s)
+            if peer.completed.done():
+                break
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise DownloadTimeout(
+                    f"timed out after {timeout_s:g}s with {peer.pieces_missing} of "
+                    f"{peer.num_pieces} pieces missing (verified pieces are kept; run again)"
+                )
+            count = peer.pieces_had
+            if count != last_count:
+                last_count, last_progress = count, now
+                continue
+            stalled_s = now - last_progress
+            if self.options.back_to_source:
+                if stalled_s >= STALL_S and not peer.fetching_everything:
+                    reason = f"the swarm made no progress for {stalled_s:.0f}s"
+                    log.warning("%s: fetching the missing pieces from the origin", reason)
+                    self.fallback_reason = reason
+                    peer.fetch_everything_from_origin(DIRECT_FETCHERS)
+            elif stalled_s >= NO_PEERS_S:
+                raise NoPeers(
+                    f"no peer delivered a piece for {stalled_s:.0f}s ({peer.peer_count} connected) "
+                    "and back-to-source is disabled"
+                )
+        peer.completed.result()  # raises the engine's error (origin, disk) if it failed
+
+    async def _finalize(self, peer: SwarmPeer, executor: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
+        store = peer.store
+        try:
+            await loop.run_in_executor(executor, store.finalize, self.options.digest_sha256)
+        except DigestMismatchError as exc:
+            await peer.close()
+            store.discard()  # wrong content: a retry must start over, not resume it
+            raise DigestMismatch(
+                f"sha256 of the downloaded file is {exc.actual.hex()}, expected "
+                f"{exc.expected.hex()}; nothing was written to {self.options.output}"
+            ) from exc
+        _digests_path(self.options.output).unlink(missing_ok=True)
+        await peer.announce_completed()
+
+    def _result(self, peer: SwarmPeer) -> DownloadResult:
+        stats = peer.stats
+        return DownloadResult(
+            output=self.options.output,
+            size_bytes=peer.store.manifest.total_length,
+            elapsed_s=time.monotonic() - self.started,
+            from_peers_bytes=stats.downloaded_bytes,
+            from_origin_bytes=stats.origin_bytes,
+            uploaded_bytes=stats.uploaded_bytes,
+            fell_back=self.fallback_reason is not None,
+            fallback_reason=self.fallback_reason,
+            peers_banned=tuple(stats.peers_banned),
+            task_id=self.task_id.hex(),
+        )
+
+    async def _report_loop(
+        self, peer: SwarmPeer, on_progress: Callable[[ProgressReport], None]
+    ) -> None:
+        while True:
+            on_progress(peer.progress(self.phase))
+            await asyncio.sleep(PROGRESS_EVERY_S)
+
+
+def _digests_path(output: Path) -> Path:
+    return output.with_name(output.name + ".dfpart.digests")
+
+
+def _load_digests(output: Path, task_id: TaskId, doc: TaskManifestDoc) -> dict[int, bytes]:
+    """Digests this peer learned in an earlier, interrupted run (``SwarmPeer`` saves them),
+    when they are for the same task and geometry; they let its recorded pieces resume."""
+    path = _digests_path(output)
+    try:
+        saved = Manifest.from_json(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return {}
+    if (saved.task_id, saved.total_length, saved.piece_length) != (
+        task_id,
+        doc.total_length,
+        doc.piece_length,
+    ):
+        return {}
+    return {i: d for i, d in enumerate(saved.piece_sha256) if d is not None}

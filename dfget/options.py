@@ -1,0 +1,74 @@
+"""The options of one download, its progress reports, and its result: the library's vocabulary.
+
+``dfget.download(options)`` takes a ``DownloadOptions``; the CLI builds one from flags,
+``DFGET_*`` environment variables and a TOML file (``dfget/config.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+#: How long a finished download keeps seeding by default. A burst of hosts pulling the same
+#: file arrives within seconds to a minute; a peer that leaves at once gives nothing back to it.
+DEFAULT_SEED_TIME_S: Final = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadOptions:
+    url: str
+    output: Path
+    #: Tracker base or announce URLs, tried in turn. Empty: straight to the origin.
+    trackers: tuple[str, ...] = ()
+    #: This task's download limit (bytes/s, peers and origin together); None = unlimited.
+    rate_bps: float | None = None
+    #: Upload limit (bytes/s); None = unlimited.
+    upload_rate_bps: float | None = None
+    #: Expected sha256 of the whole file; checked before the output appears. Also the identity.
+    digest_sha256: bytes | None = None
+    #: Sent to the origin (auth, cookies), never part of the task identity.
+    headers: tuple[tuple[str, str], ...] = ()
+    #: Query parameters removed from the URL for the identity (signatures, expiries).
+    filters: tuple[str, ...] = ()
+    tag: str = ""
+    zone: str = ""
+    seed_time_s: float = DEFAULT_SEED_TIME_S
+    back_to_source: bool = True
+    #: Whole download, seeding excluded; None = no limit.
+    timeout_s: float | None = None
+    #: Where this peer accepts other peers' connections (0 = any free port).
+    peer_host: str = "0.0.0.0"
+    peer_port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressReport:
+    """A snapshot for progress bars (several per second)."""
+
+    total_bytes: int | None
+    done_bytes: int
+    from_peers_bytes: int
+    from_origin_bytes: int
+    uploaded_bytes: int
+    peers: int
+    #: Bytes/s over the last seconds.
+    rate_bps: float
+    #: ``starting``, ``downloading``, ``verifying``, ``seeding``, ``done``.
+    phase: str
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadResult:
+    output: Path
+    size_bytes: int
+    elapsed_s: float
+    from_peers_bytes: int
+    from_origin_bytes: int
+    uploaded_bytes: int
+    #: True when the swarm could not be used and the whole file came straight from the origin.
+    fell_back: bool
+    #: Why it fell back (tracker unreachable, swarm stalled), for the log and the summary.
+    fallback_reason: str | None = None
+    peers_banned: tuple[str, ...] = field(default=())
+    task_id: str = ""

@@ -1,0 +1,435 @@
+"""One task's peer in the swarm: the peer wire, the announce loop and the origin fetcher.
+
+``SwarmPeer`` wires a ``peerwire.task.PeerTask`` (trading pieces with other peers) to the
+tracker (``dfget.coordinator``) and to the origin (``dfget.origin``):
+
+* announces every interval, and early once an origin assignment is done (never more often than
+  the tracker's ``min interval``); connects to the peers each answer lists; when the tracker
+  knows more digests than we do (``df known``), fetches its manifest so those pieces can be
+  asked of peers; queues the pieces it is assigned to fetch from the origin;
+* fetches queued pieces from the origin (Range requests; without Range support one stream of
+  the whole file), stores them, offers them to peers and reports their digests;
+* reports peers it banned for corrupt pieces to the tracker;
+* saves the digests it learned beside the partial file (``PATH.dfpart.digests``) every few
+  seconds and on close, so an interrupted download resumes even without a tracker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from concurrent.futures import Executor
+from typing import Any, Final
+
+from dfget.coordinator import (
+    AnnounceAnswer,
+    Coordinator,
+    ManifestConflict,
+    PeerAddress,
+    Progress,
+    TrackerError,
+)
+from dfget.errors import OriginChanged, OriginError
+from dfget.options import DownloadOptions, ProgressReport
+from dfget.origin import Origin, OriginInfo
+from peerwire.connection import PeerListener, single_task_router
+from peerwire.ids import PeerId, TaskId
+from peerwire.manifest import Manifest
+from peerwire.ratelimit import TokenBucket
+from peerwire.storage import PieceStore
+from peerwire.task import PeerTask, TaskStats
+
+log = logging.getLogger(__name__)
+
+#: Do not dial the same address again within this long.
+REDIAL_S: Final = 30.0
+#: Outgoing connection attempts at once.
+MAX_DIALS: Final = 16
+#: How often learned digests are saved beside the partial file.
+SAVE_DIGESTS_S: Final = 2.0
+#: Announce retry delay while the tracker is unreachable.
+TRACKER_RETRY_S: Final = 2.0
+#: ``stopped`` must not hold up an exit for long.
+STOPPED_TIMEOUT_S: Final = 3.0
+
+
+class SwarmPeer:
+    def __init__(
+        self,
+        options: DownloadOptions,
+        task_id: TaskId,
+        store: PieceStore,
+        *,
+        executor: Executor,
+        origin: Origin,
+        origin_info: OriginInfo,
+        tracker: Coordinator | None,
+        download_bucket: TokenBucket | None,
+        upload_bucket: TokenBucket | None,
+    ) -> None:
+        self.options = options
+        self.task_id = task_id
+        self.store = store
+        self.origin = origin
+        self.origin_info = origin_info
+        self.tracker = tracker
+        self.peer_id = PeerId.generate()
+        self.task = PeerTask(
+            store,
+            peer_id=self.peer_id,
+            executor=executor,
+            download_bucket=download_bucket,
+            upload_bucket=upload_bucket,
+        )
+        self.task.on_ban = self._on_ban
+        self.listener = PeerListener(single_task_router(self.task))
+        self.port = 0
+        self.fetching_everything = False
+        self._layout = store.manifest.layout
+        self._background: set[asyncio.Task[Any]] = set()
+        self._announce_now = asyncio.Event()
+        self._origin_queue: set[int] = set()
+        self._origin_wake = asyncio.Event()
+        self._origin_workers: list[asyncio.Task[None]] = []
+        self._dialed: dict[tuple[str, int], float] = {}
+        self._dials = asyncio.Semaphore(MAX_DIALS)
+        self._registered = False
+        self._interval_s = 5.0
+        self._min_interval_s = 1.0
+        self._saved_known = sum(d is not None for d in store.digests)
+        self._rate_window: tuple[float, int] = (time.monotonic(), self.done_bytes)
+        self._rate_bps = 0.0
+        self._closed = False
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def completed(self) -> asyncio.Future[None]:
+        return self.task.completed
+
+    @property
+    def stats(self) -> TaskStats:
+        return self.task.stats
+
+    @property
+    def num_pieces(self) -> int:
+        return self._layout.num_pieces
+
+    @property
+    def pieces_had(self) -> int:
+        return len(self.task.scheduler.have)
+
+    @property
+    def pieces_missing(self) -> int:
+        return self.num_pieces - self.pieces_had
+
+    @property
+    def peer_count(self) -> int:
+        return self.task.peer_count
+
+    @property
+    def done_bytes(self) -> int:
+        have = self.task.scheduler.have
+        done = len(have) * self._layout.piece_length
+        last = self.num_pieces - 1
+        if last >= 0 and last in have:
+            done -= self._layout.piece_length - self._layout.piece_size(last)
+        return done
+
+    def progress(self, phase: str) -> ProgressReport:
+        now, done = time.monotonic(), self.done_bytes
+        since, done_then = self._rate_window
+        if now - since >= 1.0:
+            self._rate_bps = (done - done_then) / (now - since)
+            self._rate_window = (now, done)
+        return ProgressReport(
+            total_bytes=self._layout.total_length,
+            done_bytes=done,
+            from_peers_bytes=self.stats.downloaded_bytes,
+            from_origin_bytes=self.stats.origin_bytes,
+            uploaded_bytes=self.stats.uploaded_bytes,
+            peers=self.peer_count,
+            rate_bps=self._rate_bps,
+            phase=phase,
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        _, self.port = await self.listener.start(self.options.peer_host, self.options.peer_port)
+        self.task.start()
+        if self.tracker is not None:
+            self._spawn(self._announce_loop())
+        self._spawn(self._save_digests_loop())
+
+    async def seed(self, seconds: float) -> None:
+        """Keep serving the finished file (announcing as a seed) for ``seconds``."""
+        log.info("seeding for %.0fs", seconds)
+        await asyncio.sleep(seconds)
+
+    async def announce_completed(self) -> None:
+        if self.tracker is None:
+            return
+        with contextlib.suppress(TrackerError):
+            await self.tracker.announce(self.task_id, self._tracker_progress(), "completed")
+
+    async def close(self) -> None:
+        """Stop everything; announce ``stopped``; keep the partial file and its digests."""
+        if self._closed:
+            return
+        self._closed = True
+        workers = [*self._background, *self._origin_workers]
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        if self.tracker is not None and self._registered:
+            with contextlib.suppress(TrackerError, TimeoutError):
+                await asyncio.wait_for(
+                    self.tracker.service_down(self.task_id, self._tracker_progress()),
+                    STOPPED_TIMEOUT_S,
+                )
+        await self.task.close()
+        await self.listener.close()
+        self._save_digests()
+        self.store.close()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- the tracker --------------------------------------------------------------------------
+
+    def _tracker_progress(self) -> Progress:
+        stats = self.stats
+        left = self._layout.total_length - self.done_bytes
+        return Progress(
+            peer_id=self.peer_id,
+            port=self.port,
+            uploaded_bytes=stats.uploaded_bytes,
+            downloaded_bytes=stats.downloaded_bytes + stats.origin_bytes,
+            left_bytes=left,
+            have=self.task.scheduler.have.to_bytes(),
+            load=self.peer_count,
+            zone=self.options.zone,
+            can_source=self.options.back_to_source and left > 0,
+            origin_bytes=stats.origin_bytes,
+        )
+
+    async def _announce_loop(self) -> None:
+        assert self.tracker is not None
+        loop = asyncio.get_running_loop()
+        event = "started"
+        failing = False
+        while True:
+            sent = loop.time()
+            wait_s = self._interval_s
+            try:
+                answer = await self.tracker.announce(self.task_id, self._tracker_progress(), event)
+            except TrackerError as exc:
+                if not failing:
+                    log.warning("announce failed (%s); keeping known peers, retrying", exc)
+                failing = True
+                wait_s = min(wait_s, TRACKER_RETRY_S)
+            else:
+                if failing:
+                    log.info("tracker reachable again")
+                failing = False
+                event = ""
+                self._registered = True
+                self._interval_s = max(1.0, answer.interval_s)
+                self._min_interval_s = max(0.5, min(answer.min_interval_s, self._interval_s))
+                wait_s = self._interval_s
+                await self._apply(answer)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._announce_now.wait(), wait_s)
+            self._announce_now.clear()
+            early_s = self._min_interval_s - (loop.time() - sent)
+            if early_s > 0:
+                await asyncio.sleep(early_s)
+
+    async def _apply(self, answer: AnnounceAnswer) -> None:
+        if answer.pieces_known is not None:
+            known = sum(d is not None for d in self.store.digests)
+            if answer.pieces_known > known:
+                await self._learn_manifest()
+        if answer.assignment:
+            self._queue_origin(list(answer.assignment), workers=1)
+        for peer in answer.peers:
+            self._dial(peer)
+
+    async def _learn_manifest(self) -> None:
+        assert self.tracker is not None
+        try:
+            doc = await self.tracker.get_manifest(self.task_id)
+        except TrackerError as exc:
+            log.warning("cannot fetch the manifest: %s", exc)
+            return
+        if doc is None or len(doc.piece_sha256) != self.num_pieces:
+            return  # a restarted tracker: our next PUT-worthy event supplies it again
+        fresh = {
+            index: digest
+            for index, digest in enumerate(doc.piece_sha256)
+            if digest is not None and self.store.digest(index) is None
+        }
+        if fresh:
+            learned = self.task.learn_digests(fresh)
+            log.debug("learned %d digests from the tracker", learned)
+
+    def _dial(self, peer: PeerAddress) -> None:
+        if self.peer_count >= self.task.config.max_peers:
+            return
+        key = (peer.host, peer.port)
+        now = time.monotonic()
+        last = self._dialed.get(key)
+        if last is not None and now - last < REDIAL_S:
+            return
+        self._dialed[key] = now
+        if len(self._dialed) > 4096:  # bounded memory: forget the oldest attempts
+            for old in sorted(self._dialed, key=self._dialed.__getitem__)[:1024]:
+                del self._dialed[old]
+        self._spawn(self._connect(peer.host, peer.port))
+
+    async def _connect(self, host: str, port: int) -> None:
+        async with self._dials:
+            try:
+                await self.task.connect(host, port)
+            except (OSError, TimeoutError) as exc:
+                log.debug("cannot connect to %s:%d: %s", host, port, exc)
+
+    def _on_ban(self, peer_id: PeerId, address: str, reason: str) -> None:
+        if self.tracker is None:
+            return
+        host, _, port = address.rpartition(":")
+        subject = PeerAddress(host or "?", int(port) if port.isdigit() else 0, peer_id.raw)
+        self._spawn(self._report(subject, reason))
+
+    async def _report(self, subject: PeerAddress, reason: str) -> None:
+        assert self.tracker is not None
+        try:
+            await self.tracker.report_error(self.task_id, self.peer_id, subject, "bad_piece")
+            log.info("reported peer %s to the tracker: %s", subject.host, reason)
+        except TrackerError as exc:
+            log.warning("cannot report a bad peer: %s", exc)
+
+    # -- the origin ---------------------------------------------------------------------------
+
+    def fetch_everything_from_origin(self, workers: int) -> None:
+        """Back-to-source for every missing piece not already on its way from a peer."""
+        self.fetching_everything = True
+        self._queue_origin(list(self.task.scheduler.have.missing()), workers=workers)
+
+    def _queue_origin(self, indices: list[int], *, workers: int) -> None:
+        fresh = [i for i in indices if i not in self._origin_queue]
+        taken = self.task.claim_for_origin(fresh) if fresh else []
+        self._origin_queue.update(taken)
+        if not self.origin_info.accepts_ranges:
+            workers = 1  # one stream of the whole file
+        self._origin_workers = [w for w in self._origin_workers if not w.done()]
+        while len(self._origin_workers) < workers:
+            self._origin_workers.append(asyncio.create_task(self._origin_worker()))
+        self._origin_wake.set()
+
+    async def _origin_worker(self) -> None:
+        try:
+            while True:
+                if not self._origin_queue:
+                    self._origin_wake.clear()
+                    self._announce_now.set()  # assignment done: ask for more
+                    await self._origin_wake.wait()
+                    continue
+                if self.origin_info.accepts_ranges:
+                    index = min(self._origin_queue)
+                    self._origin_queue.discard(index)
+                    await self._fetch_piece(index)
+                else:
+                    await self._stream_whole_file()
+        except OriginError as exc:
+            self._fail(exc)
+        except OSError as exc:  # the local disk
+            self._fail(exc)
+
+    async def _fetch_piece(self, index: int) -> None:
+        if self.store.has_piece(index):
+            return
+        start = self._layout.piece_offset(index)
+        end = start + self._layout.piece_size(index)
+        try:
+            data = await self.origin.fetch_range(start, end, self.origin_info)
+        except OriginError as exc:
+            if exc.retryable and not self.fetching_everything:
+                # The swarm or the tracker's next assignment may do better than this origin now.
+                log.warning("origin failed for piece %d (%s): leaving it to the swarm", index, exc)
+                self.task.release_from_origin([index])
+                return
+            raise
+        await self._store_origin_piece(index, data)
+
+    async def _stream_whole_file(self) -> None:
+        """No Range support: read the whole body once, publishing each piece as it completes."""
+        pending = bytearray()
+        index = 0
+        async for chunk in self.origin.stream(self.origin_info):
+            pending += chunk
+            while index < self.num_pieces and len(pending) >= self._layout.piece_size(index):
+                size = self._layout.piece_size(index)
+                piece = bytes(pending[:size])
+                del pending[:size]
+                if not self.store.has_piece(index):
+                    self.task.claim_for_origin([index])
+                    await self._store_origin_piece(index, piece)
+                self._origin_queue.discard(index)
+                index += 1
+        self._origin_queue.clear()
+
+    async def _store_origin_piece(self, index: int, data: bytes) -> None:
+        try:
+            digest = await self.task.add_origin_piece(index, data)
+        except ValueError as exc:
+            raise OriginChanged(f"the origin's content changed under the task: {exc}") from exc
+        if self.tracker is None:
+            return
+        try:
+            await self.tracker.report_piece(self.task_id, index, digest)
+        except ManifestConflict as exc:
+            raise OriginChanged(
+                f"piece {index} from the origin differs from what other peers fetched: {exc}"
+            ) from exc
+        except TrackerError as exc:
+            log.warning("cannot report piece %d to the tracker: %s", index, exc)
+
+    def _fail(self, error: Exception) -> None:
+        if not self.task.completed.done():
+            self.task.completed.set_exception(error)
+
+    # -- resume support -----------------------------------------------------------------------
+
+    async def _save_digests_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_DIGESTS_S)
+            self._save_digests()
+
+    def _save_digests(self) -> None:
+        store = self.store
+        if store.is_finalized:
+            return
+        digests = store.digests
+        known = sum(d is not None for d in digests)
+        if known == self._saved_known:
+            return
+        manifest = store.manifest
+        document = Manifest(
+            manifest.task_id, manifest.total_length, manifest.piece_length, digests, manifest.url
+        ).to_json()
+        path = store.output_path.with_name(store.output_path.name + ".dfpart.digests")
+        scratch = path.with_name(path.name + ".tmp")
+        try:
+            scratch.write_text(document)
+            os.replace(scratch, path)
+        except OSError as exc:
+            log.warning("cannot save digests to %s: %s", path, exc)
+            return
+        self._saved_known = known
