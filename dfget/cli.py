@@ -1,7 +1,7 @@
 """``dfget``: command-line arguments -> ``DownloadOptions`` (``dfget.config``) -> ``download``.
 
 This module only parses, reports and maps outcomes to exit codes; the download itself is
-``dfget.download.download_sync``. Output: a live progress display on stderr when stderr is a
+``dfget.engine.download_sync``. Output: a live progress display on stderr when stderr is a
 terminal and ``--quiet`` is not given, one summary line on stderr at the end, errors as one
 ``dfget: <message>`` line. stdout stays empty.
 """
@@ -179,7 +179,7 @@ def _download_sync(
     options: DownloadOptions, *, on_progress: Callable[[ProgressReport], None] | None = None
 ) -> DownloadResult:
     """The engine; imported when a download starts so that ``dfget --help`` stays quick."""
-    from dfget.download import download_sync
+    from dfget.engine import download_sync
 
     return download_sync(options, on_progress=on_progress)
 

@@ -30,6 +30,7 @@ from dfget.coordinator import (
     ManifestConflict,
     PeerAddress,
     Progress,
+    TaskManifestDoc,
     TrackerError,
 )
 from dfget.errors import OriginChanged, OriginError
@@ -252,7 +253,9 @@ class SwarmPeer:
                 await asyncio.sleep(early_s)
 
     async def _apply(self, answer: AnnounceAnswer) -> None:
-        if answer.pieces_known is not None:
+        if answer.pieces_known is None:
+            await self._supply_manifest()  # a restarted tracker: give it back what we know
+        else:
             known = sum(d is not None for d in self.store.digests)
             if answer.pieces_known > known:
                 await self._learn_manifest()
@@ -260,6 +263,23 @@ class SwarmPeer:
             self._queue_origin(list(answer.assignment), workers=1)
         for peer in answer.peers:
             self._dial(peer)
+
+    async def _supply_manifest(self) -> None:
+        assert self.tracker is not None
+        manifest = self.store.manifest
+        doc = TaskManifestDoc(
+            url=manifest.url or self.options.url,
+            total_length=manifest.total_length,
+            piece_length=manifest.piece_length,
+            piece_sha256=self.store.digests,
+            validator=self.origin_info.validator,
+            ranges=self.origin_info.accepts_ranges,
+        )
+        try:
+            await self.tracker.put_manifest(self.task_id, doc)
+            log.info("supplied the task manifest to the tracker (it had none)")
+        except TrackerError as exc:
+            log.warning("cannot supply the manifest to the tracker: %s", exc)
 
     async def _learn_manifest(self) -> None:
         assert self.tracker is not None

@@ -1,10 +1,15 @@
-"""``make demo``: a small swarm on this machine, over the real peer wire on 127.0.0.1.
+"""``make demo``: a local swarm on this machine - a tracker, an origin and 20 ``dfget`` peers.
 
-Until the tracker (issue #3) and dfget (issue #4) exist, this runs the peer wire on its own: one
-seed and three fetchers, each a separate process (``python -m peerwire``), told about each other
-on the command line instead of by a tracker. The seed's upload is capped so that the fetchers must
-trade pieces among themselves to finish quickly; the table at the end shows who got what from
-whom. Every file is verified piece by piece and compared with the original.
+Every part is a real process on 127.0.0.1: ``dftracker serve``, a static-file origin with Range
+support (``tools/origin.py``) and 20 ``dfget`` processes that download the same file at once,
+through the tracker, trading pieces among themselves. On a terminal, ``dftop`` shows the swarm
+live while it runs; without one (``make demo < /dev/null > log``) a progress line is printed
+every few seconds. It ends by itself when every peer is done, checks every copy against the
+original, and prints a summary: time, bytes from the origin against bytes between peers.
+No root needed.
+
+    .venv/bin/python tools/demo.py                  # 20 peers, 64 MiB
+    .venv/bin/python tools/demo.py --peers 50 --size 16M --no-top
 """
 
 from __future__ import annotations
@@ -13,137 +18,206 @@ import argparse
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from peerwire.units import format_rate, format_size, parse_size
+
 PYTHON = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
 console = Console(stderr=True)
 
 
-def start_seed(workdir: Path, source: Path, upload_rate: str) -> tuple[subprocess.Popen[str], str]:
-    manifest = workdir / "task.json"
-    seed = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "peerwire",
-            "seed",
-            str(source),
-            "--manifest-out",
-            str(manifest),
-            "--upload-rate",
-            upload_rate,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+def start(command: list[str], what: str) -> tuple[subprocess.Popen[str], str]:
+    """Start a process that prints ``listening URL`` when ready; returns it and the URL."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
     )
-    assert seed.stdout is not None
-    line = seed.stdout.readline().strip()
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()
     if not line.startswith("listening "):
-        seed.kill()
-        raise SystemExit(f"demo: the seed did not start (said {line!r})")
-    return seed, line.split()[1]
+        process.kill()
+        raise SystemExit(f"demo: the {what} did not start ({line!r})")
+    url = line.split()[1]
+    return process, url.removesuffix("/announce")
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
 
 
-def sha256_of(path: Path) -> str:
+def write_random(path: Path, size_bytes: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(4 << 20):
+    with path.open("wb") as stream:
+        left = size_bytes
+        while left:
+            chunk = os.urandom(min(left, 8 << 20))
+            digest.update(chunk)
+            stream.write(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(8 << 20):
             digest.update(chunk)
     return digest.hexdigest()
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=64, help="file size (default 64)")
-    parser.add_argument("--fetchers", type=int, default=3, help="fetching peers (default 3)")
-    parser.add_argument("--seed-rate", default="16M", help="seed upload cap (default 16M)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--peers", type=int, default=20, help="dfget processes (default 20)")
+    parser.add_argument("--size", default="64M", help="file size (default 64M)")
+    parser.add_argument(
+        "--seed-time", default="10s", help="how long each peer seeds once done (default 10s)"
+    )
+    parser.add_argument("--no-top", action="store_true", help="do not show dftop")
     args = parser.parse_args()
-
-    console.rule("[bold]peerwire swarm demo[/] (no tracker yet: peers named on the command line)")
-    with tempfile.TemporaryDirectory(prefix="dfdemo-") as tmp:
+    size = parse_size(args.size)
+    show_top = not args.no_top and sys.stdout.isatty()
+    processes: list[subprocess.Popen[str]] = []
+    with tempfile.TemporaryDirectory(prefix="dragonfly-demo-") as tmp:
         workdir = Path(tmp)
-        source = workdir / "origin.bin"
-        source.write_bytes(os.urandom(args.size_mib << 20))
-        console.print(f"made {args.size_mib} MiB of random data at {source}")
-        seed, seed_addr = start_seed(workdir, source, args.seed_rate)
-        console.print(f"seed listening on {seed_addr}, upload capped at {args.seed_rate}/s")
-        fetchers: list[tuple[str, subprocess.Popen[str], Path]] = []
-        ports = [free_port() for _ in range(args.fetchers)]
+        (workdir / "origin").mkdir()
+        console.print(f"[bold]demo:[/] writing a {format_size(size)} file of random bytes")
+        expected = write_random(workdir / "origin" / "payload.bin", size)
         try:
-            for n in range(args.fetchers):
-                listen = f"127.0.0.1:{ports[n]}"
-                peers = [seed_addr] + [f"127.0.0.1:{ports[k]}" for k in range(n)]
-                out = workdir / f"fetcher{n}.bin"
-                cmd = [
-                    PYTHON,
-                    "-m",
-                    "peerwire",
-                    "fetch",
-                    "--manifest",
-                    str(workdir / "task.json"),
-                    "-O",
-                    str(out),
-                    "--listen",
-                    listen,
-                    "--json",
-                    "--linger",
-                    "3s",
-                ]
-                for peer in peers:
-                    cmd += ["--peer", peer]
-                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-                fetchers.append((listen, proc, out))
-                console.print(f"fetcher {n} on {listen}, told about {', '.join(peers)}")
-                time.sleep(0.3)
-            with console.status("swarm running..."):
-                results = [
-                    (listen, json.loads(proc.communicate(timeout=300)[0] or "{}"), out)
-                    for listen, proc, out in fetchers
-                ]
+            tracker, tracker_url = start(
+                [PYTHON, "-m", "tracker.cli", "serve", "--port", "0", "--interval", "2s"],
+                "tracker",
+            )
+            processes.append(tracker)
+            origin, origin_url = start(
+                [PYTHON, str(ROOT / "tools" / "origin.py"), str(workdir / "origin")], "origin"
+            )
+            processes.append(origin)
+            url = f"{origin_url}/files/payload.bin"
+            console.print(
+                f"[bold]demo:[/] tracker {tracker_url}, origin {url}; "
+                f"starting {args.peers} dfget peers"
+            )
+            started = time.monotonic()
+            peers = []
+            for index in range(args.peers):
+                output = workdir / f"peer{index:02d}.bin"
+                peers.append(
+                    subprocess.Popen(
+                        [
+                            PYTHON,
+                            "-m",
+                            "dfget.cli",
+                            url,
+                            "-O",
+                            str(output),
+                            "--tracker",
+                            tracker_url,
+                            "--seed-time",
+                            args.seed_time,
+                            "--quiet",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=(workdir / f"peer{index:02d}.log").open("w"),
+                        text=True,
+                        cwd=workdir,
+                    )
+                )
+            processes.extend(peers)
+            top = None
+            if show_top:
+                top = subprocess.Popen(
+                    [PYTHON, "-m", "dfget.top", "--tracker", tracker_url, "--refresh", "0.5s"],
+                    stdin=subprocess.DEVNULL,
+                    cwd=ROOT,
+                )
+                processes.append(top)
+            finished_at: dict[int, float] = {}
+            delivered_at: dict[int, float] = {}  # the verified file appeared at its path
+            last_line = 0.0
+            while len(finished_at) < len(peers):
+                for index, peer in enumerate(peers):
+                    if index not in delivered_at and (workdir / f"peer{index:02d}.bin").exists():
+                        delivered_at[index] = time.monotonic() - started
+                    if index not in finished_at and peer.poll() is not None:
+                        finished_at[index] = time.monotonic() - started
+                if top is None and time.monotonic() - last_line >= 3:
+                    last_line = time.monotonic()
+                    totals = get_json(f"{tracker_url}/stats?peers=0")["totals"]
+                    console.print(
+                        f"demo: {len(finished_at)}/{len(peers)} peers exited, "
+                        f"{totals['seeds']} seeding, origin {format_size(totals['origin_bytes'])}, "
+                        f"between peers {format_size(totals['peer_bytes'])}"
+                    )
+                time.sleep(0.2)
+            if top is not None:
+                top.terminate()
+                top.wait(timeout=10)
+            origin_stats = get_json(f"{origin_url}/__stats")
+            totals = get_json(f"{tracker_url}/stats?peers=0")["totals"]
         finally:
-            seed.terminate()
-            seed.wait(timeout=10)
-            for _, proc, _ in fetchers:
-                proc.kill() if proc.poll() is None else None
-        expected = sha256_of(source)
-        names = {s.get("peer_id"): f"fetcher {n}" for n, (_, s, _) in enumerate(results)}
-        table = Table(title="who delivered what")
-        table.add_column("fetcher")
-        table.add_column("time", justify="right")
-        table.add_column("verified", justify="center")
-        table.add_column("received from")
-        ok = True
-        for n, (_, summary, out) in enumerate(results):
-            good = bool(summary.get("ok")) and sha256_of(out) == expected
-            ok &= good
-            received = sorted(summary.get("bytes_from_peer", {}).items())
-            sources = ", ".join(
-                f"{names.get(peer, 'seed')}: {count / 2**20:.1f} MiB" for peer, count in received
-            )
-            table.add_row(
-                f"fetcher {n}",
-                f"{summary.get('elapsed_s', 0):.2f}s",
-                "[green]yes[/]" if good else "[red]NO[/]",
-                sources,
-            )
-        console.print(table)
-        console.print("[green]all fetchers verified[/]" if ok else "[red]a fetcher failed[/]")
-        return 0 if ok else 1
+            for process in processes:
+                if process.poll() is None:
+                    process.terminate()
+            for process in processes:
+                try:
+                    process.communicate(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.communicate()
+        return report(args, size, expected, workdir, peers, origin_stats, totals, delivered_at)
+
+
+def report(
+    args: argparse.Namespace,
+    size: int,
+    expected: str,
+    workdir: Path,
+    peers: list[subprocess.Popen[str]],
+    origin_stats: dict[str, int],
+    totals: dict[str, Any],
+    delivered_at: dict[int, float],
+) -> int:
+    failures = []
+    for index, peer in enumerate(peers):
+        output = workdir / f"peer{index:02d}.bin"
+        if peer.returncode != 0:
+            log = (workdir / f"peer{index:02d}.log").read_text()[-500:]
+            failures.append(f"peer {index} exited {peer.returncode}: {log}")
+        elif file_sha256(output) != expected:
+            failures.append(f"peer {index}: wrong sha256")
+    table = Table(title=f"{args.peers} peers, one {format_size(size)} file")
+    table.add_column("")
+    table.add_column("", justify="right")
+    origin_bytes = origin_stats["bytes_sent"]
+    peer_bytes = int(totals["peer_bytes"])
+    table.add_row("copies verified (sha256)", f"{args.peers - len(failures)}/{args.peers}")
+    table.add_row("bytes the origin served", format_size(origin_bytes))
+    table.add_row("  = copies of the file", f"{origin_bytes / size:.2f}")
+    table.add_row("bytes traded between peers", format_size(peer_bytes))
+    table.add_row("origin traffic saved", f"{peer_bytes / max(1, peer_bytes + origin_bytes):.0%}")
+    if delivered_at:
+        times = sorted(delivered_at.values())
+        last = times[-1]
+        table.add_row("first copy complete", f"{times[0]:.1f} s")
+        table.add_row("median copy complete", f"{times[len(times) // 2]:.1f} s")
+        table.add_row("last copy complete", f"{last:.1f} s")
+        table.add_row("aggregate delivery", format_rate(len(times) * size / max(0.001, last)))
+    Console().print(table)
+    for failure in failures:
+        console.print(f"[red]demo: {failure}[/]")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
