@@ -178,7 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _download_sync(
     options: DownloadOptions, *, on_progress: Callable[[ProgressReport], None] | None = None
 ) -> DownloadResult:
-    """The engine; imported when a download starts so that ``dfget --help`` stays quick."""
+    """The host's dfdaemon when one runs (its socket exists), else the engine in-process;
+    imported when a download starts so that ``dfget --help`` stays quick."""
+    from dfget.handoff import DaemonUnavailable, daemon_socket, download_sync_via_daemon
+
+    socket = daemon_socket()
+    if socket is not None:
+        try:
+            return download_sync_via_daemon(socket, options, on_progress)
+        except DaemonUnavailable as exc:
+            logging.getLogger("dfget").warning(
+                "dfdaemon socket %s does not answer (%s): downloading in-process", socket, exc
+            )
     from dfget.engine import download_sync
 
     return download_sync(options, on_progress=on_progress)

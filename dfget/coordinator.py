@@ -287,7 +287,7 @@ class HttpTracker:
                     headers={"Content-Type": "application/json"} if payload is not None else None,
                     allow_redirects=False,
                 ) as response:
-                    body = await response.content.read(MAX_ANSWER_BYTES)
+                    body = await _read_bounded(response)
                     if response.status >= 500:
                         problems.append(f"{self.base_urls[index]}: HTTP {response.status}")
                         continue
@@ -352,6 +352,19 @@ class HttpTracker:
             return json.loads(body)
         except ValueError as exc:
             raise TrackerRefused(f"tracker answer is not JSON: {exc}") from exc
+
+
+async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, refusing one larger than ``MAX_ANSWER_BYTES`` (a read(n) alone may stop
+    at what has arrived so far)."""
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.content.iter_chunked(1 << 16):
+        total += len(chunk)
+        if total > MAX_ANSWER_BYTES:
+            raise TrackerRefused(f"tracker answer larger than {MAX_ANSWER_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _error_text(body: bytes) -> str:

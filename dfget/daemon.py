@@ -1,10 +1,296 @@
-"""Entry point of ``dfdaemon``. The node daemon is not built yet (issue #5)."""
+"""``dfdaemon``: the node's long-lived peer - one per host - and its local API.
+
+Every download of the host goes through one ``Daemon``: one peer port for all tasks, host-wide
+download and upload limits (each task's limit is a child bucket of the host's), a cache of
+finished tasks that keep seeding, and garbage collection by TTL and size quota. ``dfget`` hands
+its downloads over on the local API (a unix socket, owner-only; ``dfget/daemonapi.py``); the
+registry mirror (``proxy/``) fetches blobs through ``Daemon.fetch``.
+"""
 
 from __future__ import annotations
 
-import sys
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dfget import engine
+from dfget.cache import (
+    CacheEntry,
+    ensure_private_dir,
+    entry_dir,
+    load_entries,
+    plan_eviction,
+    remove_entry,
+    write_meta,
+)
+from dfget.daemonconfig import DaemonConfig
+from dfget.identity import task_id_for
+from dfget.options import DownloadOptions, DownloadResult, ProgressReport
+from dfget.swarmpeer import SharedListener
+from peerwire.ids import TaskId
+from peerwire.ratelimit import TokenBucket
+
+log = logging.getLogger(__name__)
 
 
-def main(argv: list[str] | None = None) -> int:
-    print("dfdaemon: not built yet (issue #5)", file=sys.stderr)
-    return 2
+@dataclass(frozen=True, slots=True)
+class FetchRequest:
+    """What a client asks the daemon for: the download-identity options of ``dfget``."""
+
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    digest_sha256: bytes | None = None
+    filters: tuple[str, ...] = ()
+    tag: str = ""
+    rate_bps: float | None = None
+    timeout_s: float | None = None
+
+
+class _Running:
+    """One task the daemon is downloading (then seeding): its engine task and its waiters."""
+
+    def __init__(self, entry: CacheEntry) -> None:
+        self.entry = entry
+        self.done: asyncio.Future[DownloadResult] = asyncio.get_running_loop().create_future()
+        self.progress: ProgressReport | None = None
+        self.engine_task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class DaemonCounters:
+    downloads_ok: int = 0
+    downloads_failed: int = 0
+    from_peers_bytes: int = 0
+    from_origin_bytes: int = 0
+    cache_hits: int = 0
+    gc_runs: int = 0
+    gc_evicted: int = 0
+    exports: int = 0
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        loop_clock = time.monotonic
+        self.host = engine.Host(
+            download=TokenBucket(config.host_rate_bps, clock=loop_clock),
+            upload=TokenBucket(config.upload_rate_bps, clock=loop_clock),
+            listener=SharedListener(),
+        )
+        self.entries: dict[TaskId, CacheEntry] = {}
+        self._running: dict[TaskId, _Running] = {}
+        self._seeding: dict[TaskId, asyncio.Task[None]] = {}
+        self._gc_task: asyncio.Task[None] | None = None
+        self.counters = DaemonCounters()
+        self.peer_port = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        ensure_private_dir(self.config.cache_dir)
+        assert self.host.listener is not None
+        self.peer_port = await self.host.listener.start(
+            self.config.peer_host, self.config.peer_port
+        )
+        for entry in load_entries(self.config.cache_dir):
+            self.entries[entry.task_id] = entry
+            if entry.complete:
+                self._seed(entry)
+        log.info(
+            "cache %s: %d tasks, %s bytes",
+            self.config.cache_dir,
+            len(self.entries),
+            self.cache_bytes,
+        )
+        self._gc_task = asyncio.create_task(self._gc_loop())
+
+    async def close(self) -> None:
+        tasks: list[asyncio.Task[None]] = list(self._seeding.values())
+        tasks += [r.engine_task for r in self._running.values() if r.engine_task is not None]
+        if self._gc_task is not None:
+            tasks.append(self._gc_task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert self.host.listener is not None
+        await self.host.listener.close()
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(entry.size_bytes for entry in self.entries.values())
+
+    # -- downloads --------------------------------------------------------------------------
+
+    async def fetch(
+        self,
+        request: FetchRequest,
+        on_progress: Callable[[ProgressReport], None] | None = None,
+    ) -> CacheEntry:
+        """The finished cache entry of ``request``'s task: from the cache, from a download of
+        it already running, or from a new download. The entry is returned *busy* (one more
+        reader): the caller must call ``release`` when it is done reading it."""
+        task_id = task_id_for(
+            request.url,
+            filters=request.filters,
+            tag=request.tag,
+            digest_sha256=request.digest_sha256,
+        )
+        entry = self.entries.get(task_id)
+        if entry is not None and entry.complete:
+            self.counters.cache_hits += 1
+            entry.busy += 1
+            entry.last_access_s = time.time()
+            return entry
+        running = self._running.get(task_id) or self._start(task_id, request)
+        running.entry.busy += 1
+        try:
+            while not running.done.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(running.done), 0.25)
+                if on_progress is not None and running.progress is not None:
+                    on_progress(running.progress)
+            running.done.result()
+        except BaseException:
+            running.entry.busy -= 1
+            raise
+        return running.entry
+
+    def release(self, entry: CacheEntry) -> None:
+        entry.busy = max(0, entry.busy - 1)
+        entry.last_access_s = time.time()
+
+    def _start(self, task_id: TaskId, request: FetchRequest) -> _Running:
+        directory = entry_dir(self.config.cache_dir, task_id)
+        ensure_private_dir(directory)
+        entry = self.entries.get(task_id) or CacheEntry(
+            task_id=task_id,
+            directory=directory,
+            url=request.url,
+            size_bytes=0,
+            complete=False,
+            last_access_s=time.time(),
+        )
+        entry.url = request.url
+        self.entries[task_id] = entry
+        running = _Running(entry)
+        self._running[task_id] = running
+        options = DownloadOptions(
+            url=request.url,
+            output=entry.data_path,
+            trackers=self.config.tracker,
+            rate_bps=request.rate_bps,
+            digest_sha256=request.digest_sha256,
+            headers=request.headers,
+            filters=request.filters,
+            tag=request.tag,
+            zone=self.config.zone,
+            seed_time_s=math.inf,
+            timeout_s=request.timeout_s,
+        )
+        running.engine_task = asyncio.create_task(self._download(running, options))
+        return running
+
+    async def _download(self, running: _Running, options: DownloadOptions) -> None:
+        entry = running.entry
+
+        def progress(report: ProgressReport) -> None:
+            running.progress = report
+            if report.total_bytes is not None:
+                entry.size_bytes = report.total_bytes
+
+        def complete(result: DownloadResult) -> None:
+            entry.complete = True
+            entry.size_bytes = result.size_bytes
+            self.counters.downloads_ok += 1
+            self.counters.from_peers_bytes += result.from_peers_bytes
+            self.counters.from_origin_bytes += result.from_origin_bytes
+            entry.manifest = result.manifest
+            entry.validator, entry.ranges = result.validator, result.ranges
+            try:
+                write_meta(entry)
+            except (OSError, ValueError) as exc:
+                log.error("cache: cannot record %s: %s", entry.task_id, exc)
+            if not running.done.done():
+                running.done.set_result(result)
+
+        try:
+            await engine.download(
+                options, on_progress=progress, on_complete=complete, host=self.host
+            )
+        except asyncio.CancelledError:
+            if not running.done.done():
+                running.done.cancel()
+            raise
+        except BaseException as exc:
+            self.counters.downloads_failed += 1
+            if not running.done.done():
+                running.done.set_exception(exc)
+            # A failed download leaves its partial data for a retry; GC removes it when idle.
+        finally:
+            self._running.pop(entry.task_id, None)
+
+    def _seed(self, entry: CacheEntry) -> None:
+        assert entry.manifest is not None
+        options = DownloadOptions(
+            url=entry.url,
+            output=entry.data_path,
+            trackers=self.config.tracker,
+            zone=self.config.zone,
+        )
+        self._seeding[entry.task_id] = asyncio.create_task(
+            engine.seed_file(
+                options,
+                entry.manifest,
+                validator=entry.validator,
+                ranges=entry.ranges,
+                host=self.host,
+            )
+        )
+
+    # -- export and garbage collection ------------------------------------------------------
+
+    async def export(self, entry: CacheEntry, output: Path) -> None:
+        """Copy a finished entry to ``output``: written aside, then renamed into place."""
+        scratch = output.with_name(f".{output.name}.dfdaemon-{os.getpid()}")
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, shutil.copyfile, entry.data_path, scratch)
+            os.replace(scratch, output)
+        except BaseException:
+            scratch.unlink(missing_ok=True)
+            raise
+        self.counters.exports += 1
+
+    async def _gc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.gc_interval_s)
+            self.collect_garbage()
+
+    def collect_garbage(self) -> int:
+        """Evict what the policy says (``cache.plan_eviction``); returns how many went."""
+        self.counters.gc_runs += 1
+        plan = plan_eviction(
+            list(self.entries.values()),
+            now_s=time.time(),
+            ttl_s=self.config.cache_ttl_s,
+            quota_bytes=self.config.cache_size_bytes,
+        )
+        for entry in plan:
+            seeding = self._seeding.pop(entry.task_id, None)
+            if seeding is not None:
+                seeding.cancel()
+            running = self._running.get(entry.task_id)
+            if running is not None and running.engine_task is not None:
+                running.engine_task.cancel()  # finished and seeding: stop it
+            self.entries.pop(entry.task_id, None)
+            remove_entry(entry)
+            log.info("cache: evicted %s (%d bytes)", entry.task_id, entry.size_bytes)
+        self.counters.gc_evicted += len(plan)
+        return len(plan)

@@ -25,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -38,7 +40,7 @@ from dfget.errors import DigestMismatch, DownloadTimeout, NoPeers, OriginChanged
 from dfget.identity import task_id_for
 from dfget.options import DownloadOptions, DownloadResult, ProgressReport
 from dfget.origin import Origin, OriginInfo
-from dfget.swarmpeer import SwarmPeer
+from dfget.swarmpeer import SharedListener, SwarmPeer
 from peerwire.ids import TaskId
 from peerwire.layout import choose_piece_length
 from peerwire.manifest import Manifest
@@ -57,16 +59,35 @@ PROGRESS_EVERY_S: Final = 0.25
 DIRECT_FETCHERS: Final = 4
 
 
+@dataclass(frozen=True, slots=True)
+class Host:
+    """What a long-lived node (dfdaemon) shares between its downloads: the host-wide token
+    buckets (each task's ``--rate`` bucket is a child of ``download``) and one peer port."""
+
+    download: TokenBucket | None = None
+    upload: TokenBucket | None = None
+    listener: SharedListener | None = None
+
+
 async def download(
-    options: DownloadOptions, *, on_progress: Callable[[ProgressReport], None] | None = None
+    options: DownloadOptions,
+    *,
+    on_progress: Callable[[ProgressReport], None] | None = None,
+    on_complete: Callable[[DownloadResult], None] | None = None,
+    host: Host | None = None,
 ) -> DownloadResult:
     """Download ``options.url`` to ``options.output``; see the module docstring.
 
     Raises a ``dfget.errors.DownloadError`` (digest mismatch, origin error, timeout, no peers),
     ``OSError`` for the local disk, ``ValueError`` for bad options. Cancelled (Ctrl-C), it keeps
     the verified pieces beside the output and announces ``stopped``; run it again to resume.
+
+    ``on_complete`` is called with the result as soon as the file is at its path, before the
+    seeding time; with ``seed_time_s=math.inf`` the download then seeds until cancelled (how
+    dfdaemon keeps its cache in the swarm). ``host`` shares limits and a peer port between
+    downloads of one process.
     """
-    return await _Download(options, on_progress).run()
+    return await _Download(options, on_progress, on_complete, host or Host()).run()
 
 
 def download_sync(
@@ -78,10 +99,16 @@ def download_sync(
 
 class _Download:
     def __init__(
-        self, options: DownloadOptions, on_progress: Callable[[ProgressReport], None] | None
+        self,
+        options: DownloadOptions,
+        on_progress: Callable[[ProgressReport], None] | None,
+        on_complete: Callable[[DownloadResult], None] | None,
+        host: Host,
     ) -> None:
         self.options = options
         self.on_progress = on_progress
+        self.on_complete = on_complete
+        self.host = host
         self.task_id = task_id_for(
             options.url,
             filters=options.filters,
@@ -90,12 +117,8 @@ class _Download:
         )
         self.started = time.monotonic()
         clock = asyncio.get_running_loop().time
-        self.download_bucket = (
-            TokenBucket(options.rate_bps, clock=clock) if options.rate_bps else None
-        )
-        self.upload_bucket = (
-            TokenBucket(options.upload_rate_bps, clock=clock) if options.upload_rate_bps else None
-        )
+        self.download_bucket = _bucket(options.rate_bps, host.download, clock)
+        self.upload_bucket = _bucket(options.upload_rate_bps, host.upload, clock)
         limiter = AsyncRateLimiter(self.download_bucket) if self.download_bucket else None
         self.origin = Origin(options.url, options.headers, limiter=limiter)
         self.tracker = HttpTracker(list(options.trackers)) if options.trackers else None
@@ -119,6 +142,7 @@ class _Download:
                 tracker=self.tracker,
                 download_bucket=self.download_bucket,
                 upload_bucket=self.upload_bucket,
+                listener=self.host.listener,
             )
             await peer.start()
             if on_progress := self.on_progress:
@@ -130,6 +154,8 @@ class _Download:
             self.phase = "verifying"
             await self._finalize(peer, executor)
             result = self._result(peer)
+            if self.on_complete is not None:
+                self.on_complete(result)
             if self.options.seed_time_s > 0 and self.tracker is not None:
                 self.phase = "seeding"
                 await peer.seed(self.options.seed_time_s)
@@ -307,6 +333,15 @@ class _Download:
             fallback_reason=self.fallback_reason,
             peers_banned=tuple(stats.peers_banned),
             task_id=self.task_id.hex(),
+            manifest=Manifest(
+                self.task_id,
+                peer.store.manifest.total_length,
+                peer.store.manifest.piece_length,
+                peer.store.digests,
+                self.options.url,
+            ),
+            validator=peer.origin_info.validator,
+            ranges=peer.origin_info.accepts_ranges,
         )
 
     async def _report_loop(
@@ -315,6 +350,15 @@ class _Download:
         while True:
             on_progress(peer.progress(self.phase))
             await asyncio.sleep(PROGRESS_EVERY_S)
+
+
+def _bucket(
+    rate_bps: float | None, parent: TokenBucket | None, clock: Callable[[], float]
+) -> TokenBucket | None:
+    """This task's bucket: its own rate (None = unlimited) under the host's, if any."""
+    if rate_bps is None and parent is None:
+        return None
+    return TokenBucket(rate_bps, clock=clock, parent=parent)
 
 
 def _digests_path(output: Path) -> Path:
@@ -339,3 +383,50 @@ def _load_digests(output: Path, task_id: TaskId, doc: TaskManifestDoc) -> dict[i
     ):
         return {}
     return {i: d for i, d in enumerate(saved.piece_sha256) if d is not None}
+
+
+async def seed_file(
+    options: DownloadOptions,
+    manifest: Manifest,
+    *,
+    validator: str | None = None,
+    ranges: bool = True,
+    host: Host | None = None,
+) -> None:
+    """Serve a complete, verified file (``options.output``) to the swarm until cancelled.
+
+    dfdaemon's cache after a restart: the file was verified when it was finalized, so it is
+    opened without re-hashing, announced as a seed, and its manifest supplied to a tracker that
+    lost it. Without trackers there is nobody to serve: it returns at once.
+    """
+    if not options.trackers:
+        return
+    host = host or Host()
+    loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dfget-seed")
+    store = await loop.run_in_executor(
+        executor, lambda: PieceStore.open_complete(options.output, manifest)
+    )
+    tracker = HttpTracker(list(options.trackers))
+    origin = Origin(options.url, options.headers)
+    info = OriginInfo(options.url, manifest.total_length, validator, ranges)
+    peer = SwarmPeer(
+        options,
+        manifest.task_id,
+        store,
+        executor=executor,
+        origin=origin,
+        origin_info=info,
+        tracker=tracker,
+        download_bucket=_bucket(None, host.download, loop.time),
+        upload_bucket=_bucket(options.upload_rate_bps, host.upload, loop.time),
+        listener=host.listener,
+    )
+    try:
+        await peer.start()
+        await peer.seed(math.inf)
+    finally:
+        await peer.close()
+        await tracker.close()
+        await origin.close()
+        executor.shutdown(wait=False)

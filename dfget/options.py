@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from peerwire.manifest import Manifest
+
 #: How long a finished download keeps seeding by default. A burst of hosts pulling the same
 #: file arrives within seconds to a minute; a peer that leaves at once gives nothing back to it.
 DEFAULT_SEED_TIME_S: Final = 60.0
@@ -72,3 +74,8 @@ class DownloadResult:
     fallback_reason: str | None = None
     peers_banned: tuple[str, ...] = field(default=())
     task_id: str = ""
+    #: The finished file's manifest (every digest) and what the origin said of it: a cache
+    #: (dfdaemon) records them to seed the file again later.
+    manifest: Manifest | None = None
+    validator: str | None = None
+    ranges: bool = True

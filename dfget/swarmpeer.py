@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from concurrent.futures import Executor
@@ -57,6 +58,30 @@ TRACKER_RETRY_S: Final = 2.0
 STOPPED_TIMEOUT_S: Final = 3.0
 
 
+class SharedListener:
+    """One peer port for every task of a process (dfdaemon): connections are routed to the
+    task whose info_hash their handshake names."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[TaskId, PeerTask] = {}
+        self.listener = PeerListener(self._tasks.get)
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        _, self.port = await self.listener.start(host, port)
+        return self.port
+
+    def add(self, task: PeerTask) -> None:
+        self._tasks[task.task_id] = task
+
+    def remove(self, task: PeerTask) -> None:
+        if self._tasks.get(task.task_id) is task:
+            del self._tasks[task.task_id]
+
+    async def close(self) -> None:
+        await self.listener.close()
+
+
 class SwarmPeer:
     def __init__(
         self,
@@ -70,6 +95,7 @@ class SwarmPeer:
         tracker: Coordinator | None,
         download_bucket: TokenBucket | None,
         upload_bucket: TokenBucket | None,
+        listener: SharedListener | None = None,
     ) -> None:
         self.options = options
         self.task_id = task_id
@@ -86,7 +112,8 @@ class SwarmPeer:
             upload_bucket=upload_bucket,
         )
         self.task.on_ban = self._on_ban
-        self.listener = PeerListener(single_task_router(self.task))
+        self.shared = listener
+        self.listener = PeerListener(single_task_router(self.task)) if listener is None else None
         self.port = 0
         self.fetching_everything = False
         self._layout = store.manifest.layout
@@ -160,15 +187,23 @@ class SwarmPeer:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        _, self.port = await self.listener.start(self.options.peer_host, self.options.peer_port)
+        if self.listener is not None:
+            _, self.port = await self.listener.start(self.options.peer_host, self.options.peer_port)
+        else:
+            assert self.shared is not None
+            self.shared.add(self.task)
+            self.port = self.shared.port
         self.task.start()
         if self.tracker is not None:
             self._spawn(self._announce_loop())
         self._spawn(self._save_digests_loop())
 
     async def seed(self, seconds: float) -> None:
-        """Keep serving the finished file (announcing as a seed) for ``seconds``."""
+        """Keep serving the finished file (announcing as a seed) for ``seconds``; ``math.inf``
+        seeds until cancelled."""
         log.info("seeding for %.0fs", seconds)
+        if math.isinf(seconds):
+            await asyncio.get_running_loop().create_future()
         await asyncio.sleep(seconds)
 
     async def announce_completed(self) -> None:
@@ -193,7 +228,10 @@ class SwarmPeer:
                     STOPPED_TIMEOUT_S,
                 )
         await self.task.close()
-        await self.listener.close()
+        if self.listener is not None:
+            await self.listener.close()
+        elif self.shared is not None:
+            self.shared.remove(self.task)
         self._save_digests()
         self.store.close()
 
@@ -260,7 +298,10 @@ class SwarmPeer:
             if answer.pieces_known > known:
                 await self._learn_manifest()
         if answer.assignment:
-            self._queue_origin(list(answer.assignment), workers=1)
+            # A long assignment gets a few requests in flight: one Range request per piece
+            # would otherwise pay a round trip each.
+            workers = min(4, 1 + len(answer.assignment) // 32)
+            self._queue_origin(list(answer.assignment), workers=workers)
         for peer in answer.peers:
             self._dial(peer)
 
@@ -398,8 +439,8 @@ class SwarmPeer:
                 size = self._layout.piece_size(index)
                 piece = bytes(pending[:size])
                 del pending[:size]
-                if not self.store.has_piece(index):
-                    self.task.claim_for_origin([index])
+                # A piece the wire is already receiving is left to it (claim refused).
+                if not self.store.has_piece(index) and self.task.claim_for_origin([index]):
                     await self._store_origin_piece(index, piece)
                 self._origin_queue.discard(index)
                 index += 1

@@ -289,6 +289,10 @@ class PeerTask:
             if self.store.digest(index) is not None:
                 self.scheduler.unhold(index)
             raise ValueError(f"piece {index} from the origin does not match its known digest")
+        if index in self.scheduler.have:  # a peer's copy was verified meanwhile
+            digest = self.store.digest(index)
+            assert digest is not None
+            return digest
         self.stats.origin_pieces += 1
         self.stats.origin_bytes += len(data)
         self._piece_verified(index)
@@ -481,7 +485,8 @@ class PeerTask:
             return
         self._give_buffer(buffer)
         if future.result():
-            self._piece_verified(index)
+            if index not in self.scheduler.have:  # the origin may have delivered it meanwhile
+                self._piece_verified(index)
         else:
             self._piece_failed(index)
         self._refill_all()

@@ -132,6 +132,8 @@ def main() -> int:
                         stderr=(workdir / f"peer{index:02d}.log").open("w"),
                         text=True,
                         cwd=workdir,
+                        # Each peer is its own process here, even when this host runs dfdaemon.
+                        env={**os.environ, "DFGET_DAEMON_SOCKET": ""},
                     )
                 )
             processes.extend(peers)

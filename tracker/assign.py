@@ -89,12 +89,21 @@ class SourcePlanner:
         "_top_bit",
         "assigned_total",
         "budget",
+        "fair_share",
         "max_pieces",
         "num_pieces",
         "ttl_s",
     )
 
-    def __init__(self, num_pieces: int, *, budget: int, max_pieces: int, ttl_s: float) -> None:
+    def __init__(
+        self,
+        num_pieces: int,
+        *,
+        budget: int,
+        max_pieces: int,
+        ttl_s: float,
+        fair_share: bool = False,
+    ) -> None:
         if num_pieces < 0:
             raise ValueError(f"num_pieces must not be negative, not {num_pieces}")
         if budget < 0:
@@ -104,6 +113,10 @@ class SourcePlanner:
         if not (math.isfinite(ttl_s) and ttl_s > 0):
             raise ValueError(f"ttl_s must be a positive number of seconds, not {ttl_s!r}")
         self.num_pieces = num_pieces
+        #: Size an assignment at least to this peer's share of what is still unassigned (split
+        #: over the fetcher slots left), so that a few fetchers take the whole file in one round
+        #: instead of being fed a few pieces per announce.
+        self.fair_share = fair_share
         self.budget = budget
         self.max_pieces = max_pieces
         self.ttl_s = ttl_s
@@ -149,8 +162,10 @@ class SourcePlanner:
 
         ``available`` is the union of the bitfields of live peers. Sizing: enough pieces to
         keep the peer busy for one announce interval at ``rate_bps``, clamped to
-        1..``max_pieces``; ``DEFAULT_PIECES`` when the rate is unknown. A peer with no
-        assignment gets one only while fewer than ``budget`` peers hold one.
+        1..``max_pieces``; ``DEFAULT_PIECES`` when the rate is unknown; with ``fair_share``, at
+        least its share of the unassigned pieces over the fetcher slots left (still capped by
+        ``max_pieces``). A peer with no assignment gets one only while fewer than ``budget``
+        peers hold one.
         """
         if piece_length < 1:
             raise ValueError(f"piece_length must be positive, not {piece_length}")
@@ -159,6 +174,10 @@ class SourcePlanner:
         if held is None and len(self._by_peer) >= self.budget:
             return ()
         target = self._target(rate_bps, piece_length, interval_s)
+        if self.fair_share:
+            unassigned = (self._full & ~(available | self._assigned)).bit_count()
+            slots = max(1, self.budget - len(self._by_peer) + (held is not None))
+            target = max(target, min(self.max_pieces, -(-unassigned // slots)))
         have = 0 if held is None else len(held.pieces)
         if have >= target:
             return tuple(held.pieces) if held is not None else ()

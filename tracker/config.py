@@ -44,8 +44,10 @@ class TrackerConfig:
     trust_ip_param: bool = False
     #: Back-to-source: at most this many peers fetch one task from the origin at the same time.
     origin_budget: int = 8
-    #: Most pieces handed to one fetcher in one assignment.
-    assign_max_pieces: int = 16
+    #: Most pieces handed to one fetcher in one assignment. A fetcher gets its share of the
+    #: unassigned pieces (split over the ``origin_budget`` slots left) or what it can fetch in
+    #: one interval at its rate, whichever is more, up to this.
+    assign_max_pieces: int = 1024
     #: An assignment not reported done within this long is taken back.
     assign_ttl_s: float = 20.0
     #: A peer reported bad is ranked last for this long; reported by this many distinct peers,

@@ -405,6 +405,7 @@ class Swarm:
             budget=self._config.origin_budget if manifest.ranges else 1,
             max_pieces=self._config.assign_max_pieces if manifest.ranges else manifest.num_pieces,
             ttl_s=self._config.assign_ttl_s,
+            fair_share=True,
         )
         # Peers' pieces were unknown without a manifest; they tell again on their next announce.
         record.available, record.available_stale = 0, False

@@ -25,6 +25,7 @@ MIB = 1 << 20
 def dfget(url: str, output: Path, *args: str) -> subprocess.Popen[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DFGET_")}
     environment["XDG_CONFIG_HOME"] = str(output.parent)  # no user config file applies
+    environment["DFGET_DAEMON_SOCKET"] = ""  # in-process, even if this host runs a dfdaemon
     return subprocess.Popen(
         [sys.executable, "-m", "dfget.cli", url, "-O", str(output), "--quiet", *args],
         stdout=subprocess.PIPE,

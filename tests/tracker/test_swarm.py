@@ -271,7 +271,7 @@ def test_origin_and_peer_bytes_accumulate_and_outlive_the_peer() -> None:
 
 
 def test_source_peer_gets_an_assignment_with_ttl_and_known_count() -> None:
-    swarm, _ = make(assign_ttl_s=20.5)
+    swarm, _ = make(assign_ttl_s=20.5, assign_max_pieces=2)
     swarm.put_manifest(TASK, manifest(digests={0: b"\1" * 32}))
     result = swarm.announce(req(1, left_bytes=TOTAL, have=have(), can_source=True))
     assert result.assignment == (0, 1)  # rate unknown: two pieces, lowest first
@@ -291,7 +291,7 @@ def test_no_assignment_without_manifest_permission_or_need() -> None:
 
 
 def test_assignments_are_disjoint_and_respect_the_origin_budget() -> None:
-    swarm, _ = make(origin_budget=2)
+    swarm, _ = make(origin_budget=2, assign_max_pieces=2)
     swarm.put_manifest(TASK, manifest())
     first = swarm.announce(req(1, left_bytes=TOTAL, have=have(), can_source=True)).assignment
     second = swarm.announce(req(2, left_bytes=TOTAL, have=have(), can_source=True)).assignment
@@ -300,7 +300,7 @@ def test_assignments_are_disjoint_and_respect_the_origin_budget() -> None:
 
 
 def test_stopped_and_expired_peers_release_their_assignment() -> None:
-    swarm, clock = make(origin_budget=1, interval_s=5.0, assign_ttl_s=1000.0)
+    swarm, clock = make(origin_budget=1, interval_s=5.0, assign_ttl_s=1000.0, assign_max_pieces=2)
     swarm.put_manifest(TASK, manifest())
     swarm.announce(req(1, left_bytes=TOTAL, have=have(), can_source=True))
     swarm.announce(req(1, left_bytes=TOTAL, event=Event.STOPPED))
@@ -322,7 +322,7 @@ def test_assignment_grows_with_the_peers_rate() -> None:
 
 
 def test_fetched_pieces_leave_the_assignment_and_a_finished_peer_gives_back_the_rest() -> None:
-    swarm, _ = make(origin_budget=1)
+    swarm, _ = make(origin_budget=1, assign_max_pieces=2)
     swarm.put_manifest(TASK, manifest())
     swarm.announce(req(1, left_bytes=TOTAL, have=have(), can_source=True))
     result = swarm.announce(req(1, left_bytes=TOTAL, have=have(0), can_source=True))
@@ -619,3 +619,19 @@ def test_origin_without_ranges_gets_one_fetcher_streaming_every_piece() -> None:
     second = swarm.announce(req(2, have=have(), can_source=True, left_bytes=TOTAL))
     assert first.assignment == tuple(range(PIECES))
     assert second.assignment == ()
+
+
+def test_fetchers_split_the_unassigned_pieces_over_the_origin_budget() -> None:
+    swarm, _ = make(origin_budget=4)
+    swarm.put_manifest(TASK, manifest())
+    first = swarm.announce(req(1, left_bytes=TOTAL, have=have(), can_source=True)).assignment
+    assert first == tuple(range(PIECES // 4))  # 20 pieces over 4 slots
+    second = swarm.announce(req(2, left_bytes=TOTAL, have=have(), can_source=True)).assignment
+    assert second == tuple(range(5, 5 + 5))  # 15 left over 3 slots
+
+
+def test_a_lone_fetcher_is_given_the_whole_file_in_one_round() -> None:
+    swarm, _ = make(origin_budget=1)
+    swarm.put_manifest(TASK, manifest())
+    answer = swarm.announce(req(1, left_bytes=TOTAL, have=have(), can_source=True))
+    assert answer.assignment == tuple(range(PIECES))

@@ -1,0 +1,114 @@
+"""``dfget`` handing its download to the host's ``dfdaemon`` over the local API.
+
+When the daemon's socket exists (``$DFGET_DAEMON_SOCKET``, else the daemon's default path), the
+download runs in the daemon - one peer per host, its cache, its host-wide limits - and this
+process only shows progress and gets the file copied to its output. A socket nobody answers on
+(a daemon that died) means the download runs in-process as if there were no daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import uvloop
+
+from dfget import errors
+from dfget.daemonconfig import default_socket
+from dfget.options import DownloadOptions, DownloadResult, ProgressReport
+
+log = logging.getLogger(__name__)
+
+SOCKET_ENV = "DFGET_DAEMON_SOCKET"
+
+
+class DaemonUnavailable(Exception):
+    """Nobody answers on the socket: download in-process instead."""
+
+
+def daemon_socket(environ: dict[str, str] | None = None) -> Path | None:
+    """The daemon's socket when it exists (``DFGET_DAEMON_SOCKET=""`` disables the hand-off)."""
+    environ = dict(os.environ) if environ is None else environ
+    configured = environ.get(SOCKET_ENV)
+    if configured == "":
+        return None
+    path = Path(configured) if configured else default_socket()
+    return path if path.is_socket() else None
+
+
+_ERRORS: dict[int, type[errors.DownloadError]] = {
+    errors.EXIT_DIGEST_MISMATCH: errors.DigestMismatch,
+    errors.EXIT_ORIGIN: errors.OriginError,
+    errors.EXIT_TIMEOUT: errors.DownloadTimeout,
+    errors.EXIT_NO_PEERS: errors.NoPeers,
+}
+
+
+async def download_via_daemon(
+    socket: Path,
+    options: DownloadOptions,
+    on_progress: Callable[[ProgressReport], None] | None = None,
+) -> DownloadResult:
+    started = time.monotonic()
+    body = {
+        "url": options.url,
+        "output": str(options.output.resolve()),
+        "headers": [list(h) for h in options.headers],
+        "digest": options.digest_sha256.hex() if options.digest_sha256 else None,
+        "filters": list(options.filters),
+        "tag": options.tag,
+        "rate_bps": options.rate_bps,
+        "timeout_s": options.timeout_s,
+    }
+    last: ProgressReport | None = None
+    try:
+        connector = aiohttp.UnixConnector(path=str(socket))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.post("http://dfdaemon/v1/downloads", json=body) as response,
+        ):
+            if response.status != 200:
+                document = await response.json(content_type=None)
+                raise ValueError(f"dfdaemon refused the download: {document.get('error')}")
+            async for line in response.content:
+                message: dict[str, Any] = json.loads(line)
+                if "progress" in message:
+                    last = ProgressReport(**message["progress"])
+                    if on_progress is not None:
+                        on_progress(last)
+                elif "result" in message:
+                    result = message["result"]
+                    return DownloadResult(
+                        output=options.output,
+                        size_bytes=int(result["size_bytes"]),
+                        elapsed_s=time.monotonic() - started,
+                        from_peers_bytes=last.from_peers_bytes if last else 0,
+                        from_origin_bytes=last.from_origin_bytes if last else 0,
+                        uploaded_bytes=0,
+                        fell_back=False,
+                        task_id=str(result["task_id"]),
+                    )
+                elif "error" in message:
+                    error_class = _ERRORS.get(int(message["exit_code"]), errors.DownloadError)
+                    error = error_class(f"(dfdaemon) {message['error']}")
+                    error.exit_code = int(message["exit_code"])
+                    raise error
+    except (aiohttp.ClientConnectorError, ConnectionRefusedError, FileNotFoundError) as exc:
+        raise DaemonUnavailable(str(exc)) from exc
+    except aiohttp.ClientError as exc:
+        raise errors.DownloadError(f"dfdaemon connection failed: {exc}") from exc
+    raise errors.DownloadError("dfdaemon closed the connection before the download finished")
+
+
+def download_sync_via_daemon(
+    socket: Path,
+    options: DownloadOptions,
+    on_progress: Callable[[ProgressReport], None] | None = None,
+) -> DownloadResult:
+    return uvloop.run(download_via_daemon(socket, options, on_progress))

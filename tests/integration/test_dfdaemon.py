@@ -1,0 +1,227 @@
+"""dfdaemon as a process: dfget hands downloads to it, its cache serves and seeds, GC, restarts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import uvloop
+
+from tests.helpers.origin_server import OriginServer, origin_process
+from tests.integration.peers import random_file
+from tests.integration.test_dfget import finish, sha256
+from tests.integration.trackers import Tracker, tracker_process
+
+pytestmark = pytest.mark.integration
+
+MIB = 1 << 20
+
+
+@dataclass
+class Dfdaemon:
+    process: subprocess.Popen[str]
+    socket: Path
+    cache: Path
+
+    def api(self, target: str) -> Any:
+        async def get() -> Any:
+            connector = aiohttp.UnixConnector(path=str(self.socket))
+            async with (
+                aiohttp.ClientSession(connector=connector) as session,
+                session.get(f"http://dfdaemon{target}") as response,
+            ):
+                if target == "/metrics":
+                    return await response.text()
+                return await response.json()
+
+        return uvloop.run(get())
+
+
+@contextmanager
+def dfdaemon(
+    root: Path, name: str, *args: str, env: dict[str, str] | None = None
+) -> Iterator[Dfdaemon]:
+    socket, cache = root / f"{name}.sock", root / f"{name}-cache"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("DFDAEMON_")}
+    environment.update(env or {})
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dfget.daemoncli",
+            "--socket",
+            str(socket),
+            "--cache-dir",
+            str(cache),
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=environment,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("listening unix:"), f"dfdaemon did not start: {line!r}"
+        yield Dfdaemon(process, socket, cache)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+def dfget_via(
+    daemon_socket: Path | None, url: str, output: Path, *args: str
+) -> subprocess.Popen[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("DFGET_")}
+    environment["XDG_CONFIG_HOME"] = str(output.parent)
+    environment["DFGET_DAEMON_SOCKET"] = str(daemon_socket) if daemon_socket else ""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dfget.cli", url, "-O", str(output), "--quiet", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Iterator[tuple[OriginServer, Path]]:
+    root = tmp_path / "origin"
+    root.mkdir()
+    with origin_process(root) as server:
+        yield server, root
+
+
+@pytest.fixture
+def tracker() -> Iterator[Tracker]:
+    with tracker_process("--interval", "1s") as running:
+        yield running
+
+
+def test_dfget_hands_off_and_the_cache_serves_the_second_download(
+    tmp_path: Path, origin: tuple[OriginServer, Path], tracker: Tracker
+) -> None:
+    server, root = origin
+    source = random_file(root / "file.bin", 8 * MIB)
+    url = f"{server.base_url}/files/file.bin"
+    with dfdaemon(tmp_path, "d1", "--tracker", tracker.base_url) as daemon:
+        assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o600
+        assert stat.S_IMODE(daemon.cache.stat().st_mode) == 0o700
+        for name in ("first.bin", "second.bin"):
+            code, err = finish(dfget_via(daemon.socket, url, tmp_path / name), 120)
+            assert code == 0, err
+            assert sha256(tmp_path / name) == sha256(source)
+        # One download from the origin; the second copy came out of the cache.
+        assert server.stats()["bytes_sent"] <= source.stat().st_size + 1
+        tasks = daemon.api("/v1/tasks")["tasks"]
+        assert [(t["complete"], t["size_bytes"]) for t in tasks] == [(True, 8 * MIB)]
+        metrics = daemon.api("/metrics")
+        assert 'dragonfly_dfdaemon_downloads_total{result="ok"} 1.0' in metrics
+        assert "dragonfly_dfdaemon_cache_hits_total 1.0" in metrics
+        # The seeding peer of the host is in the swarm.
+        stats = tracker.stats()
+        assert stats["totals"]["seeds"] == 1
+
+
+def test_second_daemon_gets_the_file_from_the_first_not_the_origin(
+    tmp_path: Path, origin: tuple[OriginServer, Path], tracker: Tracker
+) -> None:
+    server, root = origin
+    source = random_file(root / "file.bin", 8 * MIB)
+    url = f"{server.base_url}/files/file.bin"
+    with (
+        dfdaemon(tmp_path, "a", "--tracker", tracker.base_url) as first,
+        dfdaemon(tmp_path, "b", "--tracker", tracker.base_url) as second,
+    ):
+        code, err = finish(dfget_via(first.socket, url, tmp_path / "a.bin"), 120)
+        assert code == 0, err
+        served = server.stats()["bytes_sent"]
+        code, err = finish(dfget_via(second.socket, url, tmp_path / "b.bin"), 120)
+        assert code == 0, err
+        assert sha256(tmp_path / "b.bin") == sha256(source)
+        assert server.stats()["bytes_sent"] == served, "the second host went to the origin"
+
+
+def test_garbage_collection_evicts_the_least_recently_used_over_the_quota(
+    tmp_path: Path, origin: tuple[OriginServer, Path]
+) -> None:
+    server, root = origin
+    for name in ("one.bin", "two.bin"):
+        random_file(root / name, 2 * MIB)
+    with dfdaemon(
+        tmp_path, "gc", "--cache-size", "3M", env={"DFDAEMON_GC_INTERVAL_S": "200ms"}
+    ) as daemon:
+        for name in ("one.bin", "two.bin"):
+            code, err = finish(
+                dfget_via(daemon.socket, f"{server.base_url}/files/{name}", tmp_path / name)
+            )
+            assert code == 0, err
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(daemon.api("/v1/tasks")["tasks"]) > 1:
+            time.sleep(0.2)
+        tasks = daemon.api("/v1/tasks")["tasks"]
+        assert [t["url"].rsplit("/", 1)[1] for t in tasks] == ["two.bin"]
+        assert len([p for p in daemon.cache.iterdir() if p.is_dir()]) == 1
+
+
+def test_a_restarted_daemon_keeps_its_cache_and_seeds_it(
+    tmp_path: Path, origin: tuple[OriginServer, Path], tracker: Tracker
+) -> None:
+    server, root = origin
+    source = random_file(root / "file.bin", 4 * MIB)
+    url = f"{server.base_url}/files/file.bin"
+    with dfdaemon(tmp_path, "r", "--tracker", tracker.base_url) as daemon:
+        code, err = finish(dfget_via(daemon.socket, url, tmp_path / "first.bin"))
+        assert code == 0, err
+    served = server.stats()["bytes_sent"]
+    with dfdaemon(tmp_path, "r", "--tracker", tracker.base_url):
+        # A plain in-process dfget finds the restarted daemon's seed through the tracker.
+        code, err = finish(
+            dfget_via(
+                None,
+                url,
+                tmp_path / "other.bin",
+                "--tracker",
+                tracker.base_url,
+                "--seed-time",
+                "0s",
+            )
+        )
+        assert code == 0, err
+        assert sha256(tmp_path / "other.bin") == sha256(source)
+        assert server.stats()["bytes_sent"] == served
+
+
+def test_dead_daemon_socket_means_in_process_download(
+    tmp_path: Path, origin: tuple[OriginServer, Path]
+) -> None:
+    server, root = origin
+    source = random_file(root / "file.bin", 1 * MIB)
+    with dfdaemon(tmp_path, "dead") as daemon:
+        socket = daemon.socket
+        daemon.process.kill()
+        daemon.process.wait(timeout=10)
+    assert socket.is_socket()  # left behind by the killed daemon
+    code, err = finish(
+        dfget_via(socket, f"{server.base_url}/files/file.bin", tmp_path / "x.bin", "-v")
+    )
+    assert code == 0, err
+    assert "does not answer" in err
+    assert sha256(tmp_path / "x.bin") == sha256(source)
