@@ -53,7 +53,7 @@ DEFAULT_TRACKER: Final = "http://127.0.0.1:6969"
 TRACKER_ENV: Final = ("DFTOP_TRACKER", "DFGET_TRACKER")
 REFRESH_ENV: Final = "DFTOP_REFRESH"
 #: Trackers re-read their peers' announces every few seconds: refreshing faster shows nothing new.
-DEFAULT_REFRESH_S: Final = 1.0
+DEFAULT_REFRESH_S: Final = 0.5
 MIN_REFRESH_S: Final = 0.1
 MAX_REFRESH_S: Final = 3600.0
 MAX_TRACKERS: Final = 16

@@ -423,7 +423,7 @@ def test_missing_fields_default_and_negative_numbers_clamp() -> None:
 
 
 def test_options_come_from_flags_then_environment_then_defaults() -> None:
-    assert parse_args([], {}) == TopConfig((DEFAULT_TRACKER,), 1.0, False)
+    assert parse_args([], {}) == TopConfig((DEFAULT_TRACKER,), 0.5, False)
     env = {"DFGET_TRACKER": "http://t1:6969/announce,http://t2:6969", "DFTOP_REFRESH": "250ms"}
     assert parse_args([], env) == TopConfig(("http://t1:6969", "http://t2:6969"), 0.25)
     env["DFTOP_TRACKER"] = "http://top:1"
