@@ -16,9 +16,10 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dfget import engine
 from dfget.cache import (
@@ -36,6 +37,7 @@ from dfget.options import DownloadOptions, DownloadResult, ProgressReport
 from dfget.swarmpeer import SharedListener
 from peerwire.ids import TaskId
 from peerwire.ratelimit import TokenBucket
+from peerwire.storage import PieceStore
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +59,84 @@ class _Running:
     """One task the daemon is downloading (then seeding): its engine task and its waiters."""
 
     def __init__(self, entry: CacheEntry) -> None:
+        loop = asyncio.get_running_loop()
         self.entry = entry
-        self.done: asyncio.Future[DownloadResult] = asyncio.get_running_loop().create_future()
+        self.done: asyncio.Future[DownloadResult] = loop.create_future()
         self.progress: ProgressReport | None = None
         self.engine_task: asyncio.Task[None] | None = None
+        #: The piece store once the download opened it, for readers streaming in order.
+        self.store: asyncio.Future[PieceStore] = loop.create_future()
+        #: Set (and replaced) whenever a piece is verified: readers wait on it.
+        self.piece_event = asyncio.Event()
+
+    def piece_verified(self, _: int) -> None:
+        event, self.piece_event = self.piece_event, asyncio.Event()
+        event.set()
+
+
+class BlobStream:
+    """A task's bytes ``[start, end)`` in order, each piece as soon as it is verified.
+
+    From a finished cache entry it reads the file; from a download in progress it waits for
+    each next piece. ``close`` (always: use ``async with``) releases the entry for GC.
+    """
+
+    def __init__(
+        self, daemon: Daemon, entry: CacheEntry, running: _Running | None, start: int, end: int
+    ) -> None:
+        self._daemon, self._entry, self._running = daemon, entry, running
+        self.start, self.end = start, end
+        self.size_bytes = entry.size_bytes
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    async def __aenter__(self) -> BlobStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._entry is not None:
+            self._daemon.release(self._entry)
+
+    async def chunks(self, chunk_bytes: int = 1 << 20) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        running = self._running
+        if running is None or self._entry.complete:
+            with open(self._entry.data_path, "rb") as stream:
+                stream.seek(self.start)
+                left = self.length
+                while left > 0:
+                    data = await loop.run_in_executor(None, stream.read, min(chunk_bytes, left))
+                    if not data:
+                        raise OSError(
+                            f"cache file {self._entry.data_path} is shorter than expected"
+                        )
+                    left -= len(data)
+                    yield data
+            return
+        store = await running.store
+        layout = store.manifest.layout
+        offset = self.start
+        while offset < self.end:
+            index = offset // layout.piece_length
+            while not store.has_piece(index):
+                if running.done.done() and running.done.exception() is not None:
+                    raise running.done.exception()  # type: ignore[misc]
+                event = running.piece_event
+                if store.has_piece(index):
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), 1.0)
+            piece_start = layout.piece_offset(index)
+            begin = offset - piece_start
+            length = min(layout.piece_size(index) - begin, self.end - offset)
+            data = await loop.run_in_executor(None, store.read_block, index, begin, length)
+            offset += length
+            yield data
 
 
 @dataclass
@@ -136,12 +212,7 @@ class Daemon:
         """The finished cache entry of ``request``'s task: from the cache, from a download of
         it already running, or from a new download. The entry is returned *busy* (one more
         reader): the caller must call ``release`` when it is done reading it."""
-        task_id = task_id_for(
-            request.url,
-            filters=request.filters,
-            tag=request.tag,
-            digest_sha256=request.digest_sha256,
-        )
+        task_id = self._task_id(request)
         entry = self.entries.get(task_id)
         if entry is not None and entry.complete:
             self.counters.cache_hits += 1
@@ -161,6 +232,50 @@ class Daemon:
             running.entry.busy -= 1
             raise
         return running.entry
+
+    async def open_stream(
+        self, request: FetchRequest, *, start: int = 0, end: int | None = None
+    ) -> BlobStream:
+        """The task's bytes from ``start`` to ``end`` (exclusive; None = the end), streamed in
+        order as pieces are verified: from the cache, or from a download started or joined
+        now. The stream holds the entry busy until closed. ValueError for a range outside."""
+        task_id = self._task_id(request)
+        entry = self.entries.get(task_id)
+        running: _Running | None = None
+        if entry is not None and entry.complete:
+            self.counters.cache_hits += 1
+        else:
+            running = self._running.get(task_id) or self._start(task_id, request)
+            entry = running.entry
+            waiters: list[asyncio.Future[Any]] = [
+                asyncio.ensure_future(asyncio.shield(running.done)),
+                asyncio.ensure_future(asyncio.shield(running.store)),
+            ]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+            if running.done.done() and running.done.exception() is not None:
+                raise running.done.exception()  # type: ignore[misc]
+            store = await running.store
+            entry.size_bytes = store.manifest.total_length
+        entry.busy += 1
+        entry.last_access_s = time.time()
+        size = entry.size_bytes
+        stop = size if end is None else end
+        if not 0 <= start <= stop <= size:
+            self.release(entry)
+            raise ValueError(f"range {start}-{stop} is outside the blob's {size} bytes")
+        return BlobStream(self, entry, running, start, stop)
+
+    def _task_id(self, request: FetchRequest) -> TaskId:
+        return task_id_for(
+            request.url,
+            filters=request.filters,
+            tag=request.tag,
+            digest_sha256=request.digest_sha256,
+        )
 
     def release(self, entry: CacheEntry) -> None:
         entry.busy = max(0, entry.busy - 1)
@@ -220,9 +335,18 @@ class Daemon:
             if not running.done.done():
                 running.done.set_result(result)
 
+        def store_opened(store: PieceStore) -> None:
+            if not running.store.done():
+                running.store.set_result(store)
+
         try:
             await engine.download(
-                options, on_progress=progress, on_complete=complete, host=self.host
+                options,
+                on_progress=progress,
+                on_complete=complete,
+                host=self.host,
+                on_store=store_opened,
+                on_piece=running.piece_verified,
             )
         except asyncio.CancelledError:
             if not running.done.done():
@@ -232,6 +356,11 @@ class Daemon:
             self.counters.downloads_failed += 1
             if not running.done.done():
                 running.done.set_exception(exc)
+                running.done.exception()  # retrieved here: waiters may be none
+            if not running.store.done():
+                running.store.set_exception(exc)
+                running.store.exception()
+            running.piece_verified(-1)  # wake streaming readers: they see the failure
             # A failed download leaves its partial data for a retry; GC removes it when idle.
         finally:
             self._running.pop(entry.task_id, None)

@@ -75,6 +75,8 @@ async def download(
     on_progress: Callable[[ProgressReport], None] | None = None,
     on_complete: Callable[[DownloadResult], None] | None = None,
     host: Host | None = None,
+    on_store: Callable[[PieceStore], None] | None = None,
+    on_piece: Callable[[int], None] | None = None,
 ) -> DownloadResult:
     """Download ``options.url`` to ``options.output``; see the module docstring.
 
@@ -85,9 +87,13 @@ async def download(
     ``on_complete`` is called with the result as soon as the file is at its path, before the
     seeding time; with ``seed_time_s=math.inf`` the download then seeds until cancelled (how
     dfdaemon keeps its cache in the swarm). ``host`` shares limits and a peer port between
-    downloads of one process.
+    downloads of one process. ``on_store`` receives the piece store once it is open and
+    ``on_piece`` each piece index as it is verified: a reader can stream the file in order
+    while it downloads (dfdaemon's registry mirror does).
     """
-    return await _Download(options, on_progress, on_complete, host or Host()).run()
+    download = _Download(options, on_progress, on_complete, host or Host())
+    download.on_store, download.on_piece = on_store, on_piece
+    return await download.run()
 
 
 def download_sync(
@@ -109,6 +115,8 @@ class _Download:
         self.on_progress = on_progress
         self.on_complete = on_complete
         self.host = host
+        self.on_store: Callable[[PieceStore], None] | None = None
+        self.on_piece: Callable[[int], None] | None = None
         self.task_id = task_id_for(
             options.url,
             filters=options.filters,
@@ -132,6 +140,8 @@ class _Download:
         try:
             doc, info = await self._manifest()
             store = await self._open_store(doc, executor)
+            if self.on_store is not None:
+                self.on_store(store)
             peer = SwarmPeer(
                 self.options,
                 self.task_id,
@@ -144,6 +154,7 @@ class _Download:
                 upload_bucket=self.upload_bucket,
                 listener=self.host.listener,
             )
+            peer.task.on_piece = self.on_piece
             await peer.start()
             if on_progress := self.on_progress:
                 reporter = asyncio.create_task(self._report_loop(peer, on_progress))
