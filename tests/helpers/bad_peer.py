@@ -1,6 +1,10 @@
-"""A hostile peer for tests: it announces itself as a seed of a task and serves corrupt bytes.
+"""A hostile peer for tests: it announces itself as a seed of a task and misbehaves.
 
     python -m tests.helpers.bad_peer --tracker http://127.0.0.1:PORT --url URL --source FILE
+    python -m tests.helpers.bad_peer ... --mode trickle     # honest bytes at 2 KiB/s
+
+``corrupt`` (the default) serves corrupt bytes; ``trickle`` serves the right bytes but so slowly
+that a downloader must route around it (request timeouts, other peers, endgame).
 
 It reads the task's manifest from the tracker (an honest peer must have made it), writes a copy
 of FILE with one byte flipped in every piece, and serves that copy under the honest digests
@@ -26,6 +30,7 @@ from peerwire.bitfield import Bitfield
 from peerwire.connection import PeerListener, single_task_router
 from peerwire.ids import PeerId
 from peerwire.manifest import Manifest
+from peerwire.ratelimit import TokenBucket
 from peerwire.storage import PieceStore
 from peerwire.task import PeerTask
 
@@ -43,14 +48,19 @@ async def run(args: argparse.Namespace) -> None:
         raise SystemExit("bad_peer: the tracker has no complete manifest for the task")
     manifest = Manifest(task_id, doc.total_length, doc.piece_length, doc.piece_sha256, doc.url)
     data = bytearray(Path(args.source).read_bytes())
-    for offset in range(0, len(data), doc.piece_length):
-        data[offset] ^= 0xFF
+    if args.mode == "corrupt":
+        for offset in range(0, len(data), doc.piece_length):
+            data[offset] ^= 0xFF
     with tempfile.TemporaryDirectory() as tmp:
         corrupt = Path(tmp) / "corrupt.bin"
         corrupt.write_bytes(data)
         store = PieceStore.open_complete(corrupt, manifest)
         peer_id = PeerId.generate(b"-BAD001-")
-        task = PeerTask(store, peer_id=peer_id, executor=ThreadPoolExecutor(1))
+        loop = asyncio.get_running_loop()
+        upload = TokenBucket(2048, clock=loop.time) if args.mode == "trickle" else None
+        task = PeerTask(
+            store, peer_id=peer_id, executor=ThreadPoolExecutor(1), upload_bucket=upload
+        )
         listener = PeerListener(single_task_router(task))
         _, port = await listener.start("127.0.0.1", 0)
         task.start()
@@ -76,6 +86,7 @@ def main() -> int:
     parser.add_argument("--tracker", required=True)
     parser.add_argument("--url", required=True)
     parser.add_argument("--source", required=True)
+    parser.add_argument("--mode", choices=("corrupt", "trickle"), default="corrupt")
     uvloop.run(run(parser.parse_args()))
     return 0
 
