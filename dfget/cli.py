@@ -163,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="TCP port other peers connect to, e.g. --peer-port 65000 (default: 0, any free port)",
     )
+    add(
+        "--secret-file",
+        metavar="FILE",
+        help="the cluster secret (at least 16 bytes) when the swarm uses one; also "
+        "DRAGONFLY_SECRET (the secret itself) or DFGET_SECRET_FILE",
+    )
     add("--config", type=Path, metavar="FILE", help="TOML file with any option above")
     add(
         "-q",

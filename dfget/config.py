@@ -29,8 +29,11 @@ from dfget.coordinator import tracker_base_url
 from dfget.identity import normalize_url, parse_digest
 from dfget.options import DownloadOptions
 from peerwire.units import parse_duration, parse_rate
+from tracker.auth import load_secret as _load_secret
 
 ENV_PREFIX: Final = "DFGET_"
+#: The cluster secret itself (every component reads it), when not given as a file.
+SECRET_ENV: Final = "DRAGONFLY_SECRET"
 CONFIG_ENV: Final = "DFGET_CONFIG"
 #: Name of the output when the URL's path ends in ``/``, as wget and curl do.
 DEFAULT_OUTPUT_NAME: Final = "index.html"
@@ -177,6 +180,11 @@ def _bool(value: object) -> bool:
     raise ValueError(f"expected true or false, not {value!r:.100}")
 
 
+def _secret_file(value: object) -> bytes:
+    """The cluster secret from a file (tracker.auth.load_secret's rules)."""
+    return _load_secret(str(value), None) or b""
+
+
 def _port(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"expected a port number, not {value!r:.100}")
@@ -227,6 +235,9 @@ _SETTINGS: Final = (
     _Setting("timeout_s", "timeout", "--timeout", "DFGET_TIMEOUT", "timeout", _timeout),
     _Setting("quiet", "quiet", "--quiet", "DFGET_QUIET", "quiet", _bool),
     _Setting("peer_port", "peer_port", "--peer-port", "DFGET_PEER_PORT", "peer_port", _port),
+    _Setting(
+        "secret", "secret_file", "--secret-file", "DFGET_SECRET_FILE", "secret_file", _secret_file
+    ),
 )
 _TOML_KEYS: Final = frozenset(setting.key for setting in _SETTINGS)
 _FLAG_KEYS: Final = frozenset(setting.dest for setting in _SETTINGS) | {
@@ -319,6 +330,8 @@ def build_options(
         elif setting.key in document:
             source = f"config file {config_file}: {setting.key}"
             values[setting.target] = _convert(setting, document[setting.key], source)
+    if "secret" not in values and environ.get(SECRET_ENV):
+        values["secret"] = _load_secret(None, environ[SECRET_ENV])
     ui_values = {name: values.pop(name) for name in _UI_FIELDS if name in values}
     normalize_url(url, values.get("filters", ()))
     output = flags.get("output")

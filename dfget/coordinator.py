@@ -20,6 +20,7 @@ import ipaddress
 import json
 import logging
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 from urllib.parse import quote_from_bytes, urlsplit
@@ -29,6 +30,7 @@ import bencodepy
 import yarl
 
 from peerwire.ids import PeerId, TaskId
+from tracker.auth import AUTH_HEADER, announce_mac, api_header
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +156,11 @@ def tracker_base_url(text: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{path}"
 
 
-def announce_query(task: TaskId, progress: Progress, event: str) -> str:
-    """The query string of one announce; raw bytes percent-encoded byte by byte (BEP 3)."""
+def announce_query(
+    task: TaskId, progress: Progress, event: str, secret: bytes | None = None
+) -> str:
+    """The query string of one announce; raw bytes percent-encoded byte by byte (BEP 3).
+    With the cluster secret, ``df_ts`` and ``df_auth`` prove this peer holds it."""
     params = [
         ("info_hash", quote_from_bytes(task.raw, safe="")),
         ("peer_id", quote_from_bytes(progress.peer_id.raw, safe="")),
@@ -176,6 +181,11 @@ def announce_query(task: TaskId, progress: Progress, event: str) -> str:
         params.append(("df_have", quote_from_bytes(progress.have, safe="")))
     if progress.zone:
         params.append(("df_zone", quote_from_bytes(progress.zone.encode(), safe="")))
+    if secret is not None:
+        ts = int(time.time())
+        mac = announce_mac(secret, task.raw, progress.peer_id.raw, progress.port, ts)
+        params.append(("df_ts", str(ts)))
+        params.append(("df_auth", quote_from_bytes(mac, safe="")))
     return "&".join(f"{key}={value}" for key, value in params)
 
 
@@ -259,6 +269,7 @@ class HttpTracker:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         session: aiohttp.ClientSession | None = None,
+        secret: bytes | None = None,
     ) -> None:
         if not urls:
             raise ValueError("at least one tracker URL is needed")
@@ -267,6 +278,7 @@ class HttpTracker:
         self._session = session
         self._own_session = session is None
         self._preferred = 0
+        self._secret = secret
 
     async def _request(
         self, method: str, target: str, payload: bytes | None = None
@@ -279,12 +291,19 @@ class HttpTracker:
         for step in range(count):
             index = (self._preferred + step) % count
             url = yarl.URL(self.base_urls[index] + target, encoded=True)
+            headers = {"Content-Type": "application/json"} if payload is not None else {}
+            if self._secret is not None and method in ("PUT", "POST"):
+                # Signed over the tracker-relative path: a prefix in the base URL is not signed.
+                path = target.partition("?")[0]
+                headers[AUTH_HEADER] = api_header(
+                    self._secret, method, path, int(time.time()), payload or b""
+                )
             try:
                 async with self._session.request(
                     method,
                     url,
                     data=payload,
-                    headers={"Content-Type": "application/json"} if payload is not None else None,
+                    headers=headers,
                     allow_redirects=False,
                 ) as response:
                     body = await _read_bounded(response)
@@ -298,9 +317,8 @@ class HttpTracker:
         raise TrackerUnavailable("no tracker reachable: " + "; ".join(problems))
 
     async def announce(self, task: TaskId, progress: Progress, event: str = "") -> AnnounceAnswer:
-        status, body = await self._request(
-            "GET", "/announce?" + announce_query(task, progress, event)
-        )
+        query = announce_query(task, progress, event, self._secret)
+        status, body = await self._request("GET", "/announce?" + query)
         if status != 200:
             raise TrackerRefused(f"announce answered HTTP {status}")
         return parse_announce_answer(body)

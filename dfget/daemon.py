@@ -38,6 +38,7 @@ from dfget.swarmpeer import SharedListener
 from peerwire.ids import TaskId
 from peerwire.ratelimit import TokenBucket
 from peerwire.storage import PieceStore
+from tracker.auth import load_secret
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,10 @@ class Daemon:
         self._gc_task: asyncio.Task[None] | None = None
         self.counters = DaemonCounters()
         self.peer_port = 0
+        self.secret = load_secret(
+            str(config.secret_file) if config.secret_file else None,
+            os.environ.get("DRAGONFLY_SECRET"),
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -308,6 +313,7 @@ class Daemon:
             zone=self.config.zone,
             seed_time_s=math.inf,
             timeout_s=request.timeout_s,
+            secret=self.secret,
         )
         running.engine_task = asyncio.create_task(self._download(running, options))
         return running

@@ -15,6 +15,7 @@ import uvloop
 from dfget.daemon import Daemon
 from dfget.daemonapi import DaemonApi
 from dfget.daemonconfig import CONFIG_ENV, ENV_PREFIX, DaemonConfig, load_config
+from tracker.auth import load_secret
 
 DEFAULTS = DaemonConfig()
 
@@ -83,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--socket", metavar="PATH", help=f"local API socket (default {DEFAULTS.socket})")
     add("--zone", metavar="LABEL", help="this host's zone (rack, datacenter) for peer selection")
+    add(
+        "--secret-file",
+        dest="secret_file",
+        metavar="FILE",
+        help="the cluster secret (else DRAGONFLY_SECRET); see SECURITY.md",
+    )
     add("--config", type=Path, metavar="FILE", help="TOML file with any option")
     add("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     return parser
@@ -112,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     config_file, verbose = args.pop("config"), args.pop("verbose")
     try:
         config = load_config(args, os.environ, config_file)
-    except ValueError as exc:
+        load_secret(  # refuse a weak or unreadable secret now, not at the first download
+            str(config.secret_file) if config.secret_file else None,
+            os.environ.get("DRAGONFLY_SECRET"),
+        )
+    except (ValueError, OSError) as exc:
         parser.error(str(exc))
     logging.basicConfig(
         level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],

@@ -60,6 +60,8 @@ class DaemonConfig:
     #: The local API that ``dfget`` hands downloads to (owner-only permissions).
     socket: Path = field(default_factory=default_socket)
     zone: str = ""
+    #: File holding the cluster secret (else ``DRAGONFLY_SECRET``); see tracker/auth.py.
+    secret_file: Path | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -86,7 +88,7 @@ def _convert(name: str, raw: Any) -> Any:
         return tuple(tracker_base_url(str(item)) for item in items if str(item).strip())
     if name in ("proxy_port", "peer_port"):
         return int(raw)
-    if name in ("cache_dir", "socket"):
+    if name in ("cache_dir", "socket", "secret_file"):
         return Path(str(raw)).expanduser()
     if name == "cache_size_bytes":
         return raw if isinstance(raw, int) else parse_size(str(raw))

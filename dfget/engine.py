@@ -129,7 +129,9 @@ class _Download:
         self.upload_bucket = _bucket(options.upload_rate_bps, host.upload, clock)
         limiter = AsyncRateLimiter(self.download_bucket) if self.download_bucket else None
         self.origin = Origin(options.url, options.headers, limiter=limiter)
-        self.tracker = HttpTracker(list(options.trackers)) if options.trackers else None
+        self.tracker = (
+            HttpTracker(list(options.trackers), secret=options.secret) if options.trackers else None
+        )
         self.fallback_reason: str | None = None
         self.phase = "starting"
 
@@ -155,6 +157,7 @@ class _Download:
                 listener=self.host.listener,
             )
             peer.task.on_piece = self.on_piece
+            peer.on_refused = lambda reason: self._refused(peer, reason)
             await peer.start()
             if on_progress := self.on_progress:
                 reporter = asyncio.create_task(self._report_loop(peer, on_progress))
@@ -255,6 +258,18 @@ class _Download:
             f"no peer has published this task within {NO_PEERS_S:.0f}s and back-to-source is "
             "disabled"
         )
+
+    def _refused(self, peer: SwarmPeer | None, reason: str) -> None:
+        """The tracker refused our first announce: the swarm is closed to us."""
+        assert peer is not None
+        if not self.options.back_to_source:
+            peer.fail(
+                NoPeers(f"the tracker refused this peer ({reason}); back-to-source is disabled")
+            )
+            return
+        log.warning("the tracker refused this peer (%s): downloading from the origin", reason)
+        self.fallback_reason = f"tracker refused the announce: {reason}"
+        peer.fetch_everything_from_origin(DIRECT_FETCHERS)
 
     async def _lose_tracker(self, reason: str) -> None:
         if not self.options.back_to_source:
@@ -418,7 +433,7 @@ async def seed_file(
     store = await loop.run_in_executor(
         executor, lambda: PieceStore.open_complete(options.output, manifest)
     )
-    tracker = HttpTracker(list(options.trackers))
+    tracker = HttpTracker(list(options.trackers), secret=options.secret)
     origin = Origin(options.url, options.headers)
     info = OriginInfo(options.url, manifest.total_length, validator, ranges)
     peer = SwarmPeer(

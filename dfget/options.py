@@ -42,6 +42,8 @@ class DownloadOptions:
     #: Where this peer accepts other peers' connections (0 = any free port).
     peer_host: str = "0.0.0.0"
     peer_port: int = 0
+    #: The cluster secret (``tracker.auth``): announces and manifest updates are signed with it.
+    secret: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

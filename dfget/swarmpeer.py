@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, Final
 
@@ -33,6 +34,7 @@ from dfget.coordinator import (
     Progress,
     TaskManifestDoc,
     TrackerError,
+    TrackerRefused,
 )
 from dfget.errors import OriginChanged, OriginError
 from dfget.options import DownloadOptions, ProgressReport
@@ -131,6 +133,8 @@ class SwarmPeer:
         self._rate_window: tuple[float, int] = (time.monotonic(), self.done_bytes)
         self._rate_bps = 0.0
         self._closed = False
+        #: Called when the tracker refuses this peer's first announce (the download decides).
+        self.on_refused: Callable[[str], None] | None = None
 
     # -- state ------------------------------------------------------------------------------
 
@@ -268,6 +272,13 @@ class SwarmPeer:
             wait_s = self._interval_s
             try:
                 answer = await self.tracker.announce(self.task_id, self._tracker_progress(), event)
+            except TrackerRefused as exc:
+                if not self._registered and self.on_refused is not None:
+                    # The tracker will not have us (no cluster secret, full): not a swarm member.
+                    self.on_refused(str(exc))
+                    return
+                log.warning("announce refused: %s", exc)
+                wait_s = min(wait_s, TRACKER_RETRY_S)
             except TrackerError as exc:
                 if not failing:
                     log.warning("announce failed (%s); keeping known peers, retrying", exc)
@@ -461,6 +472,10 @@ class SwarmPeer:
             ) from exc
         except TrackerError as exc:
             log.warning("cannot report piece %d to the tracker: %s", index, exc)
+
+    def fail(self, error: Exception) -> None:
+        """End the download with ``error`` (raised by the engine's wait)."""
+        self._fail(error)
 
     def _fail(self, error: Exception) -> None:
         if not self.task.completed.done():

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
 from pathlib import Path
 
 import uvloop
 
+from tracker.auth import load_secret
 from tracker.config import ENV_PREFIX, TrackerConfig, load_config
-from tracker.server import TrackerServer, serve
+from tracker.server import SECRET_ENV, TrackerServer, serve
 
 DEFAULTS = TrackerConfig()
 
@@ -98,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         help="answer /scrape without info_hash with every task (up to max_scrape_hashes)",
     )
+    add(
+        "--secret-file",
+        dest="secret_file",
+        metavar="FILE",
+        help="the cluster secret (else DRAGONFLY_SECRET): announces and manifest updates must "
+        "prove they hold it; see SECURITY.md",
+    )
     add("--config", type=Path, metavar="FILE", help="TOML file with any option above and more")
     add("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     return parser
@@ -112,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     options.pop("command")
     try:
         config = load_config(options, config_file=config_file)
-    except ValueError as exc:
+        load_secret(config.secret_file, os.environ.get(SECRET_ENV))  # refuse a weak one now
+    except (ValueError, OSError) as exc:
         parser.error(str(exc))
     logging.basicConfig(
         level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],

@@ -93,6 +93,9 @@ class AnnounceRequest:
     can_source: bool = False
     #: ``df_origin``: bytes this peer has fetched from the origin so far (of ``downloaded``).
     origin_bytes: int = 0
+    #: ``df_ts`` and ``df_auth``: the cluster-secret proof (``tracker.auth``), when sent.
+    auth_ts: int | None = None
+    auth: bytes | None = None
 
     @property
     def is_ours(self) -> bool:

@@ -294,6 +294,11 @@ def parse_announce(
             raise AnnounceError("'df_zone' must be UTF-8 text") from None
     raw = get(b"df_origin")
     origin = 0 if raw is None else _integer("df_origin", raw)
+    raw = get(b"df_ts")
+    auth_ts = None if raw is None else _integer("df_ts", raw)
+    auth = get(b"df_auth")
+    if auth is not None and len(auth) != 32:
+        raise AnnounceError("'df_auth' must be 32 bytes (HMAC-SHA256)")
 
     return AnnounceRequest(
         info_hash=info_hash,
@@ -314,6 +319,8 @@ def parse_announce(
         zone=zone,
         can_source=get(b"df_source") == b"1",
         origin_bytes=origin,
+        auth_ts=auth_ts,
+        auth=auth,
     )
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from tracker.auth import check_announce, check_api
 from tracker.config import TrackerConfig
 from tracker.manifests import ManifestConflict, ManifestError, parse_manifest_update
 from tracker.model import ID_BYTES, Event
@@ -76,10 +77,17 @@ class Routes:
         config: TrackerConfig,
         swarm: Swarm,
         clock: Callable[[], float] = time.perf_counter,
+        *,
+        secret: bytes | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.swarm = swarm
         self._clock = clock
+        #: The cluster secret (``tracker.auth``); None: nothing is authenticated.
+        self.secret = secret
+        self._wall_clock = wall_clock
+        self.auth_failures = 0
         #: (event label, result) -> announces; result is ``ok`` or ``failure``.
         self.announces: dict[tuple[str, str], int] = {}
         self.scrapes: dict[str, int] = {"ok": 0, "failure": 0}
@@ -90,7 +98,14 @@ class Routes:
 
     # --- dispatch -----------------------------------------------------------------------------
 
-    def handle(self, method: bytes, target: bytes, body: bytes, remote_ip: str) -> Response:
+    def handle(
+        self,
+        method: bytes,
+        target: bytes,
+        body: bytes,
+        remote_ip: str,
+        auth_header: str | None = None,
+    ) -> Response:
         """Answer one request; never raises for anything a client can send."""
         self.requests_total += 1
         path, _, query = target.partition(b"?")
@@ -103,6 +118,19 @@ class Routes:
                 return _method_not_allowed()
             return self._scrape(query)
         if path.startswith(b"/tasks/"):
+            if self.secret is not None and method in (b"PUT", b"POST"):
+                reason = check_api(
+                    self.secret,
+                    method.decode(),
+                    path.decode(errors="replace"),
+                    auth_header,
+                    body,
+                    self._wall_clock(),
+                )
+                if reason is not None:
+                    self.auth_failures += 1
+                    log.warning("refused %s %s from %s: %s", method, path[:60], remote_ip, reason)
+                    return _json_error(403, reason)
             return self._tasks(method, path[len(b"/tasks/") :], body)
         if path == b"/stats":
             if method not in (b"GET", b"HEAD"):
@@ -127,6 +155,19 @@ class Routes:
                 numwant_max=config.numwant_max,
             )
             label = _EVENT_LABELS[request.event]
+            if self.secret is not None:
+                reason = check_announce(
+                    self.secret,
+                    request.info_hash,
+                    request.peer_id,
+                    request.port,
+                    request.auth_ts,
+                    request.auth,
+                    self._wall_clock(),
+                )
+                if reason is not None:
+                    self.auth_failures += 1
+                    raise AnnounceError(reason)
             result = self.swarm.announce(request)
         except (AnnounceError, SwarmFull) as exc:
             log.debug("announce from %s refused: %s", remote_ip, exc)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Final, cast
 
 import httptools
 
+from tracker.auth import load_secret
 from tracker.config import TrackerConfig
 from tracker.metrics import make_registry, render
 from tracker.routes import Response, Routes
@@ -39,6 +41,8 @@ _REASONS: Final = {
     431: b"Request Header Fields Too Large",
     503: b"Service Unavailable",
 }
+#: The cluster secret itself, when not in a file (``--secret-file``).
+SECRET_ENV: Final = "DRAGONFLY_SECRET"
 METRICS_CONTENT_TYPE: Final = b"text/plain; version=0.0.4; charset=utf-8"
 #: How often deadlines are checked; a timeout fires up to this much late.
 SWEEP_S: Final = 1.0
@@ -56,7 +60,8 @@ class TrackerServer:
     def __init__(self, config: TrackerConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.swarm = Swarm(config, clock)
-        self.routes = Routes(config, self.swarm)
+        secret = load_secret(config.secret_file, os.environ.get(SECRET_ENV))
+        self.routes = Routes(config, self.swarm, secret=secret)
         self.registry = make_registry(self.routes)
         self.connections: set[HttpConnection] = set()
         self._server: asyncio.Server | None = None
@@ -118,6 +123,7 @@ class HttpConnection(asyncio.Protocol):
         self._loop = asyncio.get_event_loop()
         self._remote_ip = ""
         self._url = b""
+        self._auth_header: str | None = None
         self._body: list[bytes] = []
         self._head_bytes = 0
         self._body_bytes = 0
@@ -177,6 +183,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._url = b""
+        self._auth_header = None
         self._body = []
         self._head_bytes = 0
         self._body_bytes = 0
@@ -192,6 +199,8 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self._config.max_head_bytes:
             raise _RequestTooLarge(431)
+        if len(name) == 9 and name.lower() == b"x-df-auth":
+            self._auth_header = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -209,7 +218,9 @@ class HttpConnection(asyncio.Protocol):
         if path == b"/metrics" and method in (b"GET", b"HEAD"):
             response = self._server.metrics_response()
         else:
-            response = self._routes.handle(method, self._url, b"".join(self._body), self._remote_ip)
+            response = self._routes.handle(
+                method, self._url, b"".join(self._body), self._remote_ip, self._auth_header
+            )
         http10_keep_alive = keep_alive and self._parser.get_http_version() == "1.0"
         body = b"" if method == b"HEAD" else response.body
         transport.write(

@@ -1,0 +1,124 @@
+"""With a cluster secret, only peers that hold it join the swarm or change a manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from dfget.identity import task_id_for
+from tests.helpers.origin_server import origin_process
+from tests.integration.peers import random_file
+from tests.integration.test_dfget import finish, sha256
+from tests.integration.trackers import Tracker, tracker_process
+
+pytestmark = pytest.mark.integration
+
+MIB = 1 << 20
+SECRET = "a-cluster-secret-of-some-length"
+
+
+def dfget_with(secret: str | None, url: str, output: Path, *args: str) -> subprocess.Popen[str]:
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DFGET_", "DRAGONFLY_"))
+    }
+    environment.update(XDG_CONFIG_HOME=str(output.parent), DFGET_DAEMON_SOCKET="")
+    if secret is not None:
+        environment["DRAGONFLY_SECRET"] = secret
+    return subprocess.Popen(
+        [sys.executable, "-m", "dfget.cli", url, "-O", str(output), "--quiet", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+
+
+def peers_of(tracker: Tracker, task: str) -> list[str]:
+    tasks = tracker.stats(task=task)["tasks"]
+    return [peer["id"] for peer in tasks[0]["peer_list"]] if tasks else []
+
+
+def test_only_peers_with_the_secret_join_and_nobody_else_writes_manifests(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "origin"
+    root.mkdir()
+    source = random_file(root / "file.bin", 4 * MIB)
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET)
+    with (
+        origin_process(root) as origin,
+        tracker_process("--interval", "1s", "--secret-file", str(secret_file)) as tracker,
+    ):
+        url = f"{origin.base_url}/files/file.bin"
+        task = task_id_for(url).hex()
+        member = dfget_with(
+            SECRET,
+            url,
+            tmp_path / "member.bin",
+            "--tracker",
+            tracker.base_url,
+            "--seed-time",
+            "30s",
+        )
+        try:
+            # The member joins and publishes the manifest.
+            for _ in range(100):
+                if peers_of(tracker, task):
+                    break
+                time.sleep(0.1)
+            assert len(peers_of(tracker, task)) == 1
+            # An outsider is refused by the tracker: it never joins the swarm (so it learns no
+            # peers) and falls back to the origin, which it may use like any HTTP client.
+            code, err = finish(
+                dfget_with(
+                    None,
+                    url,
+                    tmp_path / "outsider.bin",
+                    "--tracker",
+                    tracker.base_url,
+                    "--seed-time",
+                    "0s",
+                    "-v",
+                ),
+                60,
+            )
+            assert code == 0, err
+            assert "refused" in err
+            assert sha256(tmp_path / "outsider.bin") == sha256(source)
+            assert len(peers_of(tracker, task)) == 1
+            # ... and cannot poison the manifest.
+            before = json.loads(tracker.get(f"/tasks/{task}"))
+            body = json.dumps({"piece_sha256": {"0": "00" * 32}}).encode()
+            put = urllib.request.Request(f"{tracker.base_url}/tasks/{task}", body, method="PUT")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(put, timeout=10)
+            assert refused.value.code == 403
+            refused.value.close()
+            assert json.loads(tracker.get(f"/tasks/{task}")) == before
+            # A second member with the secret joins and completes through the swarm.
+            code, err = finish(
+                dfget_with(
+                    SECRET,
+                    url,
+                    tmp_path / "second.bin",
+                    "--tracker",
+                    tracker.base_url,
+                    "--seed-time",
+                    "0s",
+                ),
+                60,
+            )
+            assert code == 0, err
+            assert sha256(tmp_path / "second.bin") == sha256(source)
+        finally:
+            member.terminate()
+            member.communicate(timeout=30)
