@@ -88,6 +88,7 @@ class BlobStream:
         self._daemon, self._entry, self._running = daemon, entry, running
         self.start, self.end = start, end
         self.size_bytes = entry.size_bytes
+        self._closed = False
 
     @property
     def length(self) -> int:
@@ -100,28 +101,28 @@ class BlobStream:
         self.close()
 
     def close(self) -> None:
-        if self._entry is not None:
+        """Release the entry for GC; idempotent."""
+        if not self._closed:
+            self._closed = True
             self._daemon.release(self._entry)
 
     async def chunks(self, chunk_bytes: int = 1 << 20) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
+        offset = self.start
         running = self._running
-        if running is None or self._entry.complete:
-            with open(self._entry.data_path, "rb") as stream:
-                stream.seek(self.start)
-                left = self.length
-                while left > 0:
-                    data = await loop.run_in_executor(None, stream.read, min(chunk_bytes, left))
-                    if not data:
-                        raise OSError(
-                            f"cache file {self._entry.data_path} is shorter than expected"
-                        )
-                    left -= len(data)
-                    yield data
-            return
+        if running is not None and not self._entry.complete:
+            async for data in self._from_download(running, offset):
+                offset += len(data)
+                yield data
+        # The rest from the finished file (all of it for a cache hit; after a download that
+        # finished while we streamed it, from where the download's store left off).
+        async for data in self._from_file(offset, chunk_bytes):
+            yield data
+
+    async def _from_download(self, running: _Running, offset: int) -> AsyncIterator[bytes]:
+        """Pieces in order as they are verified, until the end or the entry is complete."""
+        loop = asyncio.get_running_loop()
         store = await running.store
         layout = store.manifest.layout
-        offset = self.start
         while offset < self.end:
             index = offset // layout.piece_length
             while not store.has_piece(index):
@@ -132,12 +133,32 @@ class BlobStream:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), 1.0)
-            piece_start = layout.piece_offset(index)
-            begin = offset - piece_start
+            if self._entry.complete:
+                return  # the file is finalized: read it there (the store may be closed)
+            begin = offset - layout.piece_offset(index)
             length = min(layout.piece_size(index) - begin, self.end - offset)
-            data = await loop.run_in_executor(None, store.read_block, index, begin, length)
+            try:
+                data = await loop.run_in_executor(None, store.read_block, index, begin, length)
+            except ValueError:
+                if self._entry.complete:
+                    return  # closed after finalizing: the file has it
+                raise
             offset += length
             yield data
+
+    async def _from_file(self, offset: int, chunk_bytes: int) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        left = self.end - offset
+        if left <= 0:
+            return
+        with open(self._entry.data_path, "rb") as stream:
+            stream.seek(offset)
+            while left > 0:
+                data = await loop.run_in_executor(None, stream.read, min(chunk_bytes, left))
+                if not data:
+                    raise OSError(f"cache file {self._entry.data_path} is shorter than expected")
+                left -= len(data)
+                yield data
 
 
 @dataclass

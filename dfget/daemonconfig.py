@@ -122,6 +122,8 @@ def load_config(
             raise ValueError(f"config file {path}: {exc}") from exc
         table = document.get("dfdaemon", document)
         for key, raw in table.items():
+            if key == "proxy" and isinstance(raw, dict):
+                continue  # the [proxy] table belongs to proxy/config.py
             if key not in FIELDS:
                 raise ValueError(f"config file {path}: unknown option {key!r}")
             values[key] = _checked(key, raw, f"{path}: {key}")

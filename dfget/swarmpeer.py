@@ -54,6 +54,10 @@ REDIAL_S: Final = 30.0
 MAX_DIALS: Final = 16
 #: How often learned digests are saved beside the partial file.
 SAVE_DIGESTS_S: Final = 2.0
+#: Most bytes fetched from the origin in one Range request (a run of consecutive pieces).
+RUN_BYTES: Final = 4 * 1024 * 1024
+#: Under a rate limit, a run is at most this many seconds' worth of the rate.
+RUN_SECONDS_AT_RATE: Final = 0.25
 #: Announce retry delay while the tracker is unreachable.
 TRACKER_RETRY_S: Final = 2.0
 #: ``stopped`` must not hold up an exit for long.
@@ -114,6 +118,7 @@ class SwarmPeer:
             upload_bucket=upload_bucket,
         )
         self.task.on_ban = self._on_ban
+        self._download_rate_bps = download_bucket.rate_bps if download_bucket else None
         self.shared = listener
         self.listener = PeerListener(single_task_router(self.task)) if listener is None else None
         self.port = 0
@@ -414,9 +419,7 @@ class SwarmPeer:
                     await self._origin_wake.wait()
                     continue
                 if self.origin_info.accepts_ranges:
-                    index = min(self._origin_queue)
-                    self._origin_queue.discard(index)
-                    await self._fetch_piece(index)
+                    await self._fetch_run(self._take_run())
                 else:
                     await self._stream_whole_file()
         except OriginError as exc:
@@ -424,21 +427,49 @@ class SwarmPeer:
         except OSError as exc:  # the local disk
             self._fail(exc)
 
-    async def _fetch_piece(self, index: int) -> None:
-        if self.store.has_piece(index):
+    def _take_run(self) -> list[int]:
+        """The lowest queued piece and the queued pieces right after it, up to ``RUN_BYTES``:
+        one Range request for the lot (the tracker assigns contiguous runs)."""
+        index = min(self._origin_queue)
+        run = [index]
+        size = self._layout.piece_size(index)
+        limit = RUN_BYTES
+        rate_bps = self._download_rate_bps
+        if rate_bps is not None:  # slow: smaller runs, so pieces are stored (and resumable) soon
+            limit = max(1, min(RUN_BYTES, int(rate_bps * RUN_SECONDS_AT_RATE)))
+        while (
+            index + len(run) in self._origin_queue
+            and size + self._layout.piece_size(index + len(run)) <= limit
+        ):
+            size += self._layout.piece_size(index + len(run))
+            run.append(index + len(run))
+        self._origin_queue.difference_update(run)
+        return run
+
+    async def _fetch_run(self, run: list[int]) -> None:
+        wanted = [index for index in run if not self.store.has_piece(index)]
+        if not wanted:
             return
-        start = self._layout.piece_offset(index)
-        end = start + self._layout.piece_size(index)
+        first, last = wanted[0], wanted[-1]
+        start = self._layout.piece_offset(first)
+        end = self._layout.piece_offset(last) + self._layout.piece_size(last)
         try:
             data = await self.origin.fetch_range(start, end, self.origin_info)
         except OriginError as exc:
             if exc.retryable and not self.fetching_everything:
                 # The swarm or the tracker's next assignment may do better than this origin now.
-                log.warning("origin failed for piece %d (%s): leaving it to the swarm", index, exc)
-                self.task.release_from_origin([index])
+                log.warning("origin failed for pieces %d-%d (%s): leaving them", first, last, exc)
+                self.task.release_from_origin(wanted)
                 return
             raise
-        await self._store_origin_piece(index, data)
+        view = memoryview(data)
+        for index in range(first, last + 1):
+            offset = self._layout.piece_offset(index) - start
+            piece = view[offset : offset + self._layout.piece_size(index)]
+            if index in wanted and not self.store.has_piece(index):
+                await self._store_origin_piece(index, bytes(piece))
+            else:
+                self.task.release_from_origin([index])
 
     async def _stream_whole_file(self) -> None:
         """No Range support: read the whole body once, publishing each piece as it completes."""
