@@ -134,6 +134,8 @@ class Coordinator(Protocol):
 
     async def report_piece(self, task: TaskId, piece_index: int, sha256: bytes) -> None: ...
 
+    async def report_pieces(self, task: TaskId, digests: dict[int, bytes]) -> None: ...
+
     async def report_error(
         self, task: TaskId, reporter: PeerId, peer: PeerAddress, reason: str
     ) -> None: ...
@@ -333,7 +335,18 @@ class HttpTracker:
         return await self._put(task, manifest.to_json())
 
     async def report_piece(self, task: TaskId, piece_index: int, sha256: bytes) -> None:
-        await self._put(task, {"piece_sha256": {str(piece_index): sha256.hex()}})
+        await self.report_pieces(task, {piece_index: sha256})
+
+    async def report_pieces(self, task: TaskId, digests: dict[int, bytes]) -> None:
+        """Several pieces' digests in one request; the answer (the whole manifest) is not
+        parsed, only its status: this runs for every batch of origin pieces."""
+        document = {"piece_sha256": {str(i): d.hex() for i, d in digests.items()}}
+        payload = json.dumps(document, separators=(",", ":")).encode()
+        status, body = await self._request("PUT", f"/tasks/{task.hex()}", payload)
+        if status == 409:
+            raise ManifestConflict(_error_text(body))
+        if status != 200:
+            raise TrackerRefused(f"tracker answered HTTP {status}: {_error_text(body)}")
 
     async def _put(self, task: TaskId, document: dict[str, Any]) -> TaskManifestDoc:
         payload = json.dumps(document, separators=(",", ":")).encode()

@@ -303,6 +303,17 @@ class Origin:
 
     async def _read_exactly(self, response: aiohttp.ClientResponse, size_bytes: int) -> bytes:
         """``size_bytes`` of body, read under the limiter; ``_Transient`` if it ends early."""
+        if self._limiter is None:  # one call: aiohttp gathers the chunks itself
+            try:
+                data = await response.content.readexactly(size_bytes)
+            except asyncio.IncompleteReadError as exc:
+                self.bytes_fetched += len(exc.partial)
+                raise _Transient(
+                    f"origin body ended after {len(exc.partial)} of {size_bytes} bytes",
+                    response.status,
+                ) from None
+            self.bytes_fetched += len(data)
+            return data
         buffer = bytearray()
         while len(buffer) < size_bytes:
             step = min(READ_CHUNK_BYTES, size_bytes - len(buffer))

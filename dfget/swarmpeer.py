@@ -58,6 +58,8 @@ SAVE_DIGESTS_S: Final = 2.0
 RUN_BYTES: Final = 4 * 1024 * 1024
 #: Under a rate limit, a run is at most this many seconds' worth of the rate.
 RUN_SECONDS_AT_RATE: Final = 0.25
+#: Origin pieces' digests are reported to the tracker in batches, at most this often.
+REPORT_EVERY_S: Final = 0.1
 #: Announce retry delay while the tracker is unreachable.
 TRACKER_RETRY_S: Final = 2.0
 #: ``stopped`` must not hold up an exit for long.
@@ -119,6 +121,9 @@ class SwarmPeer:
         )
         self.task.on_ban = self._on_ban
         self._download_rate_bps = download_bucket.rate_bps if download_bucket else None
+        self._assigned_size = 0
+        self._unreported: dict[int, bytes] = {}
+        self._reporter: asyncio.Task[None] | None = None
         self.shared = listener
         self.listener = PeerListener(single_task_router(self.task)) if listener is None else None
         self.port = 0
@@ -218,6 +223,7 @@ class SwarmPeer:
     async def announce_completed(self) -> None:
         if self.tracker is None:
             return
+        await self.flush_reports()
         with contextlib.suppress(TrackerError):
             await self.tracker.announce(self.task_id, self._tracker_progress(), "completed")
 
@@ -227,9 +233,13 @@ class SwarmPeer:
             return
         self._closed = True
         workers = [*self._background, *self._origin_workers]
+        if self._reporter is not None:
+            workers.append(self._reporter)
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush_reports(), STOPPED_TIMEOUT_S)
         if self.tracker is not None and self._registered:
             with contextlib.suppress(TrackerError, TimeoutError):
                 await asyncio.wait_for(
@@ -313,7 +323,16 @@ class SwarmPeer:
             known = sum(d is not None for d in self.store.digests)
             if answer.pieces_known > known:
                 await self._learn_manifest()
+        if not self.fetching_everything:
+            # The answer names our whole current assignment: pieces the tracker gave to someone
+            # else meanwhile (a newcomer took half of ours) leave our queue.
+            assigned = set(answer.assignment)
+            dropped = [index for index in self._origin_queue if index not in assigned]
+            if dropped:
+                self._origin_queue.difference_update(dropped)
+                self.task.release_from_origin(dropped)
         if answer.assignment:
+            self._assigned_size = len(answer.assignment)
             # A long assignment gets a few requests in flight: one Range request per piece
             # would otherwise pay a round trip each.
             workers = min(4, 1 + len(answer.assignment) // 32)
@@ -419,7 +438,10 @@ class SwarmPeer:
                     await self._origin_wake.wait()
                     continue
                 if self.origin_info.accepts_ranges:
-                    await self._fetch_run(self._take_run())
+                    run = self._take_run()
+                    if len(self._origin_queue) <= self._assigned_size // 2:
+                        self._announce_now.set()  # ask for more before this runs dry
+                    await self._fetch_run(run)
                 else:
                     await self._stream_whole_file()
         except OriginError as exc:
@@ -495,14 +517,28 @@ class SwarmPeer:
             raise OriginChanged(f"the origin's content changed under the task: {exc}") from exc
         if self.tracker is None:
             return
+        # Reported in batches: one PUT per REPORT_EVERY_S for every piece fetched meanwhile.
+        self._unreported[index] = digest
+        if self._reporter is None or self._reporter.done():
+            self._reporter = asyncio.create_task(self._report_soon())
+
+    async def _report_soon(self) -> None:
+        await asyncio.sleep(REPORT_EVERY_S)
+        await self.flush_reports()
+
+    async def flush_reports(self) -> None:
+        """Send the digests of origin pieces not reported yet (one request)."""
+        if self.tracker is None or not self._unreported:
+            return
+        batch, self._unreported = self._unreported, {}
         try:
-            await self.tracker.report_piece(self.task_id, index, digest)
+            await self.tracker.report_pieces(self.task_id, batch)
         except ManifestConflict as exc:
-            raise OriginChanged(
-                f"piece {index} from the origin differs from what other peers fetched: {exc}"
-            ) from exc
+            self._fail(
+                OriginChanged(f"pieces from the origin differ from what other peers fetched: {exc}")
+            )
         except TrackerError as exc:
-            log.warning("cannot report piece %d to the tracker: %s", index, exc)
+            log.warning("cannot report %d pieces to the tracker: %s", len(batch), exc)
 
     def fail(self, error: Exception) -> None:
         """End the download with ``error`` (raised by the engine's wait)."""

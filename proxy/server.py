@@ -237,6 +237,7 @@ class ProxyServer:
         hasher = hashlib.sha256() if digest is not None and status == 200 else None
         offset, end = stream.start + len(first), stream.end
         held, reopens = first, 0
+        loop = asyncio.get_running_loop()
         current: BlobStream | None = stream
         try:
             chunked = await conn.start(request, status, headers, content_length=stream.length)
@@ -258,12 +259,12 @@ class ProxyServer:
                     chunks = current.chunks()
                     continue
                 offset += len(chunk)
-                if hasher is not None:
-                    hasher.update(held)
+                if hasher is not None:  # in a thread: hashlib releases the GIL, the loop runs on
+                    await loop.run_in_executor(None, hasher.update, held)
                 await conn.write_body(held, chunked)
                 held = chunk
             if hasher is not None:
-                hasher.update(held)
+                await loop.run_in_executor(None, hasher.update, held)
                 if hasher.digest() != digest:
                     raise ValueError("the blob's bytes do not match its digest")
             await conn.write_body(held, chunked)

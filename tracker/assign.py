@@ -157,14 +157,17 @@ class SourcePlanner:
         rate_bps: float | None,
         piece_length: int,
         interval_s: float,
+        contenders: int | None = None,
     ) -> tuple[int, ...]:
         """This peer's assignment (ascending piece indices), topped up to its target size.
 
         ``available`` is the union of the bitfields of live peers. Sizing: enough pieces to
         keep the peer busy for one announce interval at ``rate_bps``, clamped to
         1..``max_pieces``; ``DEFAULT_PIECES`` when the rate is unknown; with ``fair_share``, at
-        least its share of the unassigned pieces over the fetcher slots left (still capped by
-        ``max_pieces``). A peer with no assignment gets one only while fewer than ``budget``
+        least its share of the unassigned pieces over the fetcher slots left: the peers that want
+        the file (``contenders``, when known) up to ``budget``, minus those already fetching
+        (still capped by ``max_pieces``). A lone peer gets the whole file in one round.
+        A peer with no assignment gets one only while fewer than ``budget``
         peers hold one.
         """
         if piece_length < 1:
@@ -176,7 +179,9 @@ class SourcePlanner:
         target = self._target(rate_bps, piece_length, interval_s)
         if self.fair_share:
             unassigned = (self._full & ~(available | self._assigned)).bit_count()
-            slots = max(1, self.budget - len(self._by_peer) + (held is not None))
+            others = len(self._by_peer) - (held is not None)
+            wanting = self.budget if contenders is None else min(self.budget, contenders)
+            slots = max(1, wanting - others)
             target = max(target, min(self.max_pieces, -(-unassigned // slots)))
         have = 0 if held is None else len(held.pieces)
         if have >= target:

@@ -621,13 +621,16 @@ def test_origin_without_ranges_gets_one_fetcher_streaming_every_piece() -> None:
     assert second.assignment == ()
 
 
-def test_fetchers_split_the_unassigned_pieces_over_the_origin_budget() -> None:
+def test_fetchers_split_the_unassigned_pieces_over_the_peers_that_want_them() -> None:
     swarm, _ = make(origin_budget=4)
     swarm.put_manifest(TASK, manifest())
+    # Two incomplete peers known: the first fetcher takes half of what is unassigned.
+    swarm.announce(req(2, left_bytes=TOTAL, have=have(), can_source=False))
     first = swarm.announce(req(1, left_bytes=TOTAL, have=have(), can_source=True)).assignment
-    assert first == tuple(range(PIECES // 4))  # 20 pieces over 4 slots
-    second = swarm.announce(req(2, left_bytes=TOTAL, have=have(), can_source=True)).assignment
-    assert second == tuple(range(5, 5 + 5))  # 15 left over 3 slots
+    assert first == tuple(range(PIECES // 2))
+    # Three incomplete peers now, one of them a fetcher: the rest is split over two.
+    second = swarm.announce(req(3, left_bytes=TOTAL, have=have(), can_source=True)).assignment
+    assert second == tuple(range(PIECES // 2, PIECES // 2 + PIECES // 4))
 
 
 def test_a_lone_fetcher_is_given_the_whole_file_in_one_round() -> None:
