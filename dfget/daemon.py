@@ -171,6 +171,8 @@ class DaemonCounters:
     gc_runs: int = 0
     gc_evicted: int = 0
     exports: int = 0
+    #: Uploads of tasks no longer running (evicted or stopped); running ones are added live.
+    retired_upload_bytes: int = 0
 
 
 class Daemon:
@@ -223,6 +225,14 @@ class Daemon:
         await asyncio.gather(*tasks, return_exceptions=True)
         assert self.host.listener is not None
         await self.host.listener.close()
+
+    @property
+    def uploaded_bytes(self) -> int:
+        """Bytes this host has uploaded to other peers, every task together."""
+        live = sum(
+            r.progress.uploaded_bytes for r in self._running.values() if r.progress is not None
+        )
+        return self.counters.retired_upload_bytes + live
 
     @property
     def cache_bytes(self) -> int:
@@ -391,6 +401,8 @@ class Daemon:
             # A failed download leaves its partial data for a retry; GC removes it when idle.
         finally:
             self._running.pop(entry.task_id, None)
+            if running.progress is not None:
+                self.counters.retired_upload_bytes += running.progress.uploaded_bytes
 
     def _seed(self, entry: CacheEntry) -> None:
         assert entry.manifest is not None

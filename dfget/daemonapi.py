@@ -65,6 +65,11 @@ class DaemonCollector(Collector):
             "Requests served from a finished cache entry.",
             counters.cache_hits,
         )
+        yield CounterMetricFamily(
+            PREFIX + "upload_bytes",
+            "Bytes uploaded to other peers by downloads and seeding since the daemon started.",
+            self._daemon.uploaded_bytes,
+        )
         yield GaugeMetricFamily(
             PREFIX + "cache_bytes", "Bytes held in the cache.", self._daemon.cache_bytes
         )

@@ -135,6 +135,7 @@ def test_dfget_hands_off_and_the_cache_serves_the_second_download(
         metrics = daemon.api("/metrics")
         assert 'dragonfly_dfdaemon_downloads_total{result="ok"} 1.0' in metrics
         assert "dragonfly_dfdaemon_cache_hits_total 1.0" in metrics
+        assert "dragonfly_dfdaemon_upload_bytes_total" in metrics
         # The seeding peer of the host is in the swarm.
         stats = tracker.stats()
         assert stats["totals"]["seeds"] == 1
@@ -157,6 +158,17 @@ def test_second_daemon_gets_the_file_from_the_first_not_the_origin(
         assert code == 0, err
         assert sha256(tmp_path / "b.bin") == sha256(source)
         assert server.stats()["bytes_sent"] == served, "the second host went to the origin"
+
+        # The first host's daemon counts what it uploaded to the second.
+        def uploaded() -> float:
+            metrics = first.api("/metrics").splitlines()
+            line = next(x for x in metrics if x.startswith("dragonfly_dfdaemon_upload_bytes_total"))
+            return float(line.split()[-1])
+
+        deadline = time.monotonic() + 5  # progress reaches the counters a moment later
+        while time.monotonic() < deadline and uploaded() < source.stat().st_size:
+            time.sleep(0.2)
+        assert uploaded() >= source.stat().st_size
 
 
 def test_garbage_collection_evicts_the_least_recently_used_over_the_quota(
