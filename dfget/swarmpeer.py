@@ -118,6 +118,7 @@ class SwarmPeer:
             executor=executor,
             download_bucket=download_bucket,
             upload_bucket=upload_bucket,
+            secret=options.secret,
         )
         self.task.on_ban = self._on_ban
         self._download_rate_bps = download_bucket.rate_bps if download_bucket else None

@@ -17,9 +17,13 @@ from typing import Final
 from peerwire.errors import LocalProtocolError, ProtocolError
 from peerwire.ids import PeerId, TaskId
 from peerwire.messages import (
+    AUTH_NONCE_BYTES,
+    AUTH_PROOF_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
     HANDSHAKE_LENGTH,
     HANDSHAKE_PREFIX,
+    AuthChallenge,
+    AuthProof,
     Bitfield,
     Cancel,
     Choke,
@@ -59,6 +63,8 @@ _FIXED_LENGTHS: dict[int, int] = {
     MessageId.HAVE_ALL: 1,
     MessageId.HAVE_NONE: 1,
     MessageId.REJECT_REQUEST: 13,
+    MessageId.AUTH_CHALLENGE: 1 + AUTH_NONCE_BYTES,
+    MessageId.AUTH_PROOF: 1 + AUTH_PROOF_BYTES,
 }
 _SIMPLE: dict[int, Message] = {
     MessageId.CHOKE: Choke(),
@@ -281,6 +287,10 @@ class Decoder:
             return Have(_U32.unpack_from(buf, offset)[0])
         if message_id == MessageId.BITFIELD:
             return Bitfield(bytes(buf[offset : offset + size]))
+        if message_id == MessageId.AUTH_CHALLENGE:
+            return AuthChallenge(bytes(buf[offset : offset + size]))
+        if message_id == MessageId.AUTH_PROOF:
+            return AuthProof(bytes(buf[offset : offset + size]))
         index, begin, length = struct.unpack_from(">III", buf, offset)
         if message_id == MessageId.REQUEST:
             return Request(index, begin, length)

@@ -30,6 +30,11 @@ FAST_EXTENSION_BIT: Final = (7, 0x04)
 EXTENSION_PROTOCOL_BIT: Final = (5, 0x10)
 # Ours: this peer accepts requests for blocks larger than 16 KiB (up to MAX_BLOCK_BYTES).
 LARGE_BLOCKS_BIT: Final = (2, 0x08)
+#: Ours: peers prove they hold the cluster secret (``AuthChallenge``/``AuthProof``) before
+#: anything else passes between them.
+AUTH_BIT: Final = (2, 0x04)
+AUTH_NONCE_BYTES: Final = 16
+AUTH_PROOF_BYTES: Final = 32
 
 #: Largest message a peer may announce: a piece message of the largest block we ever request.
 DEFAULT_MAX_MESSAGE_BYTES: Final = MAX_BLOCK_BYTES + 9
@@ -49,6 +54,9 @@ class MessageId(IntEnum):
     HAVE_ALL = 0x0E
     HAVE_NONE = 0x0F
     REJECT_REQUEST = 0x10
+    # Ours, only between peers that both set AUTH_BIT (ids outside BEP 3/6/10).
+    AUTH_CHALLENGE = 0x1E
+    AUTH_PROOF = 0x1F
 
 
 def reserved_with(*bits: tuple[int, int]) -> bytes:
@@ -151,6 +159,21 @@ class RejectRequest:
     length: int
 
 
+@dataclass(frozen=True, slots=True)
+class AuthChallenge:
+    """A random nonce the other side must answer with an ``AuthProof``."""
+
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuthProof:
+    """HMAC-SHA256 under the cluster secret over the task, the challenger's nonce and the
+    prover's peer id (``peerwire.task.auth_proof``)."""
+
+    mac: bytes
+
+
 Message = (
     KeepAlive
     | Choke
@@ -165,6 +188,8 @@ Message = (
     | HaveAll
     | HaveNone
     | RejectRequest
+    | AuthChallenge
+    | AuthProof
 )
 Event = Handshake | Message
 
@@ -238,4 +263,12 @@ def encode(message: Message) -> bytes:
         )
     if isinstance(message, KeepAlive):
         return _KEEP_ALIVE_BYTES
+    if isinstance(message, AuthChallenge):
+        if len(message.nonce) != AUTH_NONCE_BYTES:
+            raise LocalProtocolError(f"auth nonce must be {AUTH_NONCE_BYTES} bytes")
+        return _HEADER.pack(1 + AUTH_NONCE_BYTES, MessageId.AUTH_CHALLENGE) + message.nonce
+    if isinstance(message, AuthProof):
+        if len(message.mac) != AUTH_PROOF_BYTES:
+            raise LocalProtocolError(f"auth proof must be {AUTH_PROOF_BYTES} bytes")
+        return _HEADER.pack(1 + AUTH_PROOF_BYTES, MessageId.AUTH_PROOF) + message.mac
     raise LocalProtocolError(f"cannot encode {message!r}")

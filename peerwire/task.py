@@ -13,7 +13,10 @@ verification gets a strike, and ``ban_after_bad_pieces`` strikes ban it from the
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import os
 import random
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +33,14 @@ from peerwire.session import PeerSession
 from peerwire.storage import PieceStore
 
 log = logging.getLogger(__name__)
+
+
+def auth_proof(secret: bytes, task_id: TaskId, nonce: bytes, prover: PeerId) -> bytes:
+    """What a peer sends to prove it holds the cluster secret: bound to the task, to the
+    challenger's fresh nonce (no replay) and to the prover's own id (no reflection)."""
+    message = b"peerwire-auth-v1\0" + task_id.raw + nonce + prover.raw
+    return hmac.new(secret, message, hashlib.sha256).digest()
+
 
 #: Free piece buffers kept for reuse (allocating and zeroing megabytes per piece costs time).
 _BUFFER_POOL_SIZE = 8
@@ -134,6 +145,7 @@ class PeerTask:
         download_bucket: TokenBucket | None = None,
         upload_bucket: TokenBucket | None = None,
         rng: random.Random | None = None,
+        secret: bytes | None = None,
     ) -> None:
         self.config = config or WireConfig()
         self.store = store
@@ -141,7 +153,14 @@ class PeerTask:
         self.layout = self.manifest.layout
         self.task_id: TaskId = self.manifest.task_id
         self.peer_id = peer_id
-        self.reserved = m.reserved_with(m.FAST_EXTENSION_BIT, m.LARGE_BLOCKS_BIT)
+        #: The cluster secret: when set, a peer must prove it holds it (``AuthProof``) before
+        #: anything else passes; peers without our AUTH bit are refused.
+        self._secret = secret
+        self._unauthenticated: dict[PeerConnection, tuple[bytes, float]] = {}
+        bits = [m.FAST_EXTENSION_BIT, m.LARGE_BLOCKS_BIT]
+        if secret is not None:
+            bits.append(m.AUTH_BIT)
+        self.reserved = m.reserved_with(*bits)
         self.stats = TaskStats()
         self._executor = executor
         self._loop = asyncio.get_running_loop()
@@ -207,7 +226,7 @@ class PeerTask:
             tasks.append(self._tick_task)
         for task in tasks:
             task.cancel()
-        for conn in list(self._pending):
+        for conn in [*self._pending, *self._unauthenticated]:
             conn.close("task closing")
         for peer in list(self._peers.values()):
             peer.conn.close("task closing")
@@ -310,6 +329,18 @@ class PeerTask:
         if len(self._peers) >= self.config.max_peers:
             return False
         self._pending.discard(conn)
+        if self._secret is not None:
+            if not conn.supports(m.AUTH_BIT):
+                log.info("refusing %s: it does not authenticate (cluster secret)", conn.address)
+                return False
+            nonce = os.urandom(m.AUTH_NONCE_BYTES)
+            self._unauthenticated[conn] = (nonce, self._loop.time())
+            conn.send((m.AuthChallenge(nonce),))
+            return True  # admitted once its AuthProof checks out
+        self._admit(conn, key)
+        return True
+
+    def _admit(self, conn: PeerConnection, key: PeerId) -> None:
         session = PeerSession(self.layout, fast=conn.supports(m.FAST_EXTENSION_BIT))
         peer = _Peer(conn, session, conn.supports(m.LARGE_BLOCKS_BIT))
         self._peers[key] = peer
@@ -317,7 +348,34 @@ class PeerTask:
         conn.send(session.availability_messages(self.store.have))
         peer.upload_task = self._loop.create_task(self._upload_loop(peer))
         log.debug("peer %s attached (%s)", key, conn.address)
-        return True
+
+    def _authenticate(self, conn: PeerConnection, message: m.Message) -> None:
+        """A message from a peer that has not proved the secret yet: only the exchange passes.
+
+        Each side sends an ``AuthChallenge`` right after the handshake and answers the other's
+        with an ``AuthProof``; a side admits the other (and only then sends its bitfield) when
+        the proof checks out. TCP keeps each side's challenge ahead of its proof, so every
+        proof arrives before the first message that needs it.
+        """
+        assert self._secret is not None
+        nonce, _ = self._unauthenticated[conn]
+        if isinstance(message, m.AuthChallenge):
+            conn.send(
+                (m.AuthProof(auth_proof(self._secret, self.task_id, message.nonce, self.peer_id)),)
+            )
+        elif isinstance(message, m.AuthProof):
+            expected = auth_proof(self._secret, self.task_id, nonce, conn.peer_id)
+            del self._unauthenticated[conn]
+            if not hmac.compare_digest(message.mac, expected):
+                conn.close("wrong cluster secret")
+                return
+            key = conn.peer_id
+            if self._closed or key in self._banned or key in self._peers:
+                conn.close("refused by the task")
+                return
+            self._admit(conn, key)
+        elif not isinstance(message, m.KeepAlive):
+            conn.close("message before authentication")
 
     def block_sink(
         self, conn: PeerConnection, index: int, begin: int, length: int
@@ -336,8 +394,14 @@ class PeerTask:
         return memoryview(buffer)[begin : begin + length]
 
     def on_message(self, conn: PeerConnection, message: m.Message) -> None:
+        if conn in self._unauthenticated:
+            self._authenticate(conn, message)
+            return
         peer = self._peers.get(conn.peer_id)
         if peer is None:
+            return
+        if isinstance(message, m.AuthChallenge | m.AuthProof):
+            conn.close("unexpected authentication message")
             return
         replies = peer.session.receive(message)
         if replies:
@@ -372,7 +436,11 @@ class PeerTask:
             self._unchoke_interested()
 
     def on_closed(self, conn: PeerConnection, reason: str) -> None:
-        peer = self._peers.pop(conn.peer_id, None)
+        self._unauthenticated.pop(conn, None)
+        peer = self._peers.get(conn.peer_id)
+        if peer is None or peer.conn is not conn:
+            return
+        del self._peers[conn.peer_id]
         if peer is None:
             return
         log.debug("peer %s gone: %s", peer.key, reason)
@@ -587,6 +655,9 @@ class PeerTask:
         for conn in list(self._pending):
             if now - conn.connected_s > config.handshake_timeout_s:
                 conn.close("no handshake in time")
+        for conn, (_, since) in list(self._unauthenticated.items()):
+            if now - since > config.handshake_timeout_s:
+                conn.close("no authentication in time")
         for peer in list(self._peers.values()):
             conn = peer.conn
             if now - conn.last_received_s > config.idle_timeout_s:

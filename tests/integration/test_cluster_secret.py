@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,9 @@ from pathlib import Path
 import pytest
 
 from dfget.identity import task_id_for
+from peerwire import messages as m
+from peerwire.decoder import NEED_DATA, Decoder
+from peerwire.ids import PeerId, TaskId
 from tests.helpers.origin_server import origin_process
 from tests.integration.peers import random_file
 from tests.integration.test_dfget import finish, sha256
@@ -39,6 +43,25 @@ def dfget_with(secret: str | None, url: str, output: Path, *args: str) -> subpro
         text=True,
         env=environment,
     )
+
+
+def intrude(host: str, port: int, task: str, reserved: bytes, proof: bytes | None) -> list[object]:
+    """Handshake with a member as an outsider (optionally sending ``proof``); every message the
+    member sent before closing the connection."""
+    decoder = Decoder()
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(
+            m.encode_handshake(m.Handshake(reserved, TaskId.from_hex(task), PeerId.generate()))
+        )
+        if proof is not None:
+            sock.sendall(m.encode(m.AuthProof(proof)))
+        sock.settimeout(10)
+        while chunk := sock.recv(65536):
+            decoder.receive_data(chunk)
+    events = []
+    while (event := decoder.next_event()) is not NEED_DATA:
+        events.append(event)
+    return events
 
 
 def peers_of(tracker: Tracker, task: str) -> list[str]:
@@ -104,6 +127,19 @@ def test_only_peers_with_the_secret_join_and_nobody_else_writes_manifests(
             assert refused.value.code == 403
             refused.value.close()
             assert json.loads(tracker.get(f"/tasks/{task}")) == before
+            # Knowing the member's address (``/stats`` is open) is not enough to get pieces:
+            # without the AUTH bit, or with a wrong proof, the member closes the connection
+            # before sending a single message about its pieces.
+            address = tracker.stats(task=task)["tasks"][0]["peer_list"][0]["address"]
+            host, port = address.rsplit(":", 1)
+            for reserved, proof in (
+                (m.reserved_with(m.FAST_EXTENSION_BIT), None),
+                (m.reserved_with(m.FAST_EXTENSION_BIT, m.AUTH_BIT), os.urandom(32)),
+            ):
+                received = intrude(host, int(port), task, reserved, proof)
+                assert not any(
+                    isinstance(event, m.Bitfield | m.HaveAll | m.Piece) for event in received
+                ), received
             # A second member with the secret joins and completes through the swarm.
             code, err = finish(
                 dfget_with(
