@@ -49,8 +49,10 @@ from peerwire.storage import DigestMismatchError, PieceStore
 
 log = logging.getLogger(__name__)
 
-#: No verified piece for this long while incomplete: the swarm is stuck, go to the origin.
-STALL_S: Final = 15.0
+#: No verified piece for this long while incomplete: the swarm is stuck, go to the origin. Long
+#: enough that a peer of a large swarm on slow links, waiting for its first pieces while the
+#: origin's fetchers work, does not stampede the origin.
+STALL_S: Final = 30.0
 #: With back-to-source disabled, give up after this long without progress.
 NO_PEERS_S: Final = 60.0
 #: How often progress is reported to ``on_progress``.

@@ -56,8 +56,8 @@ MAX_DIALS: Final = 16
 SAVE_DIGESTS_S: Final = 2.0
 #: Most bytes fetched from the origin in one Range request (a run of consecutive pieces).
 RUN_BYTES: Final = 4 * 1024 * 1024
-#: Under a rate limit, a run is at most this many seconds' worth of the rate.
-RUN_SECONDS_AT_RATE: Final = 0.25
+#: A run of origin pieces is sized to arrive in about this long.
+RUN_SECONDS: Final = 0.5
 #: Origin pieces' digests are reported to the tracker in batches, at most this often.
 REPORT_EVERY_S: Final = 0.1
 #: Announce retry delay while the tracker is unreachable.
@@ -123,6 +123,8 @@ class SwarmPeer:
         self.task.on_ban = self._on_ban
         self._download_rate_bps = download_bucket.rate_bps if download_bucket else None
         self._assigned_size = 0
+        #: Bytes/s the origin delivered to this peer's last runs (None before the first).
+        self._origin_bps: float | None = None
         self._unreported: dict[int, bytes] = {}
         self._reporter: asyncio.Task[None] | None = None
         self.shared = listener
@@ -451,15 +453,21 @@ class SwarmPeer:
             self._fail(exc)
 
     def _take_run(self) -> list[int]:
-        """The lowest queued piece and the queued pieces right after it, up to ``RUN_BYTES``:
-        one Range request for the lot (the tracker assigns contiguous runs)."""
+        """The lowest queued piece and the queued pieces right after it: one Range request for
+        the lot (the tracker assigns contiguous runs). A run's pieces are stored only once all of
+        it has arrived, so a run is sized to take about ``RUN_SECONDS`` at the rate the origin
+        has been delivering to us (slow start from one piece; at most ``RUN_BYTES``, and at
+        most ``RUN_SECONDS`` of ``--rate``): on a slow link other peers get pieces to trade
+        within a second instead of after the whole file."""
         index = min(self._origin_queue)
         run = [index]
         size = self._layout.piece_size(index)
         limit = RUN_BYTES
-        rate_bps = self._download_rate_bps
-        if rate_bps is not None:  # slow: smaller runs, so pieces are stored (and resumable) soon
-            limit = max(1, min(RUN_BYTES, int(rate_bps * RUN_SECONDS_AT_RATE)))
+        for rate_bps in (self._download_rate_bps, self._origin_bps):
+            if rate_bps is not None:
+                limit = min(limit, int(rate_bps * RUN_SECONDS))
+        if self._origin_bps is None:
+            limit = 0  # the first run of this peer: one piece, to measure the origin
         while (
             index + len(run) in self._origin_queue
             and size + self._layout.piece_size(index + len(run)) <= limit
@@ -476,6 +484,7 @@ class SwarmPeer:
         first, last = wanted[0], wanted[-1]
         start = self._layout.piece_offset(first)
         end = self._layout.piece_offset(last) + self._layout.piece_size(last)
+        began = time.monotonic()
         try:
             data = await self.origin.fetch_range(start, end, self.origin_info)
         except OriginError as exc:
@@ -485,6 +494,14 @@ class SwarmPeer:
                 self.task.release_from_origin(wanted)
                 return
             raise
+        elapsed_s = max(time.monotonic() - began, 1e-3)
+        measured = len(data) / elapsed_s
+        # Smoothed, and growing at most 4x per run (slow start; a tiny first run on loopback
+        # would otherwise claim gigabytes per second).
+        previous = self._origin_bps
+        self._origin_bps = (
+            measured if previous is None else min(4 * previous, 0.5 * previous + 0.5 * measured)
+        )
         view = memoryview(data)
         for index in range(first, last + 1):
             offset = self._layout.piece_offset(index) - start
