@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,29 +18,13 @@ from peerwire.decoder import NEED_DATA, Decoder
 from peerwire.ids import PeerId, TaskId
 from tests.helpers.origin_server import origin_process
 from tests.integration.peers import random_file
-from tests.integration.test_dfget import finish, sha256
+from tests.integration.test_dfget import dfget, finish, sha256
 from tests.integration.trackers import Tracker, tracker_process
 
 pytestmark = pytest.mark.integration
 
 MIB = 1 << 20
 SECRET = "a-cluster-secret-of-some-length"
-
-
-def dfget_with(secret: str | None, url: str, output: Path, *args: str) -> subprocess.Popen[str]:
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith(("DFGET_", "DRAGONFLY_"))
-    }
-    environment.update(XDG_CONFIG_HOME=str(output.parent), DFGET_DAEMON_SOCKET="")
-    if secret is not None:
-        environment["DRAGONFLY_SECRET"] = secret
-    return subprocess.Popen(
-        [sys.executable, "-m", "dfget.cli", url, "-O", str(output), "--quiet", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment,
-    )
 
 
 def intrude(host: str, port: int, task: str, reserved: bytes, proof: bytes | None) -> list[object]:
@@ -83,14 +65,14 @@ def test_only_peers_with_the_secret_join_and_nobody_else_writes_manifests(
     ):
         url = f"{origin.base_url}/files/file.bin"
         task = task_id_for(url).hex()
-        member = dfget_with(
-            SECRET,
+        member = dfget(
             url,
             tmp_path / "member.bin",
             "--tracker",
             tracker.base_url,
             "--seed-time",
             "30s",
+            secret=SECRET,
         )
         try:
             # The member joins and publishes the manifest.
@@ -102,8 +84,7 @@ def test_only_peers_with_the_secret_join_and_nobody_else_writes_manifests(
             # An outsider is refused by the tracker: it never joins the swarm (so it learns no
             # peers) and falls back to the origin, which it may use like any HTTP client.
             code, err = finish(
-                dfget_with(
-                    None,
+                dfget(
                     url,
                     tmp_path / "outsider.bin",
                     "--tracker",
@@ -142,14 +123,14 @@ def test_only_peers_with_the_secret_join_and_nobody_else_writes_manifests(
                 ), received
             # A second member with the secret joins and completes through the swarm.
             code, err = finish(
-                dfget_with(
-                    SECRET,
+                dfget(
                     url,
                     tmp_path / "second.bin",
                     "--tracker",
                     tracker.base_url,
                     "--seed-time",
                     "0s",
+                    secret=SECRET,
                 ),
                 60,
             )

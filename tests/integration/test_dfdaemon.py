@@ -20,7 +20,7 @@ import uvloop
 
 from tests.helpers.origin_server import OriginServer, origin_process
 from tests.integration.peers import random_file
-from tests.integration.test_dfget import finish, sha256
+from tests.integration.test_dfget import dfget, finish, sha256
 from tests.integration.trackers import Tracker, tracker_process
 
 pytestmark = pytest.mark.integration
@@ -86,21 +86,6 @@ def dfdaemon(
             process.communicate()
 
 
-def dfget_via(
-    daemon_socket: Path | None, url: str, output: Path, *args: str
-) -> subprocess.Popen[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("DFGET_")}
-    environment["XDG_CONFIG_HOME"] = str(output.parent)
-    environment["DFGET_DAEMON_SOCKET"] = str(daemon_socket) if daemon_socket else ""
-    return subprocess.Popen(
-        [sys.executable, "-m", "dfget.cli", url, "-O", str(output), "--quiet", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment,
-    )
-
-
 @pytest.fixture
 def origin(tmp_path: Path) -> Iterator[tuple[OriginServer, Path]]:
     root = tmp_path / "origin"
@@ -125,7 +110,7 @@ def test_dfget_hands_off_and_the_cache_serves_the_second_download(
         assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o600
         assert stat.S_IMODE(daemon.cache.stat().st_mode) == 0o700
         for name in ("first.bin", "second.bin"):
-            code, err = finish(dfget_via(daemon.socket, url, tmp_path / name), 120)
+            code, err = finish(dfget(url, tmp_path / name, daemon_socket=daemon.socket), 120)
             assert code == 0, err
             assert sha256(tmp_path / name) == sha256(source)
         # One download from the origin; the second copy came out of the cache.
@@ -151,10 +136,10 @@ def test_second_daemon_gets_the_file_from_the_first_not_the_origin(
         dfdaemon(tmp_path, "a", "--tracker", tracker.base_url) as first,
         dfdaemon(tmp_path, "b", "--tracker", tracker.base_url) as second,
     ):
-        code, err = finish(dfget_via(first.socket, url, tmp_path / "a.bin"), 120)
+        code, err = finish(dfget(url, tmp_path / "a.bin", daemon_socket=first.socket), 120)
         assert code == 0, err
         served = server.stats()["bytes_sent"]
-        code, err = finish(dfget_via(second.socket, url, tmp_path / "b.bin"), 120)
+        code, err = finish(dfget(url, tmp_path / "b.bin", daemon_socket=second.socket), 120)
         assert code == 0, err
         assert sha256(tmp_path / "b.bin") == sha256(source)
         assert server.stats()["bytes_sent"] == served, "the second host went to the origin"
@@ -182,7 +167,9 @@ def test_garbage_collection_evicts_the_least_recently_used_over_the_quota(
     ) as daemon:
         for name in ("one.bin", "two.bin"):
             code, err = finish(
-                dfget_via(daemon.socket, f"{server.base_url}/files/{name}", tmp_path / name)
+                dfget(
+                    f"{server.base_url}/files/{name}", tmp_path / name, daemon_socket=daemon.socket
+                )
             )
             assert code == 0, err
         deadline = time.monotonic() + 10
@@ -200,14 +187,13 @@ def test_a_restarted_daemon_keeps_its_cache_and_seeds_it(
     source = random_file(root / "file.bin", 4 * MIB)
     url = f"{server.base_url}/files/file.bin"
     with dfdaemon(tmp_path, "r", "--tracker", tracker.base_url) as daemon:
-        code, err = finish(dfget_via(daemon.socket, url, tmp_path / "first.bin"))
+        code, err = finish(dfget(url, tmp_path / "first.bin", daemon_socket=daemon.socket))
         assert code == 0, err
     served = server.stats()["bytes_sent"]
     with dfdaemon(tmp_path, "r", "--tracker", tracker.base_url):
         # A plain in-process dfget finds the restarted daemon's seed through the tracker.
         code, err = finish(
-            dfget_via(
-                None,
+            dfget(
                 url,
                 tmp_path / "other.bin",
                 "--tracker",
@@ -232,7 +218,7 @@ def test_dead_daemon_socket_means_in_process_download(
         daemon.process.wait(timeout=10)
     assert socket.is_socket()  # left behind by the killed daemon
     code, err = finish(
-        dfget_via(socket, f"{server.base_url}/files/file.bin", tmp_path / "x.bin", "-v")
+        dfget(f"{server.base_url}/files/file.bin", tmp_path / "x.bin", "-v", daemon_socket=socket)
     )
     assert code == 0, err
     assert "does not answer" in err

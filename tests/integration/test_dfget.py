@@ -23,10 +23,22 @@ pytestmark = pytest.mark.integration
 MIB = 1 << 20
 
 
-def dfget(url: str, output: Path, *args: str) -> subprocess.Popen[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("DFGET_")}
+def dfget(
+    url: str,
+    output: Path,
+    *args: str,
+    daemon_socket: Path | None = None,
+    secret: str | None = None,
+) -> subprocess.Popen[str]:
+    """A ``dfget`` process isolated from the host's settings: no DFGET_*/DRAGONFLY_* variables,
+    no user config file; in-process unless ``daemon_socket`` names a dfdaemon to hand over to."""
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DFGET_", "DRAGONFLY_"))
+    }
     environment["XDG_CONFIG_HOME"] = str(output.parent)  # no user config file applies
-    environment["DFGET_DAEMON_SOCKET"] = ""  # in-process, even if this host runs a dfdaemon
+    environment["DFGET_DAEMON_SOCKET"] = str(daemon_socket) if daemon_socket else ""
+    if secret is not None:
+        environment["DRAGONFLY_SECRET"] = secret
     return subprocess.Popen(
         [sys.executable, "-m", "dfget.cli", url, "-O", str(output), "--quiet", *args],
         stdout=subprocess.PIPE,
