@@ -30,7 +30,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from tests.helpers.processes import listening_process
 
 SEND_CHUNK_BYTES = 64 * 1024
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -315,32 +316,9 @@ class OriginServer:
 @contextlib.contextmanager
 def origin_process(directory: Path) -> Iterator[OriginServer]:
     """The origin as a process on a free port of 127.0.0.1; SIGTERM (then SIGKILL) on exit."""
-    # stderr goes to a file, not a pipe: nobody drains a pipe while tests run, and a full pipe
-    # would block the server.
-    with tempfile.TemporaryFile("w+") as errors:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.helpers.origin_server", "--dir", str(directory)],
-            stdout=subprocess.PIPE,
-            stderr=errors,
-            text=True,
-        )
-        try:
-            assert process.stdout is not None
-            line = process.stdout.readline().strip()
-            if not line.startswith("listening "):
-                process.kill()
-                process.communicate(timeout=10)
-                errors.seek(0)
-                raise AssertionError(f"origin did not start: {line!r}\n{errors.read()}")
-            yield OriginServer(process, line.split(" ", 1)[1])
-        finally:
-            if process.poll() is None:
-                process.terminate()
-            try:
-                process.communicate(timeout=10)  # reaps it and closes the pipes
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.communicate()
+    command = [sys.executable, "-m", "tests.helpers.origin_server", "--dir", str(directory)]
+    with listening_process(command, "origin") as (process, url, _):
+        yield OriginServer(process, url)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,13 @@ import json
 import socket
 import subprocess
 import sys
-import tempfile
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
+
+from tests.helpers.processes import listening_process
 
 PYTHON = sys.executable
 
@@ -49,31 +50,10 @@ class Tracker:
 def tracker_process(*args: str) -> Iterator[Tracker]:
     """``dftracker serve`` on a free port; SIGTERM (then SIGKILL) on exit. Its stderr goes to a
     file (``Tracker.stderr()``): a pipe nobody drains would block a chatty tracker."""
-    with tempfile.TemporaryFile("w+") as errors:
-        process = subprocess.Popen(
-            [PYTHON, "-m", "tracker.cli", "serve", "--port", "0", *args],
-            stdout=subprocess.PIPE,
-            stderr=errors,
-            text=True,
-        )
-        try:
-            assert process.stdout is not None
-            line = process.stdout.readline().strip()
-            if not line.startswith("listening "):
-                process.kill()
-                process.communicate(timeout=10)
-                errors.seek(0)
-                raise AssertionError(f"tracker did not start: {line!r}\n{errors.read()}")
-            port = int(line.rsplit(":", 1)[1].split("/", 1)[0])
-            yield Tracker(process, port, errors)
-        finally:
-            if process.poll() is None:
-                process.terminate()
-            try:
-                process.communicate(timeout=10)  # reaps it and closes the pipes
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.communicate()
+    command = [PYTHON, "-m", "tracker.cli", "serve", "--port", "0", *args]
+    with listening_process(command, "tracker") as (process, url, errors):
+        port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+        yield Tracker(process, port, errors)
 
 
 def free_port() -> int:
