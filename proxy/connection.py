@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ SWEEP_S: Final = 1.0
 #: Requests parsed ahead of the one being answered before reading pauses.
 MAX_PIPELINED: Final = 16
 TLS_HANDSHAKE: Final = 0x16
+_ASCII_DIGITS: Final = re.compile(r"[0-9]+")
 
 
 class BodyAborted(Exception):
@@ -68,6 +70,12 @@ class Body:
     def fail(self, error: BaseException) -> None:
         self._error = error
         self._arrived.set()
+
+    @property
+    def failed(self) -> bool:
+        """The client broke the body off (malformed, cut short, connection lost): whatever
+        failed while it was being sent on is the client's fault, not the upstream's."""
+        return self._error is not None
 
     async def wait_below(self, limit_bytes: int) -> None:
         while self.buffered_bytes > limit_bytes and self._error is None:
@@ -129,6 +137,10 @@ class _TooLarge(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(status)
         self.status = status
+
+
+class _BadFraming(Exception):
+    """The head does not say where the body ends: 400 and close, nothing forwarded."""
 
 
 Handler = Callable[[Request, "Connection"], Awaitable[bool]]
@@ -255,8 +267,12 @@ class Connection:
             return False
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            status = cause.status if isinstance(cause, _TooLarge) else 400
-            self._fail(status, "request too large\n" if status != 400 else "bad request\n")
+            if isinstance(cause, _TooLarge):
+                self._fail(cause.status, "request too large\n")
+            elif isinstance(cause, _BadFraming):
+                self._fail(400, f"{cause}\n")
+            else:
+                self._fail(400, "bad request\n")
             return False
         except _TooLarge as exc:
             self._fail(exc.status, "request too large\n")
@@ -300,16 +316,28 @@ class Connection:
         self._parsing.head_bytes += len(name) + len(value) + 4
         if self._parsing.head_bytes > self._config.max_head_bytes:
             raise _TooLarge(431)
-        self._parsing.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        # RFC 9110 5.5: leading and trailing whitespace (OWS) is not part of a field value.
+        field_value = value.strip(b" \t").decode("latin-1")
+        self._parsing.headers.append((name.decode("latin-1"), field_value))
 
     def on_headers_complete(self) -> None:
         self._head_deadline = None
         parser, parsing = self._parser, self._parsing
         method = parser.get_method().decode("ascii", "replace")
         lowered = {n.lower(): v for n, v in parsing.headers}
-        chunked = "chunked" in lowered.get("transfer-encoding", "").lower()
-        length = lowered.get("content-length", "0").strip()
-        expected = chunked or (length.isdigit() and int(length) > 0)
+        codings = [
+            coding.strip().lower()
+            for name, value in parsing.headers
+            if name.lower() == "transfer-encoding"
+            for coding in value.split(",")
+        ]
+        if codings and codings[-1] != "chunked":
+            # RFC 9112 6.3: the body's length cannot be known. Raised here, before the request
+            # is queued; llhttp would only refuse it after this callback returns.
+            raise _BadFraming("Transfer-Encoding must end in chunked")
+        chunked = bool(codings)
+        length = lowered.get("content-length", "0")
+        expected = chunked or (_ASCII_DIGITS.fullmatch(length) is not None and int(length) > 0)
         request = Request(
             method=method,
             target=parsing.url.decode("latin-1"),

@@ -8,6 +8,11 @@ Four forms of request target (RFC 9112 3.2) reach the proxy:
   upstream among the configured ones (else 403) and is removed before forwarding. ``/metrics``
   and ``/healthz`` are the proxy's own.
 * absolute-form ``http://host/path``: HTTP proxy mode, decided by the first matching rule.
+  The host must be a DNS name, a dotted-quad IPv4 address or a bracketed IPv6 address (what
+  the upstream client can reach; anything else is 400, not an upstream failure). A path with a
+  dot-segment (``.``/``..``, also percent-encoded) is refused (400), never rewritten: clients
+  remove them before sending (RFC 3986 5.2.4), and an upstream that does would serve another
+  path than the one the rule allowed. So the URL matched is the URL forwarded.
 * authority-form ``host:port`` with CONNECT: a blind tunnel, only where a rule matches.
 * anything else: 400.
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
@@ -46,6 +52,9 @@ MAX_NAME_CHARS: Final = 255
 REGISTRY_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _FORBIDDEN_IN_VALUE: Final = re.compile(r"[\x00\r\n]")
+_ASCII_DIGITS: Final = re.compile(r"[0-9]+")
+#: RFC 3986 3.2: host [":" port], with no user info (refused before this is used).
+_AUTHORITY: Final = re.compile(r"(?P<host>\[[^\]]*\]|[^:\[\]]*)(?::[0-9]*)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +215,12 @@ def _absolute_form(method: str, target: str, config: ProxyConfig) -> Route:
         return Refused(400, "bad absolute URL")
     if not parts.hostname or parts.username is not None or port == 0:
         return Refused(400, "absolute URL needs a host (and no user info)")
+    # The host as written: urlsplit's hostname is lenient (``127.[::1]`` gives ``::1``).
+    authority = _AUTHORITY.fullmatch(parts.netloc.lower())
+    if authority is None or not _valid_host(authority["host"]):
+        return Refused(400, "absolute URL needs a DNS name, an IPv4 or a [IPv6] address")
+    if _has_dot_segment(parts.path):
+        return Refused(400, "dot-segments (. or ..) in the path of an absolute URL")
     # RFC 3986 6.2.2.1: scheme and host are case-insensitive; rules see them in lower case.
     rest = url[len(parts.scheme) + 3 + len(parts.netloc) :]
     url = f"{parts.scheme.lower()}://{parts.netloc.lower()}{rest}"
@@ -216,6 +231,33 @@ def _absolute_form(method: str, target: str, config: ProxyConfig) -> Route:
         sha = _blob_digest(parts.path)
         return ProxyRoute("proxy_swarm", url, sha)
     return ProxyRoute("proxy_direct", url)
+
+
+def _valid_host(host: str) -> bool:
+    """``host`` (lower case, IPv6 in brackets, no port) is a DNS name, a dotted-quad IPv4
+    address or an IPv6 address: what the upstream client connects to. All-numeric names other
+    than a dotted quad (``127.1``, ``127.0.0.1.``) are refused as aiohttp refuses them."""
+    if host.startswith("["):
+        try:
+            IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+        return host.endswith("]")
+    if not HOST_RE.fullmatch(host) or ":" in host:
+        return False
+    if host.replace(".", "").isdigit():  # ASCII here: HOST_RE matched
+        try:
+            IPv4Address(host)  # rejects leading zeros and values above 255
+        except ValueError:
+            return False
+    return True
+
+
+def _has_dot_segment(path: str) -> bool:
+    """A ``.`` or ``..`` segment in ``path`` once percent-decoded (``%2e`` is ``.``, RFC 3986
+    6.2.2.2); ``%2f`` and ``\\`` count as separators too, as some upstreams treat them."""
+    decoded = unquote(path).replace("\\", "/")
+    return any(segment in (".", "..") for segment in decoded.split("/"))
 
 
 def _blob_digest(path: str) -> bytes | None:
@@ -229,11 +271,11 @@ def _blob_digest(path: str) -> bytes | None:
 
 def _connect(target: str, config: ProxyConfig) -> Route:
     host, sep, port_text = target.rpartition(":")
-    if not sep or not port_text.isdigit() or len(port_text) > 5:
+    if not sep or not _ASCII_DIGITS.fullmatch(port_text) or len(port_text) > 5:
         return Refused(400, "CONNECT needs host:port")
     port = int(port_text)
     host = host.lower()
-    if not 0 < port <= 65535 or not HOST_RE.fullmatch(host):
+    if not 0 < port <= 65535 or not _valid_host(host):
         return Refused(400, "CONNECT needs host:port")
     candidate = f"https://{host}/" if port == 443 else f"https://{host}:{port}/"
     if _rule_action(candidate, config) is None:
@@ -268,17 +310,23 @@ class ByteRange:
         return f"bytes {self.start}-{self.end - 1}/{self.size_bytes}"
 
 
-_RANGE_SPEC: Final = re.compile(r"([0-9]{0,19})-([0-9]{0,19})")
+#: Digits are unbounded (RFC 9110 14.1.2: a last-pos past the end means "to the end"); the
+#: header's length is what is bounded, so ``int`` never sees a huge number.
+_RANGE_SPEC: Final = re.compile(r"([0-9]*)-([0-9]*)")
+#: A longer ``Range`` header is ignored (the whole blob is sent), as RFC 9110 14.2 permits.
+MAX_RANGE_CHARS: Final = 256
 
 
 def parse_range(value: str | None, size_bytes: int) -> ByteRange | None:
     """The one byte range a ``Range`` header asks for, or None to send the whole blob.
 
-    None for no header, another unit, or several ranges (a server may answer those with the
-    whole representation, RFC 9110 14.2). ``RangeNotSatisfiable`` for a ``bytes`` range that is
-    malformed, reversed (``5-2``), starts at or past the end, or asks for an empty suffix.
+    None for no header, another unit, several ranges or a header over ``MAX_RANGE_CHARS`` (a
+    server may answer those with the whole representation, RFC 9110 14.2).
+    ``RangeNotSatisfiable`` for a ``bytes`` range that is malformed, reversed (``5-2``), starts
+    at or past the end, or asks for an empty suffix. A last-pos past the end means "to the end"
+    and a suffix longer than the blob means all of it (RFC 9110 14.1.2).
     """
-    if value is None:
+    if value is None or len(value) > MAX_RANGE_CHARS:
         return None
     unit, sep, spec = value.strip().partition("=")
     if not sep or unit.strip().lower() != "bytes":

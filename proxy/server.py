@@ -11,6 +11,7 @@
   ``fallbacks``); after it, the connection is broken off so that the client retries.
 * Everything else on ``/v2/`` (ping, manifests, HEAD, tags, pushes) and ``direct`` proxy
   requests: passed through unchanged (``upstream``). Upstream unreachable: 502 (504 on timeout).
+  A request body the client malforms or cuts short is its own fault: 400 and close.
 * CONNECT: a blind tunnel to a host a rule allows.
 * ``/metrics`` (the daemon's Prometheus registry) and ``/healthz``.
 """
@@ -301,11 +302,18 @@ class ProxyServer:
                     async for chunk in self.upstream.body(response):
                         await conn.write_body(chunk, chunked)
                     await conn.end_body(chunked)
-        except BodyAborted as exc:
-            log.debug("proxy: client broke off its request body: %s", exc)
-            conn.abort()
-            return False
-        except _UPSTREAM_ERRORS as exc:
+        except (BodyAborted, *_UPSTREAM_ERRORS) as exc:
+            # aiohttp reports a body that failed as a connection error of its own (the
+            # BodyAborted is only its cause): the body's state says whose fault it was.
+            if request.body.failed:
+                log.debug("proxy: client broke off its request body: %r", exc)
+                if started:
+                    conn.abort()
+                else:  # RFC 9112 8: an error answer to an incomplete request, then close
+                    await conn.respond(
+                        400, "bad or incomplete request body\n", request=request, keep_alive=False
+                    )
+                return False
             if started:
                 log.warning("proxy: %s %s broke off: %s", request.method, url, exc)
                 conn.abort()

@@ -7,6 +7,12 @@ most ``max_body_bytes`` (else 413), headers complete within ``head_timeout_s`` o
 (a client that never finishes them is dropped), an idle kept-alive connection closed after
 ``keepalive_timeout_s``, at most ``max_connections`` open. Keep-alive and ``Connection: close``
 both work (HTTP/1.0 too). A malformed request gets a 400 and that connection is closed.
+
+Every request gets exactly one response. ``Upgrade`` is not supported: the header is ignored
+and the request answered in HTTP/1.1 (RFC 9110 7.8 lets a server ignore it), but it is the last
+request of its connection (``Connection: close``), because httptools stops parsing at an upgrade
+and skips the request's body. So an upgrade request that announces a body gets a 400 (its body
+was never read), and CONNECT, which only a proxy serves, gets the 404 of an unknown target.
 """
 
 from __future__ import annotations
@@ -124,6 +130,8 @@ class HttpConnection(asyncio.Protocol):
         self._remote_ip = ""
         self._url = b""
         self._auth_header: str | None = None
+        #: The head has a Transfer-Encoding or a non-zero Content-Length.
+        self._announces_body = False
         self._body: list[bytes] = []
         self._head_bytes = 0
         self._body_bytes = 0
@@ -163,7 +171,9 @@ class HttpConnection(asyncio.Protocol):
                 log.exception("tracker: request handler failed")
                 self._fail(400, b"bad request\n")
         except httptools.HttpParserUpgrade:
-            self._fail(400, b"upgrade and CONNECT are not supported\n")
+            # on_message_complete has answered the request and closed: parsing stops here.
+            log.debug("upgrade or CONNECT from %s: answered, connection closed", self._remote_ip)
+            self.close()
         except httptools.HttpParserError as exc:
             log.debug("malformed request from %s: %s", self._remote_ip, exc)
             self._fail(400, b"malformed HTTP request\n")
@@ -184,6 +194,7 @@ class HttpConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._auth_header = None
+        self._announces_body = False
         self._body = []
         self._head_bytes = 0
         self._body_bytes = 0
@@ -201,6 +212,10 @@ class HttpConnection(asyncio.Protocol):
             raise _RequestTooLarge(431)
         if len(name) == 9 and name.lower() == b"x-df-auth":
             self._auth_header = value.decode("latin-1")
+        elif len(name) == 14 and name.lower() == b"content-length":
+            self._announces_body = self._announces_body or value.strip(b" \t0") != b""
+        elif len(name) == 17 and name.lower() == b"transfer-encoding":
+            self._announces_body = True
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -213,9 +228,12 @@ class HttpConnection(asyncio.Protocol):
         if transport is None:
             return
         method = self._parser.get_method()
-        keep_alive = self._parser.should_keep_alive()
+        upgrade = self._parser.should_upgrade()
+        keep_alive = self._parser.should_keep_alive() and not upgrade
         path = self._url.partition(b"?")[0]
-        if path == b"/metrics" and method in (b"GET", b"HEAD"):
+        if upgrade and self._announces_body:
+            response = Response(400, b"Upgrade with a request body is not supported\n")
+        elif path == b"/metrics" and method in (b"GET", b"HEAD"):
             response = self._server.metrics_response()
         else:
             response = self._routes.handle(
