@@ -360,6 +360,10 @@ class Scheduler(Generic[P]):
     def is_held(self, index: int) -> bool:
         return index in self._held
 
+    def availability(self, index: int) -> int:
+        """How many connected peers have piece ``index``."""
+        return self._picker.availability(index)
+
     def piece_verified(self, index: int) -> list[tuple[P, Block]]:
         """We have piece ``index`` now (from peers or from anywhere else).
 

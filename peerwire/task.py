@@ -5,9 +5,13 @@ into scheduler calls and scheduler answers into messages; it verifies completed 
 thread (sha256 and ``pwrite`` release the GIL, so the event loop keeps receiving meanwhile);
 it serves the requests of other peers from the piece store under the upload limit.
 
-Policies, briefly: every interested peer is unchoked (up to ``max_unchoked``: our swarms are
-cooperative, the rate limits are what bound uploads); a peer that alone supplied a piece failing
-verification gets a strike, and ``ban_after_bad_pieces`` strikes ban it from the task.
+Policies, briefly: at most ``max_unchoked`` interested peers are unchoked at once, and one of
+them makes way for a waiting peer every ``rotate_s`` (``peerwire.choker``); each peer is asked
+for about ``pipeline_target_s`` of what it delivers (``peerwire.pipeline``); a peer that alone
+supplied a piece failing verification gets a strike, and ``ban_after_bad_pieces`` strikes ban it
+from the task; ``have`` messages wait up to ``have_delay_s`` and go out together (or with the
+next block or requests to that peer): on a slow link with many connections, one packet per piece
+per peer is a real share of the uplink.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from peerwire import messages as m
+from peerwire.choker import Choker
 from peerwire.connection import PeerConnection, open_connection
 from peerwire.ids import PeerId, TaskId
 from peerwire.layout import LARGE_BLOCK_BYTES, STANDARD_BLOCK_BYTES, Block
+from peerwire.pipeline import PipelineSizer
 from peerwire.ratelimit import AsyncRateLimiter, TokenBucket
 from peerwire.scheduler import Scheduler
 from peerwire.session import PeerSession
@@ -47,6 +53,10 @@ _BUFFER_POOL_SIZE = 8
 #: Complete pieces waiting for (or in) verification before we stop requesting more: when
 #: hashing falls behind the network, memory must not grow with the backlog.
 _MAX_PIECES_VERIFYING = 4
+#: Pieces up to this size are verified and written on the event loop: hashing 64 KiB takes
+#: tens of microseconds, less than handing it to a worker thread and back (profiled: with 16 KiB
+#: pieces, a third of a peer's CPU went to the thread pool's queues).
+_INLINE_VERIFY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +64,12 @@ class WireConfig:
     """Tunables of the peer wire for one task. Defaults suit loopback and datacentre links."""
 
     block_bytes: int = LARGE_BLOCK_BYTES
+    #: Most requests in flight at one peer; the depth used is sized to the peer's rate.
     pipeline_depth: int = 32
+    #: Each peer is asked for about this long of what it delivers, and at least
+    #: ``min_pipeline_depth`` blocks (also the depth before its rate is known).
+    pipeline_target_s: float = 1.0
+    min_pipeline_depth: int = 2
     #: Bytes requested from all peers of the task and not yet arrived: bounds the piece
     #: buffers a task can hold, however many peers it has.
     max_inflight_bytes: int = 64 * 1024 * 1024
@@ -63,8 +78,13 @@ class WireConfig:
     keepalive_interval_s: float = 30.0
     idle_timeout_s: float = 120.0
     tick_s: float = 0.5
-    max_peers: int = 64
-    max_unchoked: int = 64
+    max_peers: int = 32
+    #: Upload slots: interested peers unchoked at once.
+    max_unchoked: int = 4
+    #: While peers wait for a slot, the longest-unchoked gives way this often.
+    rotate_s: float = 5.0
+    #: ``have`` messages to a peer are held this long at most and sent together.
+    have_delay_s: float = 1.0
     ban_after_bad_pieces: int = 2
     random_first_pieces: int = 4
     picker_policy: str = "rarest_first"
@@ -79,6 +99,10 @@ class WireConfig:
             "idle_timeout_s": self.idle_timeout_s,
             "tick_s": self.tick_s,
             "max_peers": self.max_peers,
+            "max_unchoked": self.max_unchoked,
+            "rotate_s": self.rotate_s,
+            "pipeline_target_s": self.pipeline_target_s,
+            "min_pipeline_depth": self.min_pipeline_depth,
             "max_inflight_bytes": self.max_inflight_bytes,
             "ban_after_bad_pieces": self.ban_after_bad_pieces,
         }
@@ -108,8 +132,10 @@ class _Peer:
 
     __slots__ = (
         "conn",
+        "haves",
         "key",
         "large_blocks",
+        "pipeline",
         "receiving",
         "refill_handle",
         "session",
@@ -118,7 +144,13 @@ class _Peer:
         "upload_wake",
     )
 
-    def __init__(self, conn: PeerConnection, session: PeerSession, large_blocks: bool) -> None:
+    def __init__(
+        self,
+        conn: PeerConnection,
+        session: PeerSession,
+        large_blocks: bool,
+        pipeline: PipelineSizer,
+    ) -> None:
         self.conn = conn
         self.key = conn.peer_id
         self.session = session
@@ -126,6 +158,9 @@ class _Peer:
         #: Blocks claimed for the piece buffer whose ``piece`` event is still to come, in wire
         #: order (the decoder may start the next block before the last one's event is handled).
         self.receiving: deque[Block] = deque()
+        self.pipeline = pipeline
+        #: Pieces we verified that this peer has not been told of yet.
+        self.haves: list[int] = []
         self.refill_handle: asyncio.TimerHandle | None = None
         self.strikes = 0
         self.upload_wake = asyncio.Event()
@@ -186,6 +221,10 @@ class PeerTask:
             1, self.config.max_inflight_bytes // self.config.block_bytes
         )
         self._peers: dict[PeerId, _Peer] = {}
+        self._choker: Choker[PeerId] = Choker(
+            slots=self.config.max_unchoked, rotate_s=self.config.rotate_s
+        )
+        self._have_flush: asyncio.TimerHandle | None = None
         self._banned: set[PeerId] = set()
         self._pending: set[PeerConnection] = set()  # outgoing, handshake not done yet
         self._buffers: dict[int, bytearray] = {}
@@ -221,6 +260,8 @@ class PeerTask:
         if self._closed:
             return
         self._closed = True
+        if self._have_flush is not None:
+            self._have_flush.cancel()
         tasks = [p.upload_task for p in self._peers.values() if p.upload_task is not None]
         if self._tick_task is not None:
             tasks.append(self._tick_task)
@@ -342,7 +383,13 @@ class PeerTask:
 
     def _admit(self, conn: PeerConnection, key: PeerId) -> None:
         session = PeerSession(self.layout, fast=conn.supports(m.FAST_EXTENSION_BIT))
-        peer = _Peer(conn, session, conn.supports(m.LARGE_BLOCKS_BIT))
+        sizer = PipelineSizer(
+            block_bytes=min(self.config.block_bytes, self.layout.piece_length) or 1,
+            max_depth=self.config.pipeline_depth,
+            min_depth=min(self.config.min_pipeline_depth, self.config.pipeline_depth),
+            target_s=self.config.pipeline_target_s,
+        )
+        peer = _Peer(conn, session, conn.supports(m.LARGE_BLOCKS_BIT), sizer)
         self._peers[key] = peer
         self.scheduler.peer_joined(key)
         conn.send(session.availability_messages(self.store.have))
@@ -430,10 +477,10 @@ class PeerTask:
             self.scheduler.request_rejected(peer.key, block)
             self._refill_all()
         elif isinstance(message, m.Interested):
-            self._unchoke_interested()
+            self._unchoke(self._choker.interested(peer.key, self._loop.time()))
         elif isinstance(message, m.NotInterested):
             conn.send(peer.session.choke())
-            self._unchoke_interested()
+            self._unchoke(self._choker.not_interested(peer.key, self._loop.time()))
 
     def on_closed(self, conn: PeerConnection, reason: str) -> None:
         self._unauthenticated.pop(conn, None)
@@ -452,7 +499,7 @@ class PeerTask:
         if peer.upload_task is not None:
             peer.upload_task.cancel()
         if not self._closed:
-            self._unchoke_interested()
+            self._unchoke(self._choker.left(peer.key, self._loop.time()))
             self._refill_all()
 
     # -- downloading ----------------------------------------------------------------------------
@@ -465,12 +512,15 @@ class PeerTask:
             self.stats.wasted_bytes += block.length
         else:
             peer.receiving.popleft()
+            peer.pipeline.arrived(block.length, self._loop.time())
             self.stats.downloaded_bytes += block.length
             outcome = self.scheduler.block_received(peer.key, block)
             self._send_cancels(outcome.cancels)
             if outcome.piece_complete:
                 self._verify(block.index)
         self._refill(peer)
+        if not self.scheduler.inflight(peer.key):
+            peer.pipeline.idle()  # nothing asked of it: its idle time is not its rate
 
     def _send_cancels(
         self, cancels: tuple[tuple[PeerId, Block], ...] | list[tuple[PeerId, Block]]
@@ -490,23 +540,38 @@ class PeerTask:
         room = self._max_inflight_blocks - self.scheduler.total_inflight()
         if room <= 0:
             return  # arrivals refill
+        room = min(room, peer.pipeline.depth() - self.scheduler.inflight(peer.key))
+        if room <= 0:
+            return  # arrivals refill
         if not peer.large_blocks and self.config.block_bytes > STANDARD_BLOCK_BYTES:
             return  # a stock client may refuse our large blocks; it still gets our uploads
         bucket = self._download_bucket
         if bucket is None:
             blocks = self.scheduler.next_requests(peer.key, max_blocks=room)
             if blocks:
-                peer.conn.send([m.Request(b.index, b.begin, b.length) for b in blocks])
+                peer.pipeline.requested(self._loop.time())
+                peer.conn.send(
+                    [
+                        *self._take_haves(peer),
+                        *(m.Request(b.index, b.begin, b.length) for b in blocks),
+                    ]
+                )
             return
         # Rate-limited: one block at a time while the bucket is out of debt, so a request is
         # only registered (and its timeout started) when it is actually sent.
-        while (delay_s := bucket.delay_s()) <= 0:
+        while room > 0 and (delay_s := bucket.delay_s()) <= 0:
             blocks = self.scheduler.next_requests(peer.key, max_blocks=1)
             if not blocks:
                 return
             block = blocks[0]
             bucket.reserve(block.length)
-            peer.conn.send((m.Request(block.index, block.begin, block.length),))
+            room -= 1
+            peer.pipeline.requested(self._loop.time())
+            peer.conn.send(
+                [*self._take_haves(peer), m.Request(block.index, block.begin, block.length)]
+            )
+        if room <= 0:
+            return  # arrivals refill
         if peer.refill_handle is None or peer.refill_handle.cancelled():
             peer.refill_handle = self._loop.call_later(delay_s, self._deferred_refill, peer)
 
@@ -535,6 +600,14 @@ class PeerTask:
 
     def _verify(self, index: int) -> None:
         buffer = self._buffers.pop(index)
+        if len(buffer) <= _INLINE_VERIFY_BYTES:
+            done: asyncio.Future[bool] = self._loop.create_future()
+            try:
+                done.set_result(self.store.commit_piece(index, buffer))
+            except Exception as exc:  # what a worker thread would have raised
+                done.set_exception(exc)
+            self._verified(index, buffer, done)
+            return
         future = self._loop.run_in_executor(self._executor, self.store.commit_piece, index, buffer)
         self._verifying[index] = future
         future.add_done_callback(lambda f: self._verified(index, buffer, f))
@@ -562,16 +635,32 @@ class PeerTask:
     def _piece_verified(self, index: int) -> None:
         self.stats.pieces_verified += 1
         self._send_cancels(self.scheduler.piece_verified(index))
-        have = m.Have(index)
         for peer in self._peers.values():
             if index not in peer.session.peer_has:  # have suppression: it knows already
-                peer.conn.send((have,))
+                peer.haves.append(index)
             if peer.session.am_interested and not self.scheduler.is_interesting(peer.key):
                 peer.conn.send(peer.session.interested(False))
+        if self._have_flush is None:
+            self._have_flush = self._loop.call_later(self.config.have_delay_s, self._flush_haves)
         if self.on_piece is not None:
             self.on_piece(index)
         if self.scheduler.is_complete() and not self.completed.done():
             self.completed.set_result(None)
+
+    def _take_haves(self, peer: _Peer) -> list[m.Message]:
+        """The ``have`` messages this peer is still owed (they leave with what we send now)."""
+        if not peer.haves:
+            return []
+        peer_has = peer.session.peer_has
+        haves: list[m.Message] = [m.Have(i) for i in peer.haves if i not in peer_has]
+        peer.haves.clear()
+        return haves
+
+    def _flush_haves(self) -> None:
+        self._have_flush = None
+        for peer in self._peers.values():
+            if peer.haves:
+                peer.conn.send(self._take_haves(peer))
 
     def _piece_failed(self, index: int) -> None:
         self.stats.pieces_failed += 1
@@ -602,16 +691,19 @@ class PeerTask:
 
     # -- uploading ------------------------------------------------------------------------------
 
-    def _unchoke_interested(self) -> None:
-        """Unchoke interested peers while fewer than ``max_unchoked`` are unchoked."""
-        peers = self._peers.values()
-        free = self.config.max_unchoked - sum(not p.session.am_choking for p in peers)
-        for peer in list(peers):
-            if free <= 0:
-                return
-            if peer.session.am_choking and peer.session.peer_interested:
+    def _unchoke(self, keys: list[PeerId]) -> None:
+        for key in keys:
+            peer = self._peers.get(key)
+            if peer is not None:
                 peer.conn.send(peer.session.unchoke())
-                free -= 1
+
+    def _rotate(self) -> None:
+        choke, unchoke = self._choker.rotate(self._loop.time())
+        for key in choke:
+            peer = self._peers.get(key)
+            if peer is not None:
+                peer.conn.send(peer.session.choke())
+        self._unchoke(unchoke)
 
     async def _upload_loop(self, peer: _Peer) -> None:
         """Serve the peer's queued requests, in order, under the upload limit."""
@@ -627,12 +719,18 @@ class PeerTask:
                 continue
             if self._upload is not None:
                 await self._upload.acquire(block.length)
+                if session.am_choking:
+                    # Choked while waiting: the choke rejected what was queued, not this one.
+                    conn.send(session.reject(block))
+                    continue
             try:
                 payload = self.store.read_block(block.index, block.begin, block.length)
             except (OSError, LookupError) as exc:
                 log.error("cannot serve %s to %s: %s", block, peer.key, exc)
                 conn.close(f"local read error: {exc}")
                 return
+            if peer.haves:
+                conn.send(self._take_haves(peer))  # the same segment as the block, usually
             conn.send_block(block.index, block.begin, payload)
             self.stats.uploaded_bytes += block.length
             await conn.drain()
@@ -664,6 +762,7 @@ class PeerTask:
                 conn.close(f"idle for {config.idle_timeout_s:.0f}s")
             elif now - conn.last_sent_s > config.keepalive_interval_s:
                 conn.send((m.KeepAlive(),))
+        self._rotate()
         # Every tick, not only after expiries: blocks a peer rejected or let time out become
         # askable of it again once their cool-down ends, and nothing else would ask.
         self._refill_all()

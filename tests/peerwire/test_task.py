@@ -80,6 +80,10 @@ def assert_exact_copy(node: Node, content: Content) -> None:
         "idle_timeout_s",
         "tick_s",
         "max_peers",
+        "max_unchoked",
+        "rotate_s",
+        "pipeline_target_s",
+        "min_pipeline_depth",
         "ban_after_bad_pieces",
     ],
 )
@@ -354,7 +358,8 @@ def test_blocks_of_a_banned_peer_are_dropped_from_unfinished_pieces(
 ) -> None:
     async def main() -> None:
         async with Swarm(content, executor) as swarm:
-            leech = await swarm.leecher("leech", config=replace(CONFIG, ban_after_bad_pieces=1))
+            config = replace(CONFIG, ban_after_bad_pieces=1, min_pipeline_depth=3)
+            leech = await swarm.leecher("leech", config=config)
             server = await swarm.raw_server()
             conn = await leech.task.connect(*server.address)
             liar = await server.accept()
@@ -645,6 +650,30 @@ def test_choked_interested_peer_is_unchoked_when_an_upload_slot_frees(
             first.send(m.NotInterested())  # frees the only slot
             await first.expect(m.Choke)
             await second.expect(m.Unchoke, timeout_s=SHORT_WAIT_S)
+
+    run(main)
+
+
+def test_a_waiting_peer_gets_the_slot_of_the_longest_unchoked_after_rotate_s(
+    content: Content, executor: Executor
+) -> None:
+    async def main() -> None:
+        async with Swarm(content, executor) as swarm:
+            config = replace(CONFIG, max_unchoked=1, rotate_s=0.2, tick_s=0.05)
+            seed = await swarm.seed(config=config)
+            first = await swarm.raw(seed.address)
+            await first.greet(content.task_id)
+            await first.expect(m.HaveAll)
+            first.send(m.Interested())
+            await first.expect(m.Unchoke)
+            second = await swarm.raw(seed.address)
+            await second.greet(content.task_id)
+            await second.expect(m.HaveAll)
+            second.send(m.Interested())
+            await second.expect(m.Unchoke, timeout_s=SHORT_WAIT_S)
+            await first.expect(m.Choke)
+            await first.expect(m.Unchoke, timeout_s=SHORT_WAIT_S)  # its turn again
+            await second.expect(m.Choke)
 
     run(main)
 
