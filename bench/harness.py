@@ -99,6 +99,7 @@ class Swarm:
     deadline: float  # time.monotonic() after which everything is killed
     hosts: dict[str, Host] | None = None
     client_rate_bps: float | None = None  # loopback: dfget --rate and the native GET's limit
+    client_upload_bps: float | None = None  # dfget's upload limit (P2P)
     client_log_level: str = "WARNING"
     #: Shaper counters (``Topology.link_counters``), read before and after each phase.
     link_counters: Callable[[], dict[str, dict[str, int]]] | None = None
@@ -178,6 +179,8 @@ class Swarm:
                     "--peer-host", self._address(role)]  # fmt: skip
             if self.client_rate_bps:
                 argv += ["--rate", f"{self.client_rate_bps:.3f}"]
+            if self.client_upload_bps:
+                argv += ["--upload-rate", f"{self.client_upload_bps:.3f}"]
             argv += ["--log-level", self.client_log_level]
             client = await self._spawn(role, role, argv)
             self._clients.append(client)

@@ -147,7 +147,7 @@ class Client:
             output=self.output("p2p"),
             trackers=(self.args.tracker,),
             rate_bps=rate,
-            upload_rate_bps=rate,
+            upload_rate_bps=self.args.upload_rate or rate,
             seed_time_s=SEED_FOR_S,
             peer_host=self.args.peer_host,
         )
@@ -250,6 +250,9 @@ def main() -> int:
     parser.add_argument("--workdir", required=True, help="where the downloads are written")
     parser.add_argument("--peer-host", default="0.0.0.0", help="address dfget listens on")
     parser.add_argument("--rate", type=float, default=0.0, help="bytes/s limit; 0 = none")
+    parser.add_argument(
+        "--upload-rate", type=float, default=0.0, help="dfget's upload limit, bytes/s; 0 = --rate"
+    )
     parser.add_argument("--log-level", default="WARNING", help="dfget's logging on stderr")
     args = parser.parse_args()
     logging.basicConfig(

@@ -91,6 +91,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.json")
     args = parser.parse_args()
+    # Started in the background (``cmd &``, nohup), this process inherits SIGINT ignored, and so
+    # would every dfget it starts: the interruptions would then silently never happen.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     duration_s = parse_duration(args.duration)
     rng = random.Random(args.seed)
     counts = {"completed": 0, "failures": 0, "killed": 0, "interrupted": 0, "resumed": 0}

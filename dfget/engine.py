@@ -323,7 +323,9 @@ class _Download:
             if self.options.back_to_source:
                 if stalled_s >= STALL_S and not peer.fetching_everything:
                     reason = f"the swarm made no progress for {stalled_s:.0f}s"
-                    log.warning("%s: fetching the missing pieces from the origin", reason)
+                    log.warning(
+                        "%s (%s): fetching them from the origin", reason, peer.missing_summary()
+                    )
                     self.fallback_reason = reason
                     peer.fetch_everything_from_origin(DIRECT_FETCHERS)
             elif stalled_s >= NO_PEERS_S:

@@ -123,6 +123,7 @@ class SwarmPeer:
         self.task.on_ban = self._on_ban
         self._download_rate_bps = download_bucket.rate_bps if download_bucket else None
         self._assigned_size = 0
+        self._last_assignment: set[int] = set()
         #: Bytes/s the origin delivered to this peer's last runs (None before the first).
         self._origin_bps: float | None = None
         self._unreported: dict[int, bytes] = {}
@@ -135,6 +136,10 @@ class SwarmPeer:
         self._background: set[asyncio.Task[Any]] = set()
         self._announce_now = asyncio.Event()
         self._origin_queue: set[int] = set()
+        #: Pieces in a Range request now (out of the queue, not stored yet).
+        self._origin_inflight: set[int] = set()
+        #: Bytes of the largest run fetched so far: the next may be at most 4x (slow start).
+        self._run_bytes = 0
         self._origin_wake = asyncio.Event()
         self._origin_workers: list[asyncio.Task[None]] = []
         self._dialed: dict[tuple[str, int], float] = {}
@@ -183,6 +188,18 @@ class SwarmPeer:
         if last >= 0 and last in have:
             done -= self._layout.piece_length - self._layout.piece_size(last)
         return done
+
+    def missing_summary(self) -> str:
+        """Why the missing pieces are missing, for a stall message."""
+        missing = list(self.task.scheduler.have.missing())
+        no_digest = sum(self.store.digest(i) is None for i in missing)
+        nobody = sum(self.task.scheduler.availability(i) == 0 for i in missing)
+        origin = len(self.task.origin_claimed)
+        return (
+            f"{len(missing)} pieces missing: {no_digest} without a known digest, "
+            f"{nobody} that no connected peer has, {origin} claimed for the origin; "
+            f"{self.peer_count} peers connected"
+        )
 
     def progress(self, phase: str) -> ProgressReport:
         now, done = time.monotonic(), self.done_bytes
@@ -320,6 +337,12 @@ class SwarmPeer:
                 await asyncio.sleep(early_s)
 
     async def _apply(self, answer: AnnounceAnswer) -> None:
+        log.debug(
+            "announced: %d peers, assignment of %d pieces%s",
+            len(answer.peers),
+            len(answer.assignment),
+            f" ({answer.assignment[0]}-{answer.assignment[-1]})" if answer.assignment else "",
+        )
         if answer.pieces_known is None:
             await self._supply_manifest()  # a restarted tracker: give it back what we know
         else:
@@ -335,10 +358,16 @@ class SwarmPeer:
                 self._origin_queue.difference_update(dropped)
                 self.task.release_from_origin(dropped)
         if answer.assignment:
+            if not set(answer.assignment) <= self._last_assignment:
+                # New pieces: while a crowd arrives, newcomers may be given part of them
+                # (tracker.assign); ask again soon (at ``min interval``) to hear of it before
+                # the origin runs reach that part.
+                self._announce_now.set()
+            self._last_assignment = set(answer.assignment)
             self._assigned_size = len(answer.assignment)
-            # A long assignment gets a few requests in flight: one Range request per piece
-            # would otherwise pay a round trip each.
-            workers = min(4, 1 + len(answer.assignment) // 32)
+            # A long assignment gets a second request in flight, so the origin's round trip
+            # is not paid between runs; more would only compete for our own link.
+            workers = 1 + (len(answer.assignment) >= 32)
             self._queue_origin(list(answer.assignment), workers=workers)
         for peer in answer.peers:
             self._dial(peer)
@@ -422,7 +451,11 @@ class SwarmPeer:
         self._queue_origin(list(self.task.scheduler.have.missing()), workers=workers)
 
     def _queue_origin(self, indices: list[int], *, workers: int) -> None:
-        fresh = [i for i in indices if i not in self._origin_queue]
+        # The tracker names our whole assignment each time: pieces already on their way from
+        # the origin are not queued again.
+        fresh = [
+            i for i in indices if i not in self._origin_queue and i not in self._origin_inflight
+        ]
         taken = self.task.claim_for_origin(fresh) if fresh else []
         self._origin_queue.update(taken)
         if not self.origin_info.accepts_ranges:
@@ -457,8 +490,10 @@ class SwarmPeer:
         the lot (the tracker assigns contiguous runs). A run's pieces are stored only once all of
         it has arrived, so a run is sized to take about ``RUN_SECONDS`` at the rate the origin
         has been delivering to us (slow start from one piece; at most ``RUN_BYTES``, and at
-        most ``RUN_SECONDS`` of ``--rate``): on a slow link other peers get pieces to trade
-        within a second instead of after the whole file."""
+        most ``RUN_SECONDS`` of ``--rate``, and at most 4x the largest run so far: a first reply
+        that came in a burst says little about the link): on a slow link other peers get pieces
+        to trade within a second instead of after the whole file, and a run rarely reaches the
+        upper half of a long assignment, which a newcomer may be given meanwhile."""
         index = min(self._origin_queue)
         run = [index]
         size = self._layout.piece_size(index)
@@ -466,8 +501,7 @@ class SwarmPeer:
         for rate_bps in (self._download_rate_bps, self._origin_bps):
             if rate_bps is not None:
                 limit = min(limit, int(rate_bps * RUN_SECONDS))
-        if self._origin_bps is None:
-            limit = 0  # the first run of this peer: one piece, to measure the origin
+        limit = min(limit, 4 * self._run_bytes)  # 0 at first: one piece, to measure the origin
         while (
             index + len(run) in self._origin_queue
             and size + self._layout.piece_size(index + len(run)) <= limit
@@ -475,9 +509,17 @@ class SwarmPeer:
             size += self._layout.piece_size(index + len(run))
             run.append(index + len(run))
         self._origin_queue.difference_update(run)
+        self._origin_inflight.update(run)
+        self._run_bytes = max(self._run_bytes, size)
         return run
 
     async def _fetch_run(self, run: list[int]) -> None:
+        try:
+            await self._fetch_run_pieces(run)
+        finally:
+            self._origin_inflight.difference_update(run)
+
+    async def _fetch_run_pieces(self, run: list[int]) -> None:
         wanted = [index for index in run if not self.store.has_piece(index)]
         if not wanted:
             return
@@ -485,6 +527,7 @@ class SwarmPeer:
         start = self._layout.piece_offset(first)
         end = self._layout.piece_offset(last) + self._layout.piece_size(last)
         began = time.monotonic()
+        log.debug("origin: pieces %d-%d", first, last)
         try:
             data = await self.origin.fetch_range(start, end, self.origin_info)
         except OriginError as exc:
@@ -541,13 +584,18 @@ class SwarmPeer:
             self._reporter = asyncio.create_task(self._report_soon())
 
     async def _report_soon(self) -> None:
-        await asyncio.sleep(REPORT_EVERY_S)
-        await self.flush_reports()
+        # Pieces stored while a report is on its way go in the next one: loop until none are
+        # left (no other reporter starts while this one runs).
+        delay_s = REPORT_EVERY_S
+        while self._unreported:
+            await asyncio.sleep(delay_s)
+            delay_s = REPORT_EVERY_S if await self.flush_reports() else TRACKER_RETRY_S
 
-    async def flush_reports(self) -> None:
-        """Send the digests of origin pieces not reported yet (one request)."""
+    async def flush_reports(self) -> bool:
+        """Send the digests of origin pieces not reported yet (one request). False when the
+        tracker could not be reached: the batch is kept for the next attempt."""
         if self.tracker is None or not self._unreported:
-            return
+            return True
         batch, self._unreported = self._unreported, {}
         try:
             await self.tracker.report_pieces(self.task_id, batch)
@@ -556,7 +604,10 @@ class SwarmPeer:
                 OriginChanged(f"pieces from the origin differ from what other peers fetched: {exc}")
             )
         except TrackerError as exc:
-            log.warning("cannot report %d pieces to the tracker: %s", len(batch), exc)
+            log.warning("cannot report %d pieces to the tracker (will retry): %s", len(batch), exc)
+            self._unreported = batch | self._unreported
+            return False
+        return True
 
     def fail(self, error: Exception) -> None:
         """End the download with ``error`` (raised by the engine's wait)."""

@@ -22,6 +22,13 @@ from typing import Final
 
 #: Target assignment size when the peer's rate is unknown.
 DEFAULT_PIECES: Final = 2
+#: With ``fair_share``, a peer that finds nothing unassigned takes the upper half of the largest
+#: assignment, if that still holds at least this many pieces. The fetcher works through its
+#: pieces lowest first and learns what it lost at its next announce, so it keeps at least half
+#: of this: what it may have fetched meanwhile (a crowd arrives within a second; measured with
+#: bench/run.py, smaller values made fetchers run into pieces given away and the origin send
+#: them twice).
+STEAL_MIN_PIECES: Final = 64
 
 
 def bitfield_to_int(bitfield: bytes) -> int:
@@ -92,6 +99,7 @@ class SourcePlanner:
         "fair_share",
         "max_pieces",
         "num_pieces",
+        "split_large",
         "ttl_s",
     )
 
@@ -103,6 +111,7 @@ class SourcePlanner:
         max_pieces: int,
         ttl_s: float,
         fair_share: bool = False,
+        split_large: bool = False,
     ) -> None:
         if num_pieces < 0:
             raise ValueError(f"num_pieces must not be negative, not {num_pieces}")
@@ -117,6 +126,11 @@ class SourcePlanner:
         #: over the fetcher slots left), so that a few fetchers take the whole file in one round
         #: instead of being fed a few pieces per announce.
         self.fair_share = fair_share
+        #: With ``fair_share``: a newcomer that finds nothing unassigned splits the largest
+        #: assignment (``STEAL_MIN_PIECES``). Off by default: on loopback a fetcher runs through
+        #: its pieces before it hears of the split, and the origin sent 2.5 copies to ten
+        #: processes; the planner must first count reported digests as fetched.
+        self.split_large = split_large
         self.budget = budget
         self.max_pieces = max_pieces
         self.ttl_s = ttl_s
@@ -166,9 +180,11 @@ class SourcePlanner:
         1..``max_pieces``; ``DEFAULT_PIECES`` when the rate is unknown; with ``fair_share``, at
         least its share of the unassigned pieces over the fetcher slots left: the peers that want
         the file (``contenders``, when known) up to ``budget``, minus those already fetching
-        (still capped by ``max_pieces``). A lone peer gets the whole file in one round.
-        A peer with no assignment gets one only while fewer than ``budget``
-        peers hold one.
+        (still capped by ``max_pieces``). A lone peer gets the whole file in one round; peers
+        that come later, when nothing is unassigned, split the largest assignment (see
+        ``STEAL_MIN_PIECES``), so the first announcer of a crowd does not fetch the whole file
+        alone. A peer with no assignment gets one only while fewer than ``budget`` peers hold
+        one.
         """
         if piece_length < 1:
             raise ValueError(f"piece_length must be positive, not {piece_length}")
@@ -187,6 +203,8 @@ class SourcePlanner:
         if have >= target:
             return tuple(held.pieces) if held is not None else ()
         mask, pieces = self._take(target - have, available)
+        if not pieces and held is None and self.fair_share and self.split_large:
+            mask, pieces = self._steal(peer_key)
         if not pieces:
             return tuple(held.pieces) if held is not None else ()
         self._assigned |= mask
@@ -270,6 +288,31 @@ class SourcePlanner:
             mask |= chunk
             free &= (1 << low) - 1  # drop the run and everything above it
             count -= run
+        return mask, pieces
+
+    def _steal(self, thief: bytes) -> tuple[int, list[int]]:
+        """Take the upper half of the largest assignment (of at least ``STEAL_MIN_PIECES``),
+        no more than an even share of everything assigned; the pieces stay counted as assigned.
+        """
+        if not self._by_peer:
+            return 0, []
+        victim_key = max(self._by_peer, key=lambda key: len(self._by_peer[key].pieces))
+        victim = self._by_peer[victim_key]
+        if victim_key == thief or len(victim.pieces) < STEAL_MIN_PIECES:
+            return 0, []
+        share = -(-self._assigned_count // (len(self._by_peer) + 1))
+        count = min(len(victim.pieces) // 2, share)
+        pieces = victim.pieces[-count:]
+        victim.pieces = victim.pieces[:-count]
+        top_bit = self._top_bit
+        mask = 0
+        for index in pieces:
+            mask |= 1 << (top_bit - index)
+        victim.mask ^= mask
+        # The thief's pieces are added to ``_assigned`` by the caller: take them out here.
+        self._assigned ^= mask
+        self._assigned_count -= count
+        self.assigned_total -= count  # handed out before: not counted twice
         return mask, pieces
 
     def _free(self, held: _Assignment) -> None:

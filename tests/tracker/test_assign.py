@@ -11,6 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from tracker.assign import (
     DEFAULT_PIECES,
+    STEAL_MIN_PIECES,
     SourcePlanner,
     bitfield_to_int,
     full_mask,
@@ -293,6 +294,100 @@ def test_large_task_assigns_from_the_first_gap() -> None:
     assert plan.missing(available) == num_pieces - 500_018
 
 
+# --- fair share and splitting ---------------------------------------------------------------
+
+
+def fair_planner(num_pieces: int = 256, *, budget: int = 20) -> SourcePlanner:
+    return SourcePlanner(
+        num_pieces,
+        budget=budget,
+        max_pieces=num_pieces,
+        ttl_s=TTL_S,
+        fair_share=True,
+        split_large=True,
+    )
+
+
+def ask_fair(plan: SourcePlanner, peer: bytes, contenders: int, now: float = 0.0) -> list[int]:
+    return list(
+        plan.assign(
+            peer,
+            now,
+            0,
+            rate_bps=None,
+            piece_length=PIECE,
+            interval_s=INTERVAL_S,
+            contenders=contenders,
+        )
+    )
+
+
+def test_a_newcomer_takes_the_upper_half_of_a_lone_fetchers_assignment() -> None:
+    plan = fair_planner(256)
+    assert ask_fair(plan, b"first", contenders=1) == list(range(256))
+    assert ask_fair(plan, b"second", contenders=2) == list(range(128, 256))
+    # The first fetcher's next announce names what is left to it.
+    assert plan.assignment_of(b"first") == tuple(range(128))
+    assert plan.assigned_pieces == 256
+    assert ask_fair(plan, b"third", contenders=3) == list(range(64, 128))
+    assert plan.missing(0) == 0
+
+
+def test_an_assignment_below_the_minimum_is_not_split() -> None:
+    plan = fair_planner(STEAL_MIN_PIECES - 1)
+    assert len(ask_fair(plan, b"first", contenders=1)) == STEAL_MIN_PIECES - 1
+    assert ask_fair(plan, b"second", contenders=2) == []
+    assert plan.fetchers == 1
+
+
+def test_a_crowd_arriving_together_spreads_the_file_over_the_budget() -> None:
+    """200 peers announce one after another (each sees the crowd so far): the first 20 end up
+    fetching disjoint parts of similar size; nobody holds more than a quarter of the file."""
+    pieces = 16 * STEAL_MIN_PIECES
+    plan = fair_planner(pieces, budget=20)
+    for n in range(200):
+        ask_fair(plan, f"peer{n}".encode(), contenders=n + 1)
+    parts = [plan.assignment_of(f"peer{n}".encode()) for n in range(200)]
+    sizes = sorted(len(part) for part in parts if part)
+    assert len(sizes) == 20
+    assert sum(sizes) == pieces
+    every = sorted(i for part in parts for i in part)
+    assert every == list(range(pieces))
+    assert sizes[-1] <= pieces // 4
+    assert sizes[0] >= STEAL_MIN_PIECES // 2
+
+
+def test_splitting_stops_at_the_minimum() -> None:
+    """A crowd splits a small file only down to assignments of half the minimum."""
+    plan = fair_planner(4 * STEAL_MIN_PIECES, budget=20)
+    for n in range(50):
+        ask_fair(plan, f"peer{n}".encode(), contenders=n + 1)
+    sizes = [len(plan.assignment_of(f"peer{n}".encode())) for n in range(50)]
+    assert sorted(size for size in sizes if size) == [STEAL_MIN_PIECES // 2] * 8
+
+
+def test_a_peer_that_holds_an_assignment_does_not_split_another() -> None:
+    plan = fair_planner(256, budget=20)
+    ask_fair(plan, b"first", contenders=1)
+    ask_fair(plan, b"second", contenders=2)
+    before = plan.assignment_of(b"first")
+    assert ask_fair(plan, b"second", contenders=2) == list(range(128, 256))
+    assert plan.assignment_of(b"first") == before
+
+
+def test_no_split_unless_asked() -> None:
+    plan = SourcePlanner(256, budget=20, max_pieces=256, ttl_s=TTL_S, fair_share=True)
+    ask_fair(plan, b"first", contenders=1)
+    assert ask_fair(plan, b"second", contenders=2) == []
+
+
+def test_splitting_respects_the_budget() -> None:
+    plan = fair_planner(256, budget=1)
+    ask_fair(plan, b"first", contenders=1)
+    assert ask_fair(plan, b"second", contenders=2) == []
+    assert plan.assignment_of(b"first") == tuple(range(256))
+
+
 # --- simulation ---------------------------------------------------------------------------------
 
 
@@ -357,7 +452,7 @@ class PlannerMachine(RuleBasedStateMachine):
         rate = None if rate_pieces is None else rate_pieces * PIECE / INTERVAL_S
         got = ask(self.plan, peer, self.now, self.mask(), rate)
         assert list(got) == sorted(set(got))
-        assert len(got) <= 5
+        assert len(got) <= self.plan.max_pieces
         assert not set(got) & self.available
         if not got:
             # Refused only when the budget is spent or there is nothing left to hand out.
@@ -400,3 +495,38 @@ class PlannerMachine(RuleBasedStateMachine):
 
 PlannerMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40)
 test_planner_state_machine = PlannerMachine.TestCase
+
+
+class FairPlannerMachine(PlannerMachine):
+    """The same, with fair shares and splitting of large assignments (as the tracker runs it)."""
+
+    NUM_PIECES = 2 * STEAL_MIN_PIECES + 5
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plan = SourcePlanner(
+            self.NUM_PIECES,
+            budget=3,
+            max_pieces=self.NUM_PIECES,
+            ttl_s=TTL_S,
+            fair_share=True,
+            split_large=True,
+        )
+
+    @rule(peer=st.sampled_from(PlannerMachine.PEERS), contenders=st.integers(1, 5))
+    def announce_in_a_crowd(self, peer: bytes, contenders: int) -> None:
+        got = self.plan.assign(
+            peer,
+            self.now,
+            self.mask(),
+            rate_bps=None,
+            piece_length=PIECE,
+            interval_s=INTERVAL_S,
+            contenders=contenders,
+        )
+        assert list(got) == sorted(set(got))
+        assert not set(got) & self.available
+
+
+FairPlannerMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40)
+test_fair_planner_state_machine = FairPlannerMachine.TestCase
