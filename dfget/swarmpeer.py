@@ -122,7 +122,7 @@ class SwarmPeer:
         )
         self.task.on_ban = self._on_ban
         self._download_rate_bps = download_bucket.rate_bps if download_bucket else None
-        self._assigned_size = 0
+        #: The pieces the tracker's last answer assigned us.
         self._last_assignment: set[int] = set()
         #: Bytes/s the origin delivered to this peer's last runs (None before the first).
         self._origin_bps: float | None = None
@@ -364,7 +364,6 @@ class SwarmPeer:
                 # the origin runs reach that part.
                 self._announce_now.set()
             self._last_assignment = set(answer.assignment)
-            self._assigned_size = len(answer.assignment)
             # A long assignment gets a second request in flight, so the origin's round trip
             # is not paid between runs; more would only compete for our own link.
             workers = 1 + (len(answer.assignment) >= 32)
@@ -475,7 +474,7 @@ class SwarmPeer:
                     continue
                 if self.origin_info.accepts_ranges:
                     run = self._take_run()
-                    if len(self._origin_queue) <= self._assigned_size // 2:
+                    if len(self._origin_queue) <= len(self._last_assignment) // 2:
                         self._announce_now.set()  # ask for more before this runs dry
                     await self._fetch_run(run)
                 else:
