@@ -19,7 +19,6 @@ import json
 import logging
 import queue
 import re
-import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -36,6 +35,8 @@ from dfget.daemonconfig import DaemonConfig
 from proxy.config import ProxyConfig, parse_rule
 from proxy.routes import Refused, classify
 from proxy.server import ProxyServer
+from tests.helpers import raw_http
+from tests.helpers.raw_http import Reply, parse_replies
 from tests.proxy.upstream_server import Blob, Upstream, get
 
 #: Seconds a blocking socket waits for the proxy before the test calls it a hang.
@@ -202,104 +203,8 @@ def unharmed(mirror: Mirror) -> Iterator[None]:
 # -- a blocking HTTP client -------------------------------------------------------------------
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-
-    def header(self, name: bytes) -> bytes | None:
-        return next((v for n, v in self.headers if n.lower() == name.lower()), None)
-
-
-_STATUS_LINE = re.compile(rb"HTTP/1\.1 ([1-5][0-9][0-9]) [\x20-\x7e\x80-\xff]*")
-_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\x20-\x7e\x80-\xff\t]*)")
-
-
-def parse_replies(data: bytes) -> list[Reply]:
-    """Every response in ``data`` (RFC 9112 6.3 framing: Content-Length, chunked, or until the
-    close; none for 1xx/204/304 and, tried second, for the answer to a HEAD). ValueError unless
-    ``data`` is exactly a sequence of well-formed HTTP/1.1 responses."""
-    replies = _parse_from(data, 0)
-    if replies is None:
-        raise ValueError(f"not a sequence of well-formed HTTP responses: {data[:300]!r}")
-    return replies
-
-
-def _parse_from(data: bytes, offset: int) -> list[Reply] | None:
-    if offset == len(data):
-        return []
-    end = data.find(b"\r\n\r\n", offset)
-    if end < 0:
-        return None
-    status_line, *lines = data[offset:end].split(b"\r\n")
-    matched = _STATUS_LINE.fullmatch(status_line)
-    if matched is None:
-        return None
-    headers = []
-    for line in lines:
-        header = _HEADER_LINE.fullmatch(line)
-        if header is None:
-            return None
-        headers.append((header[1], header[2].rstrip()))
-    reply = Reply(int(matched[1]), headers, b"")
-    start = end + 4
-    for body, after in _bodies(reply, data, start):
-        rest = _parse_from(data, after)
-        if rest is not None:
-            reply.body = body
-            return [reply, *rest]
-    return None
-
-
-def _bodies(reply: Reply, data: bytes, start: int) -> Iterator[tuple[bytes, int]]:
-    """The possible (body, end offset) of ``reply``, most likely first."""
-    if reply.status < 200 or reply.status in (204, 304):
-        yield b"", start
-        return
-    length = reply.header(b"Content-Length")
-    if length is not None:
-        if length.isdigit() and start + int(length) <= len(data):
-            yield data[start : start + int(length)], start + int(length)
-        yield b"", start  # the answer to a HEAD
-    elif (reply.header(b"Transfer-Encoding") or b"").lower() == b"chunked":
-        chunks, offset = [], start
-        while True:
-            line_end = data.find(b"\r\n", offset)
-            size_text = data[offset:line_end].split(b";")[0]
-            if line_end < 0 or not re.fullmatch(rb"[0-9a-fA-F]{1,16}", size_text):
-                break
-            size = int(size_text, 16)
-            chunk_end = line_end + 2 + size
-            if data[chunk_end : chunk_end + 2] != b"\r\n":
-                break
-            chunks.append(data[line_end + 2 : chunk_end])
-            offset = chunk_end + 2
-            if size == 0:
-                yield b"".join(chunks), offset
-                break
-        yield b"", start
-    else:
-        yield data[start:], len(data)  # delimited by the close
-        yield b"", start
-
-
 def talk(port: int, data: bytes) -> bytes:
-    """Send ``data`` on a new connection, half-close it, return everything until the proxy
-    closes (a reset counts as a close). A proxy that neither answers nor closes fails."""
-    with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT_S) as sock:
-        try:
-            sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # closed on us mid-send: still read whatever it said
-        received = bytearray()
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except ConnectionResetError:
-            pass
-        return bytes(received)
+    return raw_http.talk(port, data, timeout_s=IO_TIMEOUT_S)
 
 
 def ask(mirror: Mirror, data: bytes) -> tuple[Reply, list[tuple[str, str]]]:

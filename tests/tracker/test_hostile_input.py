@@ -15,7 +15,6 @@ that the slow-sender cases finish in a few seconds.
 from __future__ import annotations
 
 import os
-import re
 import select
 import socket
 import struct
@@ -33,7 +32,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import raw_http
 from tests.helpers.processes import listening_process
+from tests.helpers.raw_http import Reply, parse_replies
 
 pytestmark = pytest.mark.integration
 
@@ -88,77 +89,18 @@ def still_healthy(tracker: Tracker) -> Iterator[None]:
 # -- talking to the tracker ---------------------------------------------------------------------
 
 
-@dataclass
-class Answer:
-    status: int
-    headers: dict[bytes, bytes]
-    body: bytes
-
-
-_STATUS_LINE = re.compile(rb"HTTP/1\.1 ([1-5][0-9][0-9]) [\x20-\x7e]*")
-_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+): ?([\x20-\x7e]*)")
-
-
-def parse_answers(data: bytes) -> list[Answer]:
-    """Every response in ``data``, each framed by its Content-Length (the tracker always sends
-    one; a HEAD answer has it but no body). ValueError unless ``data`` is exactly a sequence of
-    well-formed HTTP/1.1 responses."""
-    answers = _parse_from(data, 0)
-    if answers is None:
-        raise ValueError(f"not a sequence of well-formed HTTP responses: {data[:300]!r}")
-    return answers
-
-
-def _parse_from(data: bytes, offset: int) -> list[Answer] | None:
-    if offset == len(data):
-        return []
-    end = data.find(b"\r\n\r\n", offset)
-    if end < 0:
-        return None
-    status_line, *lines = data[offset:end].split(b"\r\n")
-    status = _STATUS_LINE.fullmatch(status_line)
-    if status is None:
-        return None
-    headers: dict[bytes, bytes] = {}
-    for line in lines:
-        header = _HEADER_LINE.fullmatch(line)
-        if header is None:
-            return None
-        headers[header[1].lower()] = header[2]
-    length_text = headers.get(b"content-length", b"")
-    if not length_text.isdigit():
-        return None
-    start = end + 4
-    for body_bytes in dict.fromkeys((int(length_text), 0)):  # with its body, or a HEAD answer
-        if start + body_bytes > len(data):
-            continue
-        rest = _parse_from(data, start + body_bytes)
-        if rest is not None:
-            answer = Answer(int(status[1]), headers, data[start : start + body_bytes])
-            return [answer, *rest]
-    return None
+def parse_answers(data: bytes) -> list[Reply]:
+    """Every response in ``data``; the tracker frames each by its Content-Length (a HEAD answer
+    has it but no body). ValueError unless ``data`` is exactly a sequence of well-formed
+    HTTP/1.1 responses."""
+    return parse_replies(data, require_length=True)
 
 
 def talk(port: int, data: bytes, *, half_close: bool = True) -> bytes:
-    """Send ``data`` on a new connection, half-close it, return everything until the tracker
-    closes (a reset counts as a close). A tracker that neither answers nor closes fails."""
-    with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT_S) as sock:
-        try:
-            sock.sendall(data)
-            if half_close:
-                sock.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # closed on us mid-send: still read whatever it said
-        received = bytearray()
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except ConnectionResetError:
-            pass
-        return bytes(received)
+    return raw_http.talk(port, data, timeout_s=IO_TIMEOUT_S, half_close=half_close)
 
 
-def answers_to(port: int, data: bytes) -> list[Answer]:
+def answers_to(port: int, data: bytes) -> list[Reply]:
     return parse_answers(talk(port, data))
 
 
@@ -435,7 +377,7 @@ def test_malformed_http_gets_400_and_close(tracker: Tracker, request_bytes: byte
     # talk() only returns once the tracker closed (or reset) the connection.
     (answer,) = answers_to(tracker.port, request_bytes)
     assert answer.status == 400
-    assert answer.headers[b"connection"] == b"close"
+    assert answer.header(b"connection") == b"close"
 
 
 def test_giant_request_line_gets_414(tracker: Tracker) -> None:
@@ -507,7 +449,7 @@ def test_upgrade_is_ignored_and_ends_the_connection(tracker: Tracker) -> None:
     upgrade = get(b"/healthz", b"Connection: Upgrade", b"Upgrade: h2c")
     answers = answers_to(tracker.port, upgrade + get(b"/nowhere"))
     assert [(a.status, a.body) for a in answers] == [(200, b"ok\n")]  # nothing parsed after it
-    assert answers[0].headers[b"connection"] == b"close"
+    assert answers[0].header(b"connection") == b"close"
 
 
 def test_upgrade_with_a_body_gets_400_not_an_answer_without_its_body(tracker: Tracker) -> None:
