@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -223,3 +224,61 @@ def test_dead_daemon_socket_means_in_process_download(
     assert code == 0, err
     assert "does not answer" in err
     assert sha256(tmp_path / "x.bin") == sha256(source)
+
+
+def test_a_full_cache_disk_fails_one_download_clearly_and_harms_nothing_else(
+    tmp_path: Path, origin: tuple[OriginServer, Path]
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m,mode=0700", "tmpfs", str(disk)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr!r}")
+    server, root = origin
+    small = random_file(root / "small.bin", 4 * MIB)
+    large = random_file(root / "large.bin", 16 * MIB)
+    try:
+        with dfdaemon(disk, "full") as daemon:
+            url = f"{server.base_url}/files/"
+            code, err = finish(
+                dfget(url + "small.bin", tmp_path / "a.bin", daemon_socket=daemon.socket)
+            )
+            assert code == 0, err
+
+            # The large file cannot fit next to the cached one: a clear error, no output.
+            code, err = finish(
+                dfget(url + "large.bin", tmp_path / "b.bin", daemon_socket=daemon.socket)
+            )
+            assert code == 1, err
+            assert "No space left" in err or "free" in err, err
+            assert not (tmp_path / "b.bin").exists()
+            assert daemon.process.poll() is None, "the daemon died"
+
+            # The cached task is intact and still served from the cache, not the origin...
+            served = server.stats()["bytes_sent"]
+            code, err = finish(
+                dfget(url + "small.bin", tmp_path / "c.bin", daemon_socket=daemon.socket)
+            )
+            assert code == 0, err
+            assert sha256(tmp_path / "c.bin") == sha256(small)
+            assert server.stats()["bytes_sent"] == served
+            tasks = {t["url"].rsplit("/", 1)[1]: t for t in daemon.api("/v1/tasks")["tasks"]}
+            assert tasks["small.bin"]["complete"], tasks
+            # ...and the failed one holds no data taking the space (it may stay listed: a later
+            # request resumes it), so other tasks still fit.
+            assert not tasks["large.bin"]["complete"]
+            assert shutil.disk_usage(disk).used <= 5 * MIB
+            random_file(root / "other.bin", 4 * MIB)
+            code, err = finish(
+                dfget(url + "other.bin", tmp_path / "d.bin", daemon_socket=daemon.socket)
+            )
+            assert code == 0, err
+            assert sha256(tmp_path / "d.bin") == sha256(root / "other.bin")
+            assert sha256(tmp_path / "a.bin") == sha256(small) != sha256(large)
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
