@@ -136,6 +136,9 @@ class SwarmPeer:
         self._background: set[asyncio.Task[Any]] = set()
         self._announce_now = asyncio.Event()
         self._origin_queue: set[int] = set()
+        #: The tracker lists an assignment in the order to fetch it: the upper part of a split
+        #: one comes highest first (tracker.assign), towards the fetcher that keeps the rest.
+        self._origin_descending = False
         #: Pieces in a Range request now (out of the queue, not stored yet).
         self._origin_inflight: set[int] = set()
         #: Bytes of the largest run fetched so far: the next may be at most 4x (slow start).
@@ -328,6 +331,10 @@ class SwarmPeer:
                 self._interval_s = max(1.0, answer.interval_s)
                 self._min_interval_s = max(0.5, min(answer.min_interval_s, self._interval_s))
                 wait_s = self._interval_s
+                if not answer.assignment and self.pieces_had == 0 and self.pieces_missing:
+                    # Nothing to fetch and nothing yet: while a crowd arrives, an assignment may
+                    # be split for us as soon as its fetcher has told its rate (tracker.assign).
+                    wait_s = self._min_interval_s
                 await self._apply(answer)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._announce_now.wait(), wait_s)
@@ -364,6 +371,7 @@ class SwarmPeer:
                 # the origin runs reach that part.
                 self._announce_now.set()
             self._last_assignment = set(answer.assignment)
+            self._origin_descending = answer.assignment[0] > answer.assignment[-1]
             # A long assignment gets a second request in flight, so the origin's round trip
             # is not paid between runs; more would only compete for our own link.
             workers = 1 + (len(answer.assignment) >= 32)
@@ -485,15 +493,17 @@ class SwarmPeer:
             self._fail(exc)
 
     def _take_run(self) -> list[int]:
-        """The lowest queued piece and the queued pieces right after it: one Range request for
-        the lot (the tracker assigns contiguous runs). A run's pieces are stored only once all of
-        it has arrived, so a run is sized to take about ``RUN_SECONDS`` at the rate the origin
-        has been delivering to us (slow start from one piece; at most ``RUN_BYTES``, and at
-        most ``RUN_SECONDS`` of ``--rate``, and at most 4x the largest run so far: a first reply
-        that came in a burst says little about the link): on a slow link other peers get pieces
-        to trade within a second instead of after the whole file, and a run rarely reaches the
-        upper half of a long assignment, which a newcomer may be given meanwhile."""
-        index = min(self._origin_queue)
+        """The lowest queued piece (the highest, when the assignment came highest first) and the
+        queued pieces next to it: one Range request for the lot (the tracker assigns contiguous
+        runs). A run's pieces are stored only once all of it has arrived, so a run is sized to
+        take about ``RUN_SECONDS`` at the rate the origin has been delivering to us (slow start
+        from one piece; at most ``RUN_BYTES``, and at most ``RUN_SECONDS`` of ``--rate``, and at
+        most 4x the largest run so far: a first reply that came in a burst says little about
+        the link): on a slow link other peers get pieces to trade within a second instead of
+        after the whole file, and a run rarely reaches the far part of a long assignment, which
+        a newcomer may be given meanwhile. Returns the run ascending."""
+        step = -1 if self._origin_descending else 1
+        index = max(self._origin_queue) if step < 0 else min(self._origin_queue)
         run = [index]
         size = self._layout.piece_size(index)
         limit = RUN_BYTES
@@ -502,11 +512,12 @@ class SwarmPeer:
                 limit = min(limit, int(rate_bps * RUN_SECONDS))
         limit = min(limit, 4 * self._run_bytes)  # 0 at first: one piece, to measure the origin
         while (
-            index + len(run) in self._origin_queue
-            and size + self._layout.piece_size(index + len(run)) <= limit
+            index + step * len(run) in self._origin_queue
+            and size + self._layout.piece_size(index + step * len(run)) <= limit
         ):
-            size += self._layout.piece_size(index + len(run))
-            run.append(index + len(run))
+            size += self._layout.piece_size(index + step * len(run))
+            run.append(index + step * len(run))
+        run.sort()
         self._origin_queue.difference_update(run)
         self._origin_inflight.update(run)
         self._run_bytes = max(self._run_bytes, size)

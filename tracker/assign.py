@@ -22,13 +22,19 @@ from typing import Final
 
 #: Target assignment size when the peer's rate is unknown.
 DEFAULT_PIECES: Final = 2
-#: With ``fair_share``, a peer that finds nothing unassigned takes the upper half of the largest
-#: assignment, if that still holds at least this many pieces. The fetcher works through its
-#: pieces lowest first and learns what it lost at its next announce, so it keeps at least half
-#: of this: what it may have fetched meanwhile (a crowd arrives within a second; measured with
-#: bench/run.py, smaller values made fetchers run into pieces given away and the origin send
-#: them twice).
-STEAL_MIN_PIECES: Final = 64
+#: With ``split_large``, a peer that finds nothing unassigned takes part of the assignment with
+#: the most pieces its fetcher cannot reach before it hears of the split, if that part holds at
+#: least this many pieces (fewer are not worth a Range request of their own).
+STEAL_MIN_PIECES: Final = 16
+#: The fetcher of an assignment keeps what it may fetch before it hears of a split, at its
+#: reported rate, with this margin: it works through its pieces lowest first, and the tracker
+#: knows its position as of its last announce; it learns what it lost at its next announce, at
+#: most one interval later; meanwhile up to ``STEAL_INFLIGHT_S`` of Range requests may be on
+#: their way. An assignment whose fetcher has not reported a rate yet (one announce so far) is
+#: not split: on loopback a fetcher may be through the whole file before its second announce,
+#: and the origin would send the split part twice.
+STEAL_KEEP_MARGIN: Final = 2.5
+STEAL_INFLIGHT_S: Final = 1.0
 
 
 def bitfield_to_int(bitfield: bytes) -> int:
@@ -58,6 +64,10 @@ def piece_indices(mask: int, num_pieces: int) -> list[int]:
     return found
 
 
+def _in_order(held: _Assignment) -> tuple[int, ...]:
+    return tuple(reversed(held.pieces)) if held.descending else tuple(held.pieces)
+
+
 #: For each byte value, the offsets (0 = high bit) of its set bits.
 _BYTE_BITS: Final = tuple(
     tuple(bit for bit in range(8) if value & (0x80 >> bit)) for value in range(256)
@@ -67,12 +77,29 @@ _BYTE_BITS: Final = tuple(
 class _Assignment:
     """One fetcher's pieces: as a set int (for set algebra) and as a sorted list (to answer)."""
 
-    __slots__ = ("expires_at", "mask", "pieces")
+    __slots__ = ("descending", "expires_at", "mask", "pieces", "rate_bps", "seen_at")
 
-    def __init__(self, mask: int, pieces: list[int], expires_at: float) -> None:
+    def __init__(
+        self,
+        mask: int,
+        pieces: list[int],
+        expires_at: float,
+        rate_bps: float | None,
+        now: float,
+        *,
+        descending: bool = False,
+    ) -> None:
         self.mask = mask
         self.pieces = pieces
         self.expires_at = expires_at
+        #: Fetched highest first (the upper part of a split assignment: it starts at the end
+        #: farthest from where the other fetcher works).
+        self.descending = descending
+        #: The fetcher's download rate at its last announce since it got the assignment (None
+        #: until then: a rate from before says nothing of how fast it goes through this), and
+        #: when that was.
+        self.rate_bps = rate_bps
+        self.seen_at = now
 
 
 class SourcePlanner:
@@ -126,10 +153,9 @@ class SourcePlanner:
         #: over the fetcher slots left), so that a few fetchers take the whole file in one round
         #: instead of being fed a few pieces per announce.
         self.fair_share = fair_share
-        #: With ``fair_share``: a newcomer that finds nothing unassigned splits the largest
-        #: assignment (``STEAL_MIN_PIECES``). Off by default: on loopback a fetcher runs through
-        #: its pieces before it hears of the split, and the origin sent 2.5 copies to ten
-        #: processes; the planner must first count reported digests as fetched.
+        #: With ``fair_share``: a newcomer that finds nothing unassigned takes part of an
+        #: assignment that its fetcher cannot reach soon (``STEAL_KEEP_MARGIN``), so the
+        #: first announcer of a crowd does not fetch the whole file alone.
         self.split_large = split_large
         self.budget = budget
         self.max_pieces = max_pieces
@@ -158,9 +184,10 @@ class SourcePlanner:
         return (self._full & ~(available | self._assigned)).bit_count()
 
     def assignment_of(self, peer_key: bytes) -> tuple[int, ...]:
-        """The pieces ``peer_key`` is assigned now (ascending), without changing anything."""
+        """The pieces ``peer_key`` is assigned now, in the order to fetch them, without
+        changing anything."""
         held = self._by_peer.get(peer_key)
-        return () if held is None else tuple(held.pieces)
+        return () if held is None else _in_order(held)
 
     def assign(
         self,
@@ -173,18 +200,21 @@ class SourcePlanner:
         interval_s: float,
         contenders: int | None = None,
     ) -> tuple[int, ...]:
-        """This peer's assignment (ascending piece indices), topped up to its target size.
+        """This peer's assignment, topped up to its target size: piece indices in the order to
+        fetch them, ascending except for the upper part of a split assignment (descending).
 
         ``available`` is the union of the bitfields of live peers. Sizing: enough pieces to
         keep the peer busy for one announce interval at ``rate_bps``, clamped to
         1..``max_pieces``; ``DEFAULT_PIECES`` when the rate is unknown; with ``fair_share``, at
         least its share of the unassigned pieces over the fetcher slots left: the peers that want
         the file (``contenders``, when known) up to ``budget``, minus those already fetching
-        (still capped by ``max_pieces``). A lone peer gets the whole file in one round; peers
-        that come later, when nothing is unassigned, split the largest assignment (see
-        ``STEAL_MIN_PIECES``), so the first announcer of a crowd does not fetch the whole file
-        alone. A peer with no assignment gets one only while fewer than ``budget`` peers hold
-        one.
+        (still capped by ``max_pieces``). A lone peer gets the whole file in one round; with
+        ``split_large``, peers that come later, when nothing is unassigned, take half of what a
+        slow fetcher cannot reach before its next announce (``STEAL_MIN_PIECES``,
+        ``STEAL_KEEP_MARGIN``): the far end, fetched towards the other fetcher, so that the two
+        meet only after both have announced again. The first announcer of a crowd does not
+        fetch the whole file alone. A peer with no assignment gets one only while fewer than
+        ``budget`` peers hold one.
         """
         if piece_length < 1:
             raise ValueError(f"piece_length must be positive, not {piece_length}")
@@ -192,6 +222,10 @@ class SourcePlanner:
         held = self._by_peer.get(peer_key)
         if held is None and len(self._by_peer) >= self.budget:
             return ()
+        if held is not None:
+            held.seen_at = now
+            if rate_bps is not None and not math.isnan(rate_bps):
+                held.rate_bps = rate_bps
         target = self._target(rate_bps, piece_length, interval_s)
         if self.fair_share:
             unassigned = (self._full & ~(available | self._assigned)).bit_count()
@@ -201,23 +235,26 @@ class SourcePlanner:
             target = max(target, min(self.max_pieces, -(-unassigned // slots)))
         have = 0 if held is None else len(held.pieces)
         if have >= target:
-            return tuple(held.pieces) if held is not None else ()
+            return _in_order(held) if held is not None else ()
         mask, pieces = self._take(target - have, available)
+        descending = False
         if not pieces and held is None and self.fair_share and self.split_large:
-            mask, pieces = self._steal(peer_key)
+            mask, pieces, descending = self._steal(now, piece_length, interval_s)
         if not pieces:
-            return tuple(held.pieces) if held is not None else ()
+            return _in_order(held) if held is not None else ()
         self._assigned |= mask
         self._assigned_count += len(pieces)
         self.assigned_total += len(pieces)
         expires_at = now + self.ttl_s
         if held is None:
-            self._by_peer[peer_key] = _Assignment(mask, pieces, expires_at)
-            return tuple(pieces)
+            held = self._by_peer[peer_key] = _Assignment(
+                mask, pieces, expires_at, None, now, descending=descending
+            )
+            return _in_order(held)
         held.mask |= mask
         held.pieces = sorted(held.pieces + pieces)
         held.expires_at = expires_at
-        return tuple(held.pieces)
+        return _in_order(held)
 
     def release(self, peer_key: bytes) -> None:
         """The peer left: its pieces are free for others at once."""
@@ -290,30 +327,43 @@ class SourcePlanner:
             count -= run
         return mask, pieces
 
-    def _steal(self, thief: bytes) -> tuple[int, list[int]]:
-        """Take the upper half of the largest assignment (of at least ``STEAL_MIN_PIECES``),
-        no more than an even share of everything assigned; the pieces stay counted as assigned.
-        """
-        if not self._by_peer:
-            return 0, []
-        victim_key = max(self._by_peer, key=lambda key: len(self._by_peer[key].pieces))
-        victim = self._by_peer[victim_key]
-        if victim_key == thief or len(victim.pieces) < STEAL_MIN_PIECES:
-            return 0, []
+    def _steal(
+        self, now: float, piece_length: int, interval_s: float
+    ) -> tuple[int, list[int], bool]:
+        """Half of the largest part of an assignment that its fetcher cannot reach before it
+        hears of the split (``STEAL_KEEP_MARGIN``), no more than an even share of everything
+        assigned and at least ``STEAL_MIN_PIECES``: the end farthest from where the fetcher
+        works, to be fetched in the other direction (towards it). Returns (set int, ascending
+        pieces, descending); the pieces stay counted as assigned."""
+        best: _Assignment | None = None
+        best_spare = 0
+        for held in self._by_peer.values():
+            rate_bps = held.rate_bps
+            if rate_bps is None or not rate_bps < math.inf:
+                continue  # how far it gets is unknown
+            ahead_s = max(0.0, now - held.seen_at) + interval_s + STEAL_INFLIGHT_S
+            reach = math.ceil(STEAL_KEEP_MARGIN * rate_bps * ahead_s / piece_length)
+            spare = len(held.pieces) - max(1, reach)
+            if spare > best_spare:
+                best, best_spare = held, spare
         share = -(-self._assigned_count // (len(self._by_peer) + 1))
-        count = min(len(victim.pieces) // 2, share)
-        pieces = victim.pieces[-count:]
-        victim.pieces = victim.pieces[:-count]
+        count = min(best_spare // 2, share)
+        if best is None or count < STEAL_MIN_PIECES:
+            return 0, [], False
+        if best.descending:  # it works down from the top: take the bottom, fetched upwards
+            pieces, best.pieces = best.pieces[:count], best.pieces[count:]
+        else:
+            pieces, best.pieces = best.pieces[-count:], best.pieces[:-count]
         top_bit = self._top_bit
         mask = 0
         for index in pieces:
             mask |= 1 << (top_bit - index)
-        victim.mask ^= mask
+        best.mask ^= mask
         # The thief's pieces are added to ``_assigned`` by the caller: take them out here.
         self._assigned ^= mask
         self._assigned_count -= count
         self.assigned_total -= count  # handed out before: not counted twice
-        return mask, pieces
+        return mask, pieces, not best.descending
 
     def _free(self, held: _Assignment) -> None:
         self._assigned ^= held.mask

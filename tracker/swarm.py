@@ -407,6 +407,7 @@ class Swarm:
             max_pieces=self._config.assign_max_pieces if manifest.ranges else manifest.num_pieces,
             ttl_s=self._config.assign_ttl_s,
             fair_share=True,
+            split_large=True,
         )
         # Peers' pieces were unknown without a manifest; they tell again on their next announce.
         record.available, record.available_stale = 0, False

@@ -11,6 +11,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from tracker.assign import (
     DEFAULT_PIECES,
+    STEAL_INFLIGHT_S,
+    STEAL_KEEP_MARGIN,
     STEAL_MIN_PIECES,
     SourcePlanner,
     bitfield_to_int,
@@ -308,13 +310,20 @@ def fair_planner(num_pieces: int = 256, *, budget: int = 20) -> SourcePlanner:
     )
 
 
-def ask_fair(plan: SourcePlanner, peer: bytes, contenders: int, now: float = 0.0) -> list[int]:
+def ask_fair(
+    plan: SourcePlanner,
+    peer: bytes,
+    contenders: int,
+    now: float = 0.0,
+    *,
+    pieces_per_s: float | None = None,
+) -> list[int]:
     return list(
         plan.assign(
             peer,
             now,
             0,
-            rate_bps=None,
+            rate_bps=None if pieces_per_s is None else pieces_per_s * PIECE,
             piece_length=PIECE,
             interval_s=INTERVAL_S,
             contenders=contenders,
@@ -322,68 +331,132 @@ def ask_fair(plan: SourcePlanner, peer: bytes, contenders: int, now: float = 0.0
     )
 
 
-def test_a_newcomer_takes_the_upper_half_of_a_lone_fetchers_assignment() -> None:
+def reach(pieces_per_s: float, since_s: float = 0.0) -> int:
+    """What a fetcher keeps ``since_s`` after its last announce, at its rate."""
+    ahead_s = since_s + INTERVAL_S + STEAL_INFLIGHT_S
+    return math.ceil(STEAL_KEEP_MARGIN * pieces_per_s * ahead_s)
+
+
+def test_a_newcomer_takes_the_upper_half_of_what_a_slow_fetcher_cannot_reach() -> None:
     plan = fair_planner(256)
     assert ask_fair(plan, b"first", contenders=1) == list(range(256))
-    assert ask_fair(plan, b"second", contenders=2) == list(range(128, 256))
+    # Its second announce tells its rate: 2 pieces/s, so it keeps what it may reach meanwhile.
+    assert ask_fair(plan, b"first", contenders=1, pieces_per_s=2) == list(range(256))
+    spare = 256 - reach(2)
+    assert ask_fair(plan, b"second", contenders=2) == list(range(255, 255 - spare // 2, -1))
     # The first fetcher's next announce names what is left to it.
-    assert plan.assignment_of(b"first") == tuple(range(128))
+    kept = 256 - spare // 2
+    assert plan.assignment_of(b"first") == tuple(range(kept))
     assert plan.assigned_pieces == 256
-    assert ask_fair(plan, b"third", contenders=3) == list(range(64, 128))
+    spare = kept - reach(2)
+    assert ask_fair(plan, b"third", contenders=3) == list(
+        range(kept - 1, kept - 1 - spare // 2, -1)
+    )
     assert plan.missing(0) == 0
 
 
-def test_an_assignment_below_the_minimum_is_not_split() -> None:
-    plan = fair_planner(STEAL_MIN_PIECES - 1)
-    assert len(ask_fair(plan, b"first", contenders=1)) == STEAL_MIN_PIECES - 1
+def test_the_longer_since_the_fetcher_announced_the_more_it_keeps() -> None:
+    plan = fair_planner(256)
+    ask_fair(plan, b"first", contenders=1)
+    ask_fair(plan, b"first", contenders=1, now=1.0, pieces_per_s=2)
+    spare = 256 - reach(2, since_s=3.0)
+    assert ask_fair(plan, b"second", contenders=2, now=4.0) == list(
+        range(255, 255 - spare // 2, -1)
+    )
+
+
+def test_a_split_part_is_fetched_towards_the_fetcher_that_keeps_the_rest() -> None:
+    """The upper part of an ascending assignment comes highest first; splitting that one
+    (descending) gives away its lower end, lowest first: each newcomer starts at the end
+    farthest from where the other fetcher works."""
+    plan = fair_planner(256)
+    ask_fair(plan, b"first", contenders=1)
+    ask_fair(plan, b"first", contenders=1, pieces_per_s=1)
+    second = ask_fair(plan, b"second", contenders=2)
+    assert second == sorted(second, reverse=True) and second[0] == 255
+    ask_fair(plan, b"first", contenders=2, pieces_per_s=100)  # it keeps all that is left
+    ask_fair(plan, b"second", contenders=2, pieces_per_s=1)
+    third = ask_fair(plan, b"third", contenders=3)
+    assert third == sorted(third) and third[0] == min(second)
+    left = plan.assignment_of(b"second")
+    assert left == tuple(sorted(left, reverse=True)) and left[0] == 255
+    assert not set(third) & set(left)
+
+
+def test_an_assignment_whose_fetcher_told_no_rate_yet_is_not_split() -> None:
+    """On loopback a fetcher may be through the whole file before its second announce."""
+    plan = fair_planner(256)
+    ask_fair(plan, b"first", contenders=1)
+    assert ask_fair(plan, b"second", contenders=2) == []
+    assert plan.assignment_of(b"first") == tuple(range(256))
+
+
+def test_a_fetcher_fast_enough_to_finish_before_its_next_announce_keeps_everything() -> None:
+    plan = fair_planner(256)
+    ask_fair(plan, b"first", contenders=1)
+    ask_fair(plan, b"first", contenders=1, pieces_per_s=256 / INTERVAL_S)
+    assert ask_fair(plan, b"second", contenders=2) == []
+    plan = fair_planner(256)
+    ask_fair(plan, b"first", contenders=1)
+    ask_fair(plan, b"first", contenders=1, pieces_per_s=math.inf)
+    assert ask_fair(plan, b"second", contenders=2) == []
+
+
+def test_a_spare_part_below_the_minimum_is_not_split() -> None:
+    plan = fair_planner(reach(2) + 2 * STEAL_MIN_PIECES - 1)
+    ask_fair(plan, b"first", contenders=1)
+    ask_fair(plan, b"first", contenders=1, pieces_per_s=2)
     assert ask_fair(plan, b"second", contenders=2) == []
     assert plan.fetchers == 1
+    plan = fair_planner(reach(2) + 2 * STEAL_MIN_PIECES)
+    ask_fair(plan, b"first", contenders=1)
+    ask_fair(plan, b"first", contenders=1, pieces_per_s=2)
+    assert len(ask_fair(plan, b"second", contenders=2)) == STEAL_MIN_PIECES
 
 
-def test_a_crowd_arriving_together_spreads_the_file_over_the_budget() -> None:
-    """200 peers announce one after another (each sees the crowd so far): the first 20 end up
-    fetching disjoint parts of similar size; nobody holds more than a quarter of the file."""
-    pieces = 16 * STEAL_MIN_PIECES
+def test_a_crowd_spreads_the_file_over_more_fetchers_with_each_round_of_announces() -> None:
+    """200 peers arrive one after another (each sees the crowd so far) while the first fetches
+    at 2 pieces/s; then everyone announces again, each fetcher telling its rate, three times.
+    The file ends up split over many disjoint assignments, none below the minimum."""
+    pieces = 1024
     plan = fair_planner(pieces, budget=20)
-    for n in range(200):
-        ask_fair(plan, f"peer{n}".encode(), contenders=n + 1)
+    ask_fair(plan, b"peer0", contenders=1)
+    counts = []
+    for _ in range(4):
+        for n in range(200):
+            peer = f"peer{n}".encode()
+            rate = 2.0 if plan.assignment_of(peer) else None
+            ask_fair(plan, peer, contenders=200, pieces_per_s=rate)
+        counts.append(plan.fetchers)
     parts = [plan.assignment_of(f"peer{n}".encode()) for n in range(200)]
     sizes = sorted(len(part) for part in parts if part)
-    assert len(sizes) == 20
-    assert sum(sizes) == pieces
-    every = sorted(i for part in parts for i in part)
-    assert every == list(range(pieces))
-    assert sizes[-1] <= pieces // 4
-    assert sizes[0] >= STEAL_MIN_PIECES // 2
-
-
-def test_splitting_stops_at_the_minimum() -> None:
-    """A crowd splits a small file only down to assignments of half the minimum."""
-    plan = fair_planner(4 * STEAL_MIN_PIECES, budget=20)
-    for n in range(50):
-        ask_fair(plan, f"peer{n}".encode(), contenders=n + 1)
-    sizes = [len(plan.assignment_of(f"peer{n}".encode())) for n in range(50)]
-    assert sorted(size for size in sizes if size) == [STEAL_MIN_PIECES // 2] * 8
+    assert sorted(i for part in parts for i in part) == list(range(pieces))
+    assert counts == sorted(counts) and counts[0] > 1 and counts[-1] > counts[0], counts
+    assert counts[-1] >= 10, counts
+    assert sizes[0] >= STEAL_MIN_PIECES
 
 
 def test_a_peer_that_holds_an_assignment_does_not_split_another() -> None:
     plan = fair_planner(256, budget=20)
     ask_fair(plan, b"first", contenders=1)
-    ask_fair(plan, b"second", contenders=2)
+    ask_fair(plan, b"first", contenders=1, pieces_per_s=2)
+    second = ask_fair(plan, b"second", contenders=2)
     before = plan.assignment_of(b"first")
-    assert ask_fair(plan, b"second", contenders=2) == list(range(128, 256))
+    assert ask_fair(plan, b"second", contenders=2) == second
     assert plan.assignment_of(b"first") == before
 
 
 def test_no_split_unless_asked() -> None:
     plan = SourcePlanner(256, budget=20, max_pieces=256, ttl_s=TTL_S, fair_share=True)
     ask_fair(plan, b"first", contenders=1)
+    ask_fair(plan, b"first", contenders=1, pieces_per_s=2)
     assert ask_fair(plan, b"second", contenders=2) == []
 
 
 def test_splitting_respects_the_budget() -> None:
     plan = fair_planner(256, budget=1)
     ask_fair(plan, b"first", contenders=1)
+    ask_fair(plan, b"first", contenders=1, pieces_per_s=2)
     assert ask_fair(plan, b"second", contenders=2) == []
     assert plan.assignment_of(b"first") == tuple(range(256))
 
@@ -513,18 +586,23 @@ class FairPlannerMachine(PlannerMachine):
             split_large=True,
         )
 
-    @rule(peer=st.sampled_from(PlannerMachine.PEERS), contenders=st.integers(1, 5))
-    def announce_in_a_crowd(self, peer: bytes, contenders: int) -> None:
+    @rule(
+        peer=st.sampled_from(PlannerMachine.PEERS),
+        contenders=st.integers(1, 5),
+        pieces_per_s=st.none() | st.sampled_from([0.0, 0.5, 1.0, 4.0, math.inf]),
+    )
+    def announce_in_a_crowd(self, peer: bytes, contenders: int, pieces_per_s: float | None) -> None:
         got = self.plan.assign(
             peer,
             self.now,
             self.mask(),
-            rate_bps=None,
+            rate_bps=None if pieces_per_s is None else pieces_per_s * PIECE,
             piece_length=PIECE,
             interval_s=INTERVAL_S,
             contenders=contenders,
         )
-        assert list(got) == sorted(set(got))
+        # In the order to fetch: ascending, or descending for the upper part of a split.
+        assert list(got) in (sorted(set(got)), sorted(set(got), reverse=True))
         assert not set(got) & self.available
 
 
