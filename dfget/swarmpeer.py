@@ -66,6 +66,27 @@ TRACKER_RETRY_S: Final = 2.0
 STOPPED_TIMEOUT_S: Final = 3.0
 
 
+def next_run(
+    queue: set[int], piece_size: Callable[[int], int], limit_bytes: int, *, descending: bool
+) -> tuple[list[int], int]:
+    """The next Range request of an origin fetcher: the lowest queued piece (the highest when
+    ``descending``) and the queued pieces next to it, in that direction, while their sizes add up
+    to at most ``limit_bytes`` (always at least the first piece). Returns (the run ascending, its
+    bytes); ``queue`` must not be empty and is left unchanged."""
+    step = -1 if descending else 1
+    index = max(queue) if descending else min(queue)
+    run = [index]
+    size = piece_size(index)
+    while True:
+        following = index + step * len(run)
+        if following not in queue or size + piece_size(following) > limit_bytes:
+            break
+        size += piece_size(following)
+        run.append(following)
+    run.sort()
+    return run, size
+
+
 class SharedListener:
     """One peer port for every task of a process (dfdaemon): connections are routed to the
     task whose info_hash their handshake names."""
@@ -502,22 +523,14 @@ class SwarmPeer:
         the link): on a slow link other peers get pieces to trade within a second instead of
         after the whole file, and a run rarely reaches the far part of a long assignment, which
         a newcomer may be given meanwhile. Returns the run ascending."""
-        step = -1 if self._origin_descending else 1
-        index = max(self._origin_queue) if step < 0 else min(self._origin_queue)
-        run = [index]
-        size = self._layout.piece_size(index)
         limit = RUN_BYTES
         for rate_bps in (self._download_rate_bps, self._origin_bps):
             if rate_bps is not None:
                 limit = min(limit, int(rate_bps * RUN_SECONDS))
         limit = min(limit, 4 * self._run_bytes)  # 0 at first: one piece, to measure the origin
-        while (
-            index + step * len(run) in self._origin_queue
-            and size + self._layout.piece_size(index + step * len(run)) <= limit
-        ):
-            size += self._layout.piece_size(index + step * len(run))
-            run.append(index + step * len(run))
-        run.sort()
+        run, size = next_run(
+            self._origin_queue, self._layout.piece_size, limit, descending=self._origin_descending
+        )
         self._origin_queue.difference_update(run)
         self._origin_inflight.update(run)
         self._run_bytes = max(self._run_bytes, size)
