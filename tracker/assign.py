@@ -27,7 +27,7 @@ DEFAULT_PIECES: Final = 2
 #: least this many pieces (fewer are not worth a Range request of their own).
 STEAL_MIN_PIECES: Final = 16
 #: The fetcher of an assignment keeps what it may fetch before it hears of a split, at its
-#: reported rate, with this margin: it works through its pieces lowest first, and the tracker
+#: reported rate, with this margin: it works through its pieces from one end, and the tracker
 #: knows its position as of its last announce; it learns what it lost at its next announce, at
 #: most one interval later; meanwhile up to ``STEAL_INFLIGHT_S`` of Range requests may be on
 #: their way. An assignment whose fetcher has not reported a rate yet (one announce so far) is
