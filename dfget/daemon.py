@@ -110,7 +110,7 @@ class BlobStream:
         offset = self.start
         running = self._running
         if running is not None and not self._entry.complete:
-            async for data in self._from_download(running, offset):
+            async for data in self._from_download(running, offset, chunk_bytes):
                 offset += len(data)
                 yield data
         # The rest from the finished file (all of it for a cache hit; after a download that
@@ -118,7 +118,9 @@ class BlobStream:
         async for data in self._from_file(offset, chunk_bytes):
             yield data
 
-    async def _from_download(self, running: _Running, offset: int) -> AsyncIterator[bytes]:
+    async def _from_download(
+        self, running: _Running, offset: int, chunk_bytes: int
+    ) -> AsyncIterator[bytes]:
         """Pieces in order as they are verified, until the end or the entry is complete."""
         loop = asyncio.get_running_loop()
         store = await running.store
@@ -135,10 +137,16 @@ class BlobStream:
                     await asyncio.wait_for(event.wait(), 1.0)
             if self._entry.complete:
                 return  # the file is finalized: read it there (the store may be closed)
-            begin = offset - layout.piece_offset(index)
-            length = min(layout.piece_size(index) - begin, self.end - offset)
+            # This piece and the verified ones after it, up to ``chunk_bytes``: one read.
+            piece_length = layout.piece_length
+            span_end = min(self.end, (index + 1) * piece_length)
+            while span_end < min(self.end, offset + chunk_bytes) and store.has_piece(
+                span_end // piece_length
+            ):
+                span_end = min(self.end, span_end + piece_length)
+            length = span_end - offset
             try:
-                data = await loop.run_in_executor(None, store.read_block, index, begin, length)
+                data = await loop.run_in_executor(None, store.read_span, offset, length)
             except ValueError:
                 if self._entry.complete:
                     return  # closed after finalizing: the file has it

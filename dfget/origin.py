@@ -303,7 +303,9 @@ class Origin:
 
     async def _read_exactly(self, response: aiohttp.ClientResponse, size_bytes: int) -> bytes:
         """``size_bytes`` of body, read under the limiter; ``_Transient`` if it ends early."""
-        if self._limiter is None:  # one call: aiohttp gathers the chunks itself
+        if self._limiter is None or self._limiter.bucket.unlimited:
+            # One call: aiohttp gathers the chunks itself (a dfdaemon without a host rate has a
+            # limiter whose buckets have no rate: nothing to book).
             try:
                 data = await response.content.readexactly(size_bytes)
             except asyncio.IncompleteReadError as exc:

@@ -100,6 +100,16 @@ class TokenBucket:
     def parent(self) -> TokenBucket | None:
         return self._parent
 
+    @property
+    def unlimited(self) -> bool:
+        """True when neither this bucket nor any ancestor has a rate now: reserving is free."""
+        bucket: TokenBucket | None = self
+        while bucket is not None:
+            if bucket._rate_bps is not None:
+                return False
+            bucket = bucket._parent
+        return True
+
     def reserve(self, size_bytes: int) -> float:
         """Take ``size_bytes`` tokens from this bucket and every ancestor; seconds to wait.
 

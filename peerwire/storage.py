@@ -386,6 +386,29 @@ class PieceStore:
             raise StorageError(errno.EIO, f"file ends inside piece {index}", self._data_path)
         return data
 
+    def read_span(self, offset: int, length: int) -> bytes:
+        """``length`` bytes of the file from ``offset``, every piece they touch verified: one
+        pread however many pieces (a reader streaming the file in order)."""
+        if offset < 0 or length < 1 or offset + length > self._layout.total_length:
+            raise ValueError(f"span {offset}+{length} lies outside the task's bytes")
+        first = offset // self._layout.piece_length
+        last = (offset + length - 1) // self._layout.piece_length
+        missing = [i for i in range(first, last + 1) if not self.has_piece(i)]
+        if missing:
+            raise PieceMissingError(f"pieces {missing} are not verified in {self._data_path}")
+        with self._using_fd():
+            try:
+                data = os.pread(self._fd, length, offset)
+            except OSError as exc:
+                raise _wrap(
+                    exc, f"read {length} bytes at offset {offset}", self._data_path
+                ) from exc
+        if len(data) != length:
+            raise StorageError(
+                errno.EIO, f"file ends inside span {offset}+{length}", self._data_path
+            )
+        return data
+
     def read_block_into(self, index: int, begin: int, buffer: Buffer) -> int:
         """Fill the caller's writable buffer from verified piece ``index`` at ``begin``."""
         with memoryview(buffer) as raw, raw.cast("B") as view:

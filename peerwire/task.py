@@ -339,30 +339,55 @@ class PeerTask:
         ValueError otherwise (the origin changed, or sent garbage). Otherwise the digest is
         computed from ``data`` and learned; the caller reports it to the tracker.
         """
-        if self.store.has_piece(index):
-            self._origin_claimed.discard(index)
-            digest = self.store.digest(index)
-            assert digest is not None
-            return digest
-        ok = await self._loop.run_in_executor(
-            self._executor, lambda: self.store.commit_piece(index, data, learn=True)
+        return (await self.add_origin_pieces(index, [data]))[0]
+
+    async def add_origin_pieces(self, first: int, pieces: list[bytes]) -> list[bytes]:
+        """``add_origin_piece`` for consecutive pieces from ``first`` (one Range request's):
+        hashed and written in one trip to the worker thread; their digests, in order. A piece
+        that does not match its known digest raises ValueError after the others are stored."""
+        indices = range(first, first + len(pieces))
+        todo = [
+            (i, data)
+            for i, data in zip(indices, pieces, strict=True)
+            if not self.store.has_piece(i)
+        ]
+        store = self.store
+        results = (
+            await self._loop.run_in_executor(
+                self._executor,
+                lambda: [store.commit_piece(i, data, learn=True) for i, data in todo],
+            )
+            if todo
+            else []
         )
-        self._origin_claimed.discard(index)
-        if not ok:
-            if self.store.digest(index) is not None:
-                self.scheduler.unhold(index)
-            raise ValueError(f"piece {index} from the origin does not match its known digest")
-        if index in self.scheduler.have:  # a peer's copy was verified meanwhile
+        stored = dict(zip((i for i, _ in todo), results, strict=True))
+        bad: list[int] = []
+        for index, data in zip(indices, pieces, strict=True):
+            self._origin_claimed.discard(index)
+            ok = stored.get(index)
+            if ok is None or index in self.scheduler.have:
+                continue  # it was there before, or a peer's copy was verified meanwhile
+            if not ok:
+                if self.store.digest(index) is not None:
+                    self.scheduler.unhold(index)
+                bad.append(index)
+                continue
+            self.stats.origin_pieces += 1
+            self.stats.origin_bytes += len(data)
+            self._piece_verified(index)
+        if stored:
+            self._refill_all()
+        if len(bad) == 1:
+            raise ValueError(f"piece {bad[0]} from the origin does not match its known digest")
+        if bad:
+            listed = ", ".join(map(str, bad))
+            raise ValueError(f"pieces {listed} from the origin do not match their known digests")
+        digests: list[bytes] = []
+        for index in indices:
             digest = self.store.digest(index)
             assert digest is not None
-            return digest
-        self.stats.origin_pieces += 1
-        self.stats.origin_bytes += len(data)
-        self._piece_verified(index)
-        self._refill_all()
-        digest = self.store.digest(index)
-        assert digest is not None
-        return digest
+            digests.append(digest)
+        return digests
 
     # -- ConnectionOwner ------------------------------------------------------------------------
 

@@ -260,9 +260,15 @@ class ProxyServer:
                     chunks = current.chunks()
                     continue
                 offset += len(chunk)
-                if hasher is not None:  # in a thread: hashlib releases the GIL, the loop runs on
-                    await loop.run_in_executor(None, hasher.update, held)
-                await conn.write_body(held, chunked)
+                # Hashed in a thread (hashlib releases the GIL) while the same bytes go out.
+                hashing = (
+                    loop.run_in_executor(None, hasher.update, held) if hasher is not None else None
+                )
+                try:
+                    await conn.write_body(held, chunked)
+                finally:
+                    if hashing is not None:
+                        await hashing
                 held = chunk
             if hasher is not None:
                 await loop.run_in_executor(None, hasher.update, held)

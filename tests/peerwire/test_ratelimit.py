@@ -263,6 +263,18 @@ def test_unlimited_bucket_never_waits_and_reports_infinite_tokens() -> None:
     assert bucket.delay_s() == 0.0
 
 
+def test_unlimited_means_no_rate_anywhere_in_the_chain_now() -> None:
+    clock = FakeClock()
+    host = TokenBucket(None, clock=clock)
+    task = TokenBucket(None, clock=clock, parent=host)
+    assert task.unlimited and host.unlimited
+    host.set_rate(1 * MIB)
+    assert not task.unlimited and not host.unlimited
+    host.set_rate(None)
+    task.set_rate(2 * MIB)
+    assert not task.unlimited and host.unlimited
+
+
 def test_set_rate_applies_from_now_and_keeps_debt_in_bytes() -> None:
     clock = FakeClock()
     bucket = TokenBucket(1 * MIB, clock=clock)

@@ -244,6 +244,20 @@ def test_read_block_boundaries(tmp_path: Path) -> None:
             store.block_offset(1, 0)
 
 
+def test_read_span_reads_across_verified_pieces_in_one_go(tmp_path: Path) -> None:
+    with PieceStore.create(tmp_path / "out", MANIFEST) as store:
+        commit(store, 1, 2, 3, 5)
+        assert store.read_span(PIECE + 7, 2 * PIECE) == DATA[PIECE + 7 : 3 * PIECE + 7]
+        assert store.read_span(5 * PIECE, len(DATA) - 5 * PIECE) == DATA[5 * PIECE :]
+        with pytest.raises(PieceMissingError, match=r"\[4\]"):
+            store.read_span(3 * PIECE, 2 * PIECE + 1)  # touches piece 4 by one byte
+        with pytest.raises(PieceMissingError, match=r"\[0\]"):
+            store.read_span(PIECE - 1, 2)
+        for offset, length in [(-1, 1), (0, 0), (len(DATA) - 1, 2)]:
+            with pytest.raises(ValueError, match="outside"):
+                store.read_span(offset, length)
+
+
 def test_block_offset_and_data_fd_serve_sendfile(tmp_path: Path) -> None:
     with PieceStore.create(tmp_path / "out", MANIFEST) as store:
         commit(store, 2)

@@ -355,6 +355,48 @@ def test_add_origin_piece_of_a_piece_already_had_returns_its_digest(
     run(main)
 
 
+def test_add_origin_pieces_stores_a_run_and_skips_what_it_had(
+    content: Content, executor: Executor
+) -> None:
+    async def main() -> None:
+        async with Swarm(content, executor) as swarm:
+            node = await fetcher(swarm, ())
+            task = node.task
+            verified: list[int] = []
+            task.on_piece = verified.append
+            await task.add_origin_piece(3, piece_data(content, 3))
+            assert task.claim_for_origin([2, 4]) == [2, 4]
+            run_pieces = [piece_data(content, i) for i in (2, 3, 4)]
+            digests = await task.add_origin_pieces(2, run_pieces)
+            assert digests == [digest_of(content, i) for i in (2, 3, 4)]
+            assert verified == [3, 2, 4]
+            assert all(node.store.has_piece(i) for i in (2, 3, 4))
+            assert task.stats.origin_pieces == 3
+            assert task.origin_claimed == frozenset()
+
+    run(main)
+
+
+def test_add_origin_pieces_with_one_bad_piece_stores_the_others_and_raises(
+    content: Content, executor: Executor
+) -> None:
+    async def main() -> None:
+        async with Swarm(content, executor) as swarm:
+            node = await fetcher(swarm, [3])  # the digest of piece 3 is known
+            task = node.task
+            assert task.claim_for_origin([2, 3, 4]) == [2, 3, 4]
+            bad = bytes(len(piece_data(content, 3)))
+            with pytest.raises(ValueError, match="piece 3 "):
+                await task.add_origin_pieces(
+                    2, [piece_data(content, 2), bad, piece_data(content, 4)]
+                )
+            assert node.store.has_piece(2) and node.store.has_piece(4)
+            assert not node.store.has_piece(3)
+            assert task.origin_claimed == frozenset()
+
+    run(main)
+
+
 def test_add_origin_piece_not_matching_a_known_digest_raises_and_releases_the_piece(
     content: Content, executor: Executor
 ) -> None:
