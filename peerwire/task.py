@@ -284,6 +284,11 @@ class PeerTask:
     def peer_count(self) -> int:
         return len(self._peers)
 
+    @property
+    def dialled_pending(self) -> int:
+        """Outgoing connections whose handshake has not arrived yet."""
+        return len(self._pending)
+
     # -- digests and origin pieces (open manifests) ---------------------------------------------
 
     def learn_digests(self, digests: dict[int, bytes]) -> int:
@@ -393,8 +398,17 @@ class PeerTask:
 
     def attach(self, conn: PeerConnection, handshake: m.Handshake) -> bool:
         key = handshake.peer_id
-        if self._closed or key in self._banned or key in self._peers:
+        if self._closed or key in self._banned:
             return False
+        existing = self._peers.get(key)
+        if existing is not None:
+            # Two peers that dialled each other at once: both keep the connection dialled by
+            # the smaller peer id (the same one at both ends), so that one survives instead of
+            # each end refusing the other's and neither remaining. With a cluster secret, the
+            # newcomer has proven nothing yet: it may not displace anyone.
+            if self._secret is not None or not self._dialled_by_smaller(conn, existing.conn):
+                return False
+            existing.conn.close("duplicate connection (both peers dialled)")
         if len(self._peers) >= self.config.max_peers:
             return False
         self._pending.discard(conn)
@@ -408,6 +422,11 @@ class PeerTask:
             return True  # admitted once its AuthProof checks out
         self._admit(conn, key)
         return True
+
+    def _dialled_by_smaller(self, new: PeerConnection, old: PeerConnection) -> bool:
+        """Whether ``new`` was dialled by the smaller peer id and ``old`` was not."""
+        smaller_dials = self.peer_id.raw < new.peer_id.raw  # then we keep our outgoing one
+        return new.outgoing == smaller_dials and old.outgoing != smaller_dials
 
     def _admit(self, conn: PeerConnection, key: PeerId) -> None:
         session = PeerSession(self.layout, fast=conn.supports(m.FAST_EXTENSION_BIT))

@@ -556,6 +556,32 @@ def test_second_connection_from_an_attached_peer_id_is_refused(
     run(main)
 
 
+def test_two_peers_dialling_each_other_at_once_keep_one_connection(
+    content: Content, executor: Executor
+) -> None:
+    """Both ends keep the connection dialled by the smaller peer id; before, each end could
+    refuse the other's connection and close its own, leaving the two peers unconnected."""
+
+    async def main() -> None:
+        async with Swarm(content, executor) as swarm:
+            for attempt in range(5):
+                a = await swarm.leecher(f"a{attempt}", listen=True)
+                b = await swarm.leecher(f"b{attempt}", listen=True)
+                a_out, b_out = await asyncio.gather(a.connect(b), b.connect(a))
+                pair = (a_out, b_out)
+                await wait_until(
+                    lambda pair=pair: any(c.closed for c in pair), "a dial to give way"
+                )
+                await asyncio.sleep(0.2)
+                smaller_out = a_out if a.task.peer_id.raw < b.task.peer_id.raw else b_out
+                other_out = b_out if smaller_out is a_out else a_out
+                assert not smaller_out.closed, smaller_out.close_reason
+                assert other_out.closed
+                assert a.task.peer_count == b.task.peer_count == 1
+
+    run(main)
+
+
 def test_max_peers_is_respected_and_a_freed_slot_is_reused(
     content: Content, executor: Executor
 ) -> None:
