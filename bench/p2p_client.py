@@ -7,7 +7,8 @@ Started by ``bench/run.py``, one per client host (network namespace), it keeps P
 out of the measured time. It talks JSON lines: on stdout it prints ``{"event": "ready"}`` once
 everything is imported, then reads commands on stdin, one per line:
 
-* ``native``: one plain aiohttp GET of the whole file into ``DIR/native.bin``;
+* ``native``: one plain aiohttp GET of the whole file into ``DIR/native.bin`` (resumed with a
+  Range request after ``NATIVE_STALL_S`` without a byte, like aria2c or wget);
 * ``p2p``: ``dfget.engine.download`` through the tracker into ``DIR/p2p.bin``, then it keeps
   seeding (a seed time longer than any run) until ``stop``, so that early finishers keep serving
   the rest of the swarm;
@@ -50,6 +51,10 @@ POLL_S: Final = 0.1
 #: Seeding lasts until ``stop``; this only bounds a client whose harness vanished.
 SEED_FOR_S: Final = 3600.0
 CHUNK_BYTES: Final = 64 * 1024
+#: The native GET is resumed (Range) after this long without a byte, at most NATIVE_ATTEMPTS
+#: times in all (aria2c's default --timeout is 60 s).
+NATIVE_STALL_S: Final = 60.0
+NATIVE_ATTEMPTS: Final = 10
 #: Fractions of the file at which the time is noted (from progress reports, 0.25 s apart).
 MARKS: Final = (0.1, 0.25, 0.5, 0.75, 0.9)
 #: At ``stop``, how long to wait for a progress report taken after it.
@@ -96,6 +101,8 @@ class Client:
         self.marks: dict[str, float] = {}
         self.reports = 0
         self.error: str | None = None
+        #: Native GETs resumed after a stall (``NATIVE_STALL_S``) in this phase.
+        self.native_resumes = 0
 
     def output(self, phase: str) -> Path:
         return self.workdir / f"{phase}.bin"
@@ -103,6 +110,7 @@ class Client:
     def begin(self, phase: str) -> None:
         self.phase, self.start, self.end, self.error = phase, time.time(), None, None
         self.report, self.marks, self.reports = None, {}, 0
+        self.native_resumes = 0
         self.warnings.messages.clear()
         runner = self._native() if phase == "native" else self._p2p()
         self.task = asyncio.create_task(self._guard(phase, runner))
@@ -125,19 +133,33 @@ class Client:
         if self.args.rate:
             limiter = AsyncRateLimiter(TokenBucket(self.args.rate, clock=time.monotonic))
         output = self.output("native")
-        # No timeout of our own: a native client starved by the origin for minutes is what is
-        # measured (the harness's --max-time bounds the run).
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(self.args.url) as response,
-        ):
-            response.raise_for_status()
+        # A slow native client is what is measured, but a connection that carries nothing for
+        # NATIVE_STALL_S is resumed with a Range request, as aria2c (its --timeout) and wget do:
+        # with 200 flows on the origin's link, a flow can lose its packets until TCP gives up
+        # (ETIMEDOUT at the origin after ~15 minutes of backoff) and the client never hears.
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=None, sock_read=self.args.native_stall
+        )
+        written = 0
+        async with aiohttp.ClientSession(timeout=timeout) as session:
             with output.open("wb") as stream:
-                async for chunk in response.content.iter_chunked(CHUNK_BYTES):
-                    if limiter is not None:
-                        await limiter.acquire(len(chunk))
-                    stream.write(chunk)
+                for attempt in range(NATIVE_ATTEMPTS):
+                    headers = {"Range": f"bytes={written}-"} if written else {}
+                    try:
+                        async with session.get(self.args.url, headers=headers) as response:
+                            response.raise_for_status()
+                            if written and response.status != 206:
+                                raise RuntimeError(f"resume got {response.status}, not 206")
+                            async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+                                if limiter is not None:
+                                    await limiter.acquire(len(chunk))
+                                stream.write(chunk)
+                                written += len(chunk)
+                        break
+                    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientOSError):
+                        if attempt == NATIVE_ATTEMPTS - 1:
+                            raise
+                        self.native_resumes += 1
         self._done(time.time())
 
     async def _p2p(self) -> None:
@@ -201,6 +223,7 @@ class Client:
             "error": self.error,
             "warnings": list(self.warnings.messages),
             "marks_s": self.marks,
+            "native_resumes": self.native_resumes,
         }
         if output.exists() and self.end is not None:
             result["bytes"] = output.stat().st_size
@@ -252,6 +275,12 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=0.0, help="bytes/s limit; 0 = none")
     parser.add_argument(
         "--upload-rate", type=float, default=0.0, help="dfget's upload limit, bytes/s; 0 = --rate"
+    )
+    parser.add_argument(
+        "--native-stall",
+        type=float,
+        default=NATIVE_STALL_S,
+        help=f"resume the native GET after this many seconds without a byte ({NATIVE_STALL_S:g})",
     )
     parser.add_argument("--log-level", default="WARNING", help="dfget's logging on stderr")
     args = parser.parse_args()

@@ -112,6 +112,10 @@ def summarize_phase(phase: dict[str, Any], expected_sha256: str, size_bytes: int
         ),
         "clients": clients,
     }
+    resumed = sum(int(result.get("native_resumes", 0)) for result in phase["clients"])
+    if resumed:
+        # Native GETs that carried nothing for a minute and were resumed with a Range request.
+        summary["stalled_gets_resumed"] = resumed
     if any("uploaded_bytes" in c for c in clients):
         uploaded = sum(c.get("uploaded_bytes", 0) for c in clients)
         from_peers = sum(c.get("from_peers_bytes", 0) for c in clients)
@@ -238,6 +242,8 @@ def table_rows(run: dict[str, Any]) -> list[tuple[str, str, str]]:
          f"{p2p['cpu_percent']:.0f}% | {p2p['cpu_percent_max_sample']:.0f}%"),
         ("speed-up native / p2p (last)", "", f"{run['speedup']:.1f}x"),
     ]  # fmt: skip
+    if native.get("stalled_gets_resumed"):
+        rows.append(("GETs resumed after a 60 s stall", str(native["stalled_gets_resumed"]), ""))
     if "links" in native and "links" in p2p:
         links = (native["links"], p2p["links"])
         busy = tuple(f"{x.get('down_fill_median', 0):.0%}" for x in links)

@@ -6,6 +6,7 @@ No timing is asserted: the figures depend on the machine. The namespace run need
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import require_program
+from tests.helpers.origin_server import origin_process
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 RUN = ROOT / "bench" / "run.py"
@@ -139,3 +141,36 @@ def test_percentile_is_nearest_rank() -> None:
     assert report.percentile(values, 0.95) == 19
     assert report.percentile(values, 1.0) == 20
     assert report.percentile([7.0], 0.95) == 7.0
+
+
+def test_a_stalled_native_get_is_resumed_with_a_range_request(tmp_path: Path) -> None:
+    """bench/p2p_client.py's native phase against an origin that sends half the file and then
+    nothing: after --native-stall seconds it resumes from where it stopped, gets the rest with
+    a Range request, and the result carries the right bytes and one resume."""
+    root = tmp_path / "origin"
+    root.mkdir()
+    payload = os.urandom(1 << 20)
+    (root / "file.bin").write_bytes(payload)
+    with origin_process(root) as origin:
+        with subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "p2p_client.py"),
+             "--url", f"{origin.base_url}/stall/file.bin", "--tracker", "http://127.0.0.1:9",
+             "--workdir", str(tmp_path), "--native-stall", "1"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        ) as client:  # fmt: skip
+            assert client.stdin is not None and client.stdout is not None
+            try:
+                assert json.loads(client.stdout.readline())["event"] == "ready"
+                client.stdin.write("native\n")
+                client.stdin.flush()
+                done = json.loads(client.stdout.readline())
+                assert done["event"] == "done", done
+                client.stdin.write("stop\n")
+                client.stdin.flush()
+                result = json.loads(client.stdout.readline())
+            finally:
+                client.kill()
+        stats = origin.stats()
+    assert result["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert result["native_resumes"] == 1
+    assert stats["requests_by_path"]["/stall/file.bin"] == 2

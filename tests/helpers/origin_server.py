@@ -10,6 +10,9 @@ Run as a process (``python -m tests.helpers.origin_server --dir DIR [--port 0]``
 * ``/flaky/K/NAME``     the first K requests to this path answer 500, then like ``/files``.
 * ``/truncate/NAME``    right headers, then half the body, then the connection closes.
 * ``/slow/BPS/NAME``    like ``/files`` at BPS bytes/s.
+* ``/stall/NAME``       the first request without Range gets half the body, then nothing more
+                        on an open connection (a flow starved on a congested link); Range
+                        requests are answered like ``/files``.
 * ``/mutable/NAME``     like ``/files`` the first time; afterwards NAME.v2 if it exists, else
                         NAME with one byte appended (new length, new ETag).
 * ``/redirect/NAME``    302 to ``/files/NAME``.
@@ -133,6 +136,7 @@ class OriginState:
         ranges: bool = True,
         rate_bps: float | None = None,
         truncate: bool = False,
+        stall: bool = False,
     ) -> web.StreamResponse:
         """Send ``content`` (or the requested range of it), counting body bytes written."""
         first, last = 0, content.size - 1
@@ -155,7 +159,7 @@ class OriginState:
         response.content_type = "application/octet-stream"
         length = last - first + 1
         response.content_length = length
-        if truncate:
+        if truncate or stall:
             response.force_close()
             length //= 2
         await response.prepare(request)
@@ -180,6 +184,8 @@ class OriginState:
         if truncate:
             assert request.transport is not None
             request.transport.close()  # the client sees fewer bytes than Content-Length
+        while stall and request.transport is not None and not request.transport.is_closing():
+            await asyncio.sleep(0.1)  # open and silent until the client gives up
         return response
 
 
@@ -217,6 +223,11 @@ def build_app(directory: Path) -> web.Application:
         content = origin.content(request.match_info["name"])
         rate_bps = float(request.match_info["bps"])
         return await origin.serve(request, content, rate_bps=rate_bps)
+
+    async def stall(request: web.Request) -> web.StreamResponse:
+        origin.count_request(request)
+        content = origin.content(request.match_info["name"])
+        return await origin.serve(request, content, stall="Range" not in request.headers)
 
     async def mutable(request: web.Request) -> web.StreamResponse:
         seen = origin.count_request(request)
@@ -263,6 +274,7 @@ def build_app(directory: Path) -> web.Application:
     app.router.add_get("/flaky/{k:\\d+}/{name}", flaky)
     app.router.add_get("/truncate/{name}", truncate)
     app.router.add_get("/slow/{bps:\\d+}/{name}", slow)
+    app.router.add_get("/stall/{name}", stall)
     app.router.add_get("/mutable/{name}", mutable)
     app.router.add_get("/redirect/{name}", redirect)
     app.router.add_get("/auth/{name}", auth)
