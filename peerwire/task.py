@@ -284,11 +284,6 @@ class PeerTask:
     def peer_count(self) -> int:
         return len(self._peers)
 
-    @property
-    def dialled_pending(self) -> int:
-        """Outgoing connections whose handshake has not arrived yet."""
-        return len(self._pending)
-
     # -- digests and origin pieces (open manifests) ---------------------------------------------
 
     def learn_digests(self, digests: dict[int, bytes]) -> int:
