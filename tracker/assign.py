@@ -84,7 +84,6 @@ class _Assignment:
         mask: int,
         pieces: list[int],
         expires_at: float,
-        rate_bps: float | None,
         now: float,
         *,
         descending: bool = False,
@@ -98,7 +97,7 @@ class _Assignment:
         #: The fetcher's download rate at its last announce since it got the assignment (None
         #: until then: a rate from before says nothing of how fast it goes through this), and
         #: when that was.
-        self.rate_bps = rate_bps
+        self.rate_bps: float | None = None
         self.seen_at = now
 
 
@@ -248,7 +247,7 @@ class SourcePlanner:
         expires_at = now + self.ttl_s
         if held is None:
             held = self._by_peer[peer_key] = _Assignment(
-                mask, pieces, expires_at, None, now, descending=descending
+                mask, pieces, expires_at, now, descending=descending
             )
             return _in_order(held)
         held.mask |= mask

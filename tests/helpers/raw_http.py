@@ -25,6 +25,17 @@ class Reply:
         return next((v for n, v in self.headers if n.lower() == name.lower()), None)
 
 
+def get(target: bytes, *headers: bytes) -> bytes:
+    """A GET request for ``target`` with ``headers`` (whole lines, no CRLF), as bytes."""
+    return (
+        b"GET "
+        + target
+        + b" HTTP/1.1\r\nHost: t\r\n"
+        + b"".join(h + b"\r\n" for h in headers)
+        + b"\r\n"
+    )
+
+
 def talk(port: int, data: bytes, *, timeout_s: float, half_close: bool = True) -> bytes:
     """Send ``data`` on a new connection to 127.0.0.1:``port`` (then half-close it unless told
     not to), return everything until the server closes (a reset counts as a close). A server

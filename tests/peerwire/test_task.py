@@ -35,6 +35,7 @@ from tests.peerwire.test_connection import (
     SHORT_WAIT_S,
     Content,
     Node,
+    RawPeer,
     Swarm,
     full_bitfield,
     make_content,
@@ -631,21 +632,24 @@ def test_timed_out_requests_are_cancelled_and_fetched_from_another_peer(
     run(main)
 
 
+async def interested_raw_peer(swarm: Swarm, seed: Node, content: Content) -> RawPeer:
+    """A raw peer attached to ``seed`` (handshake, its HaveAll seen) that said it is interested."""
+    peer = await swarm.raw(seed.address)
+    await peer.greet(content.task_id)
+    await peer.expect(m.HaveAll)
+    peer.send(m.Interested())
+    return peer
+
+
 def test_choked_interested_peer_is_unchoked_when_an_upload_slot_frees(
     content: Content, executor: Executor
 ) -> None:
     async def main() -> None:
         async with Swarm(content, executor) as swarm:
             seed = await swarm.seed(config=replace(CONFIG, max_unchoked=1))
-            first = await swarm.raw(seed.address)
-            await first.greet(content.task_id)
-            await first.expect(m.HaveAll)
-            first.send(m.Interested())
+            first = await interested_raw_peer(swarm, seed, content)
             await first.expect(m.Unchoke)
-            second = await swarm.raw(seed.address)
-            await second.greet(content.task_id)
-            await second.expect(m.HaveAll)
-            second.send(m.Interested())
+            second = await interested_raw_peer(swarm, seed, content)
             await wait_until(lambda: seed.task.peer_count == 2, "both attached")
             first.send(m.NotInterested())  # frees the only slot
             await first.expect(m.Choke)
@@ -661,15 +665,9 @@ def test_a_waiting_peer_gets_the_slot_of_the_longest_unchoked_after_rotate_s(
         async with Swarm(content, executor) as swarm:
             config = replace(CONFIG, max_unchoked=1, rotate_s=0.2, tick_s=0.05)
             seed = await swarm.seed(config=config)
-            first = await swarm.raw(seed.address)
-            await first.greet(content.task_id)
-            await first.expect(m.HaveAll)
-            first.send(m.Interested())
+            first = await interested_raw_peer(swarm, seed, content)
             await first.expect(m.Unchoke)
-            second = await swarm.raw(seed.address)
-            await second.greet(content.task_id)
-            await second.expect(m.HaveAll)
-            second.send(m.Interested())
+            second = await interested_raw_peer(swarm, seed, content)
             await second.expect(m.Unchoke, timeout_s=SHORT_WAIT_S)
             await first.expect(m.Choke)
             await first.expect(m.Unchoke, timeout_s=SHORT_WAIT_S)  # its turn again

@@ -18,12 +18,9 @@ import os
 import select
 import socket
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote_from_bytes
 
 import bencodepy
@@ -33,8 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import raw_http
-from tests.helpers.processes import listening_process
-from tests.helpers.raw_http import Reply, parse_replies
+from tests.helpers.raw_http import Reply, get, parse_replies
+from tests.integration.trackers import Tracker, tracker_process
 
 pytestmark = pytest.mark.integration
 
@@ -49,17 +46,6 @@ MAX_BODY_BYTES = 64 * 1024
 DROP_WITHIN_S = 20.0
 
 
-@dataclass
-class Tracker:
-    process: subprocess.Popen[str]
-    port: int
-    errors: IO[str]
-
-    def stderr(self) -> str:
-        self.errors.seek(0)
-        return self.errors.read()
-
-
 @pytest.fixture(scope="module")
 def tracker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracker]:
     config = tmp_path_factory.mktemp("hostile-tracker") / "tracker.toml"
@@ -70,10 +56,8 @@ def tracker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracker]:
         f"max_head_bytes = {MAX_HEAD_BYTES}\n"
         f"max_body_bytes = {MAX_BODY_BYTES}\n"
     )
-    command = [sys.executable, "-m", "tracker.cli", "serve", "--port", "0", "--config", str(config)]
-    with listening_process(command, "tracker") as (process, url, errors):
-        port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
-        yield Tracker(process, port, errors)
+    with tracker_process("--config", str(config)) as running:
+        yield running
 
 
 @pytest.fixture(autouse=True)
@@ -102,16 +86,6 @@ def talk(port: int, data: bytes, *, half_close: bool = True) -> bytes:
 
 def answers_to(port: int, data: bytes) -> list[Reply]:
     return parse_answers(talk(port, data))
-
-
-def get(target: bytes, *headers: bytes) -> bytes:
-    return (
-        b"GET "
-        + target
-        + b" HTTP/1.1\r\nHost: t\r\n"
-        + b"".join(h + b"\r\n" for h in headers)
-        + (b"\r\n")
-    )
 
 
 def decode(body: bytes) -> dict[bytes, Any]:

@@ -12,6 +12,7 @@ from urllib.parse import quote_from_bytes
 import bencode
 import bencodepy
 
+from tests.helpers.raw_http import get
 from tracker.config import TrackerConfig
 from tracker.server import TrackerServer
 
@@ -41,16 +42,6 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, 
         headers[name.strip().lower()] = value.strip()
     body = await reader.readexactly(int(headers[b"content-length"]))
     return int(status_line.split()[1]), headers, body
-
-
-def get(target: bytes, *headers: bytes) -> bytes:
-    return (
-        b"GET "
-        + target
-        + b" HTTP/1.1\r\nHost: t\r\n"
-        + b"".join(h + b"\r\n" for h in headers)
-        + b"\r\n"
-    )
 
 
 def run_with_tracker(body: Callable[[TrackerServer], Awaitable[None]], **changes: object) -> None:
