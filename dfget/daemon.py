@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from dfget.options import DownloadOptions, DownloadResult, ProgressReport
 from dfget.swarmpeer import SharedListener
 from peerwire.ids import TaskId
 from peerwire.ratelimit import TokenBucket
-from peerwire.storage import PieceStore
+from peerwire.storage import PieceStore, StoreClosedError
 from tracker.auth import load_secret
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,9 @@ class FetchRequest:
 class _Running:
     """One task the daemon is downloading (then seeding): its engine task and its waiters."""
 
-    def __init__(self, entry: CacheEntry) -> None:
+    def __init__(self, entry: CacheEntry, request: FetchRequest) -> None:
         loop = asyncio.get_running_loop()
-        self.entry = entry
+        self.entry, self.request = entry, request
         self.done: asyncio.Future[DownloadResult] = loop.create_future()
         self.progress: ProgressReport | None = None
         self.engine_task: asyncio.Task[None] | None = None
@@ -73,6 +73,41 @@ class _Running:
     def piece_verified(self, _: int) -> None:
         event, self.piece_event = self.piece_event, asyncio.Event()
         event.set()
+
+
+@dataclass(frozen=True, slots=True)
+class FileSpan:
+    """Bytes of a task's file, to be sent without reading them (``os.sendfile``): verified
+    pieces of a download in progress (``store``), or of the finished file at ``final_path``."""
+
+    store: PieceStore | None
+    offset: int
+    length: int
+    #: Where the file is once the download is finalized (its store may be closed by then).
+    final_path: Path
+
+    def __len__(self) -> int:
+        return self.length
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[int]:
+        """A descriptor of the file holding the span, open while the context lasts."""
+        with contextlib.ExitStack() as stack:
+            fd: int | None = None
+            if self.store is not None:
+                with contextlib.suppress(StoreClosedError):  # finalized: the same bytes, renamed
+                    fd = stack.enter_context(self.store.open_span(self.offset, self.length))
+            if fd is None:
+                fd = os.open(self.final_path, os.O_RDONLY | os.O_CLOEXEC)
+                stack.callback(os.close, fd)
+            yield fd
+
+    def read(self) -> bytes:
+        with self.open() as fd:
+            data = os.pread(fd, self.length, self.offset)
+        if len(data) != self.length:
+            raise OSError(f"{self.final_path} ends inside {self.offset}+{self.length}")
+        return data
 
 
 class BlobStream:
@@ -106,23 +141,61 @@ class BlobStream:
             self._closed = True
             self._daemon.release(self._entry)
 
+    @property
+    def download_checks_digest(self) -> bool:
+        """The stream comes from a download that hashes the whole task as it is verified and
+        checks it against the digest in the task's identity: ``verified`` gives the verdict as
+        soon as the last piece is in, and a reader need not hash the bytes again."""
+        running = self._running
+        if running is None or self._entry.complete or running.request.digest_sha256 is None:
+            return False
+        return running.store.done() and not running.store.exception()
+
+    async def verified(self) -> bool:
+        """Whether the task's bytes are known to match its sha256 digest; waits for the verdict
+        of a download in progress (False when it fails)."""
+        running = self._running
+        expected = running.request.digest_sha256 if running is not None else None
+        while True:
+            if self._entry.complete:
+                return True  # finalize checked the digest that is part of the task's identity
+            if running is None or expected is None or running.done.done():
+                return False
+            try:
+                store = await running.store
+            except Exception:  # the download failed before it opened its file
+                return False
+            digest = store.file_digest()
+            if digest is not None:
+                return digest == expected
+            event = running.piece_event  # the last piece's commit is on its way back
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), 1.0)
+
     async def chunks(self, chunk_bytes: int = 1 << 20) -> AsyncIterator[bytes]:
+        """The bytes in order, in chunks of at most ``chunk_bytes``."""
+        loop = asyncio.get_running_loop()
+        async for span in self.spans(chunk_bytes):
+            yield await loop.run_in_executor(None, span.read)
+
+    async def spans(self, chunk_bytes: int = 1 << 20) -> AsyncIterator[FileSpan]:
+        """As ``chunks``, but as spans of the file to send from there (``os.sendfile``), each
+        yielded once its pieces are verified."""
         offset = self.start
         running = self._running
         if running is not None and not self._entry.complete:
-            async for data in self._from_download(running, offset, chunk_bytes):
-                offset += len(data)
-                yield data
+            async for span in self._from_download(running, offset, chunk_bytes):
+                offset += len(span)
+                yield span
         # The rest from the finished file (all of it for a cache hit; after a download that
         # finished while we streamed it, from where the download's store left off).
-        async for data in self._from_file(offset, chunk_bytes):
-            yield data
+        async for span in self._from_file(offset, chunk_bytes):
+            yield span
 
     async def _from_download(
         self, running: _Running, offset: int, chunk_bytes: int
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[FileSpan]:
         """Pieces in order as they are verified, until the end or the entry is complete."""
-        loop = asyncio.get_running_loop()
         store = await running.store
         layout = store.manifest.layout
         while offset < self.end:
@@ -137,7 +210,7 @@ class BlobStream:
                     await asyncio.wait_for(event.wait(), 1.0)
             if self._entry.complete:
                 return  # the file is finalized: read it there (the store may be closed)
-            # This piece and the verified ones after it, up to ``chunk_bytes``: one read.
+            # This piece and the verified ones after it, up to ``chunk_bytes``: one span.
             piece_length = layout.piece_length
             span_end = min(self.end, (index + 1) * piece_length)
             while span_end < min(self.end, offset + chunk_bytes) and store.has_piece(
@@ -145,28 +218,20 @@ class BlobStream:
             ):
                 span_end = min(self.end, span_end + piece_length)
             length = span_end - offset
-            try:
-                data = await loop.run_in_executor(None, store.read_span, offset, length)
-            except ValueError:
-                if self._entry.complete:
-                    return  # closed after finalizing: the file has it
-                raise
+            yield FileSpan(store, offset, length, self._entry.data_path)
             offset += length
-            yield data
 
-    async def _from_file(self, offset: int, chunk_bytes: int) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        left = self.end - offset
-        if left <= 0:
+    async def _from_file(self, offset: int, chunk_bytes: int) -> AsyncIterator[FileSpan]:
+        if offset >= self.end:
             return
-        with open(self._entry.data_path, "rb") as stream:
-            stream.seek(offset)
-            while left > 0:
-                data = await loop.run_in_executor(None, stream.read, min(chunk_bytes, left))
-                if not data:
-                    raise OSError(f"cache file {self._entry.data_path} is shorter than expected")
-                left -= len(data)
-                yield data
+        path = self._entry.data_path
+        size = (await asyncio.get_running_loop().run_in_executor(None, os.stat, path)).st_size
+        if size < self.end:
+            raise OSError(f"cache file {path} is shorter than expected")
+        while offset < self.end:
+            length = min(chunk_bytes, self.end - offset)
+            yield FileSpan(None, offset, length, path)
+            offset += length
 
 
 @dataclass
@@ -338,7 +403,7 @@ class Daemon:
         )
         entry.url = request.url
         self.entries[task_id] = entry
-        running = _Running(entry)
+        running = _Running(entry, request)
         self._running[task_id] = running
         options = DownloadOptions(
             url=request.url,

@@ -291,10 +291,17 @@ class _Download:
         )
         manifest = Manifest(self.task_id, doc.total_length, doc.piece_length, digests, doc.url)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            executor,
-            lambda: PieceStore.create(output, manifest, resume=True, open_digests=True),
-        )
+        check_digest = self.options.digest_sha256 is not None
+
+        def open_store() -> PieceStore:
+            store = PieceStore.create(output, manifest, resume=True, open_digests=True)
+            if check_digest:
+                # Hashed in order as pieces arrive: no second read of the file at the end, and
+                # a reader streaming the task knows the verdict with the last piece.
+                store.track_file_digest()
+            return store
+
+        return await loop.run_in_executor(executor, open_store)
 
     async def _until_complete(self, peer: SwarmPeer) -> None:
         """Wait for every piece; go to the origin when the swarm stalls; honour the timeout."""

@@ -17,10 +17,11 @@ encoded would be wrong bytes, and an encoded answer is refused rather than decod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Final, TypeVar
@@ -228,15 +229,56 @@ class Origin:
         ``OriginChanged`` when the length or validator differ from ``expect``; ``OriginError``
         when the origin stops honouring Range. Both are final; transient failures are retried.
         """
-        if not 0 <= start < end <= expect.total_length:
-            raise ValueError(f"range [{start}, {end}) not inside 0..{expect.total_length}")
+        parts = self.fetch_range_parts(start, [end], expect)
+        async with contextlib.aclosing(parts):
+            async for data in parts:
+                return data
+        raise AssertionError("unreachable: fetch_range_parts yields one part or raises")
 
-        async def once() -> bytes:
-            return await self._fetch_range_once(start, end, expect)
+    async def fetch_range_parts(
+        self, start: int, ends: Sequence[int], expect: OriginInfo
+    ) -> AsyncGenerator[bytes, None]:
+        """Bytes ``[start, ends[-1])`` with one Range request, cut at the ascending offsets
+        ``ends``: each part is yielded as soon as all of it has arrived, so a caller stores
+        pieces while the rest of a long range is on its way.
 
-        return await self._retrying(f"range {start}-{end - 1} of {expect.url}", once)
+        Errors as ``fetch_range``. A transient failure resumes from the first part not yielded
+        yet, with a new Range request; ``retries`` counts failures in a row (a part that
+        arrives starts the count again). Close the iterator when stopping early
+        (``contextlib.aclosing``) so the connection is released at once.
+        """
+        end = ends[-1] if ends else start
+        if not 0 <= start < end <= expect.total_length or any(
+            b <= a for a, b in zip([start, *ends], ends, strict=False)
+        ):
+            raise ValueError(
+                f"range [{start}, {end}) cut at {list(ends)[:4]}... not ascending inside "
+                f"0..{expect.total_length}"
+            )
+        position, remaining, failures = start, list(ends), 0
+        while remaining:
+            try:
+                async with self._get_range(position, end, expect) as response:
+                    length = content_length(response)
+                    while remaining:
+                        data = await self._read_exactly(response, remaining[0] - position)
+                        position = remaining.pop(0)
+                        failures = 0
+                        yield data
+                    if length is None and await response.content.read(1):
+                        raise OriginError(f"origin sent more than range {start}-{end - 1}", 206)
+            except _Transient as exc:
+                failures += 1
+                await self._wait_to_retry(
+                    f"range {position}-{end - 1} of {expect.url}", failures - 1, exc
+                )
 
-    async def _fetch_range_once(self, start: int, end: int, expect: OriginInfo) -> bytes:
+    @asynccontextmanager
+    async def _get_range(
+        self, start: int, end: int, expect: OriginInfo
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A GET of ``[start, end)`` whose answer is checked to be exactly that range of the
+        file ``expect`` describes; its body is the caller's to read."""
         wanted = f"{start}-{end - 1}"
         async with self._get(expect.url, f"bytes={wanted}") as response:
             if response.status == 200:
@@ -267,10 +309,7 @@ class Origin:
             length = content_length(response)
             if length is not None and length != end - start:
                 raise OriginError(f"origin sent Content-Length {length} for range {wanted}", 206)
-            body = await self._read_exactly(response, end - start)
-            if length is None and await response.content.read(1):
-                raise OriginError(f"origin sent more than range {wanted}", 206)
-            return body
+            yield response
 
     async def stream(self, expect: OriginInfo, chunk_bytes: int = 1 << 20) -> AsyncIterator[bytes]:
         """The whole body with a plain GET, in chunks of ``chunk_bytes`` (the last may be less).
@@ -363,21 +402,25 @@ class Origin:
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run ``attempt`` until it returns, fails finally, or ``retries`` retries are spent."""
-        for number in range(self._retries + 1):
+        number = 0
+        while True:
             try:
                 return await attempt()
             except _Transient as exc:
-                if number == self._retries:
-                    raise OriginError(
-                        f"{what} failed after {number + 1} attempts: {exc}",
-                        exc.status,
-                        retryable=True,
-                    ) from exc
-                delay_s = self._backoff_s * 2**number
-                delay_s = delay_s / 2 + random.uniform(0, delay_s / 2)  # equal jitter
-                if exc.retry_after_s is not None:
-                    delay_s = max(delay_s, exc.retry_after_s)
-                delay_s = min(delay_s, MAX_BACKOFF_S)
-                logger.info("%s: %s; attempt %d again in %.2fs", what, exc, number + 2, delay_s)
-                await asyncio.sleep(delay_s)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+                await self._wait_to_retry(what, number, exc)
+                number += 1
+
+    async def _wait_to_retry(self, what: str, number: int, exc: _Transient) -> None:
+        """Sleep before attempt ``number + 2`` (backoff with equal jitter, ``Retry-After``), or
+        raise the final ``OriginError`` when ``number`` was the last one allowed."""
+        if number >= self._retries:
+            raise OriginError(
+                f"{what} failed after {number + 1} attempts: {exc}", exc.status, retryable=True
+            ) from exc
+        delay_s = self._backoff_s * 2**number
+        delay_s = delay_s / 2 + random.uniform(0, delay_s / 2)  # equal jitter
+        if exc.retry_after_s is not None:
+            delay_s = max(delay_s, exc.retry_after_s)
+        delay_s = min(delay_s, MAX_BACKOFF_S)
+        logger.info("%s: %s; attempt %d again in %.2fs", what, exc, number + 2, delay_s)
+        await asyncio.sleep(delay_s)

@@ -55,7 +55,7 @@ MAX_DIALS: Final = 16
 #: How often learned digests are saved beside the partial file.
 SAVE_DIGESTS_S: Final = 2.0
 #: Most bytes fetched from the origin in one Range request (a run of consecutive pieces).
-RUN_BYTES: Final = 4 * 1024 * 1024
+RUN_BYTES: Final = 32 * 1024 * 1024
 #: A run of origin pieces is sized to arrive in about this long.
 RUN_SECONDS: Final = 0.5
 #: From this origin rate on, a long assignment gets ``FAST_ORIGIN_WORKERS`` Range requests at
@@ -552,21 +552,30 @@ class SwarmPeer:
         if not wanted:
             return
         first, last = wanted[0], wanted[-1]
-        start = self._layout.piece_offset(first)
-        end = self._layout.piece_offset(last) + self._layout.piece_size(last)
+        layout = self._layout
+        ends = [layout.piece_offset(i) + layout.piece_size(i) for i in range(first, last + 1)]
         began = time.monotonic()
         log.debug("origin: pieces %d-%d", first, last)
+        storer = _RunStorer(self, set(wanted))
+        parts = self.origin.fetch_range_parts(layout.piece_offset(first), ends, self.origin_info)
         try:
-            data = await self.origin.fetch_range(start, end, self.origin_info)
+            async with contextlib.aclosing(parts):
+                async for data in parts:
+                    await storer.add(data)
+            await storer.finish()
         except OriginError as exc:
+            await storer.finish()
+            left = [index for index in wanted if index >= storer.next_index]
             if exc.retryable and not self.fetching_everything:
                 # The swarm or the tracker's next assignment may do better than this origin now.
                 log.warning("origin failed for pieces %d-%d (%s): leaving them", first, last, exc)
-                self.task.release_from_origin(wanted)
+                self.task.release_from_origin(left)
                 return
             raise
+        finally:
+            await storer.cancel()
         elapsed_s = max(time.monotonic() - began, 1e-3)
-        measured = len(data) / elapsed_s
+        measured = storer.received_bytes / elapsed_s
         # Smoothed, and growing at most 4x per run (slow start; a tiny first run on loopback
         # would otherwise claim gigabytes per second).
         previous = self._origin_bps
@@ -574,25 +583,8 @@ class SwarmPeer:
             measured if previous is None else min(4 * previous, 0.5 * previous + 0.5 * measured)
         )
         if self._origin_bps >= FAST_ORIGIN_BPS and len(self._origin_queue) >= 32:
-            # A fast origin (a registry next door): storing a run overlaps fetching others.
+            # A fast origin (a registry next door): more Range requests at once.
             self._queue_origin([], workers=FAST_ORIGIN_WORKERS)
-        view = memoryview(data)
-        # Consecutive pieces are stored in one trip to the disk.
-        batch_first, batch = first, list[bytes]()
-        wanted_set = set(wanted)
-        for index in range(first, last + 1):
-            if index in wanted_set and not self.store.has_piece(index):
-                offset = self._layout.piece_offset(index) - start
-                if not batch:
-                    batch_first = index
-                batch.append(bytes(view[offset : offset + self._layout.piece_size(index)]))
-                continue
-            self.task.release_from_origin([index])
-            if batch:
-                await self._store_origin_pieces(batch_first, batch)
-                batch = []
-        if batch:
-            await self._store_origin_pieces(batch_first, batch)
 
     async def _stream_whole_file(self) -> None:
         """No Range support: read the whole body once, publishing each piece as it completes."""
@@ -612,9 +604,9 @@ class SwarmPeer:
         self._origin_queue.clear()
 
     async def _store_origin_piece(self, index: int, data: bytes) -> None:
-        await self._store_origin_pieces(index, [data])
+        await self.store_origin_pieces(index, [data])
 
-    async def _store_origin_pieces(self, first: int, pieces: list[bytes]) -> None:
+    async def store_origin_pieces(self, first: int, pieces: list[bytes]) -> None:
         try:
             digests = await self.task.add_origin_pieces(first, pieces)
         except ValueError as exc:
@@ -688,3 +680,59 @@ class SwarmPeer:
             log.warning("cannot save digests to %s: %s", path, exc)
             return
         self._saved_known = known
+
+
+class _RunStorer:
+    """Stores the pieces of one origin run as they arrive: while one batch is hashed and
+    written in the worker thread, the pieces that arrive meanwhile gather into the next batch
+    (one piece per trip on a slow origin, many on a fast one)."""
+
+    def __init__(self, peer: SwarmPeer, wanted: set[int]) -> None:
+        self._peer, self._wanted = peer, wanted
+        self.next_index = min(wanted)
+        self.received_bytes = 0
+        self._batch_first, self._batch = self.next_index, list[bytes]()
+        self._storing: asyncio.Task[None] | None = None
+
+    async def add(self, data: bytes) -> None:
+        """The next piece of the run has arrived."""
+        index, self.next_index = self.next_index, self.next_index + 1
+        self.received_bytes += len(data)
+        peer = self._peer
+        if index in self._wanted and not peer.store.has_piece(index):
+            if not self._batch:
+                self._batch_first = index
+            self._batch.append(data)
+        else:
+            # A peer's copy was verified meanwhile: not ours to store. A batch stays
+            # consecutive, so the one gathered so far goes now.
+            peer.task.release_from_origin([index])
+            await self._flush(wait=True)
+        await self._flush(wait=False)
+
+    async def finish(self) -> None:
+        """Store what is left and wait for it (errors of any batch are raised here)."""
+        await self._flush(wait=True)
+        await self._wait()
+
+    async def cancel(self) -> None:
+        """Stop a batch still being stored without raising (the run is being left)."""
+        if self._storing is not None and not self._storing.done():
+            with contextlib.suppress(Exception):
+                await self._storing
+        self._storing = None
+
+    async def _flush(self, *, wait: bool) -> None:
+        if not self._batch:
+            return
+        if not wait and self._storing is not None and not self._storing.done():
+            return  # more gathers while the previous batch is stored
+        await self._wait()  # the previous batch (its error, if any, is raised here)
+        batch, self._batch = self._batch, []
+        storing = self._peer.store_origin_pieces(self._batch_first, batch)
+        self._storing = asyncio.create_task(storing)
+
+    async def _wait(self) -> None:
+        if self._storing is not None:
+            storing, self._storing = self._storing, None
+            await storing

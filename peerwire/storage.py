@@ -71,6 +71,10 @@ class IncompleteError(RuntimeError):
     """``finalize`` was called before every piece was verified."""
 
 
+class StoreClosedError(ValueError):
+    """The store was closed (after ``finalize``, its file is at the output path)."""
+
+
 class DigestMismatchError(ValueError):
     """Data on disk does not hash to what was expected: the whole file, or one piece."""
 
@@ -116,6 +120,10 @@ class PieceStore:
         self._state = threading.Condition(threading.Lock())
         self._in_flight = 0
         self._closed = False
+        # The whole file's sha256, advanced in order as pieces are verified (``track_file_digest``).
+        self._file_hasher: hashlib._Hash | None = None
+        self._hashed_pieces = 0
+        self._digest_lock = threading.Lock()
 
     # -- construction -------------------------------------------------------------------------
 
@@ -311,6 +319,7 @@ class PieceStore:
         ``learn``: the data comes from a source we trust (the origin); when the piece's digest
         is unknown it is computed from ``data`` and learned (``digest(index)`` then has it).
         """
+        computed: bytes | None = None
         if learn and self._digests[index] is None:
             with memoryview(data) as view:
                 if view.nbytes != self._layout.piece_size(index):
@@ -319,7 +328,8 @@ class PieceStore:
             with self._state:
                 if self._digests[index] is None:
                     self._digests[index] = computed
-        if not self.verify(index, data):
+        # A digest just learned from ``data`` needs no second pass over it.
+        if (computed is None or computed != self._digests[index]) and not self.verify(index, data):
             return False
         if self.has_piece(index):
             return True
@@ -337,6 +347,7 @@ class PieceStore:
             except OSError as exc:
                 raise _wrap(exc, f"record piece {index}", self._record_path) from exc
             self._have.add(index)
+        self._advance_file_digest(index, data)
         return True
 
     def _write(self, index: int, data: Buffer) -> None:
@@ -351,6 +362,53 @@ class PieceStore:
             except OSError as exc:
                 message = f"write piece {index} at offset {offset + done}"
                 raise _wrap(exc, message, self._data_path) from exc
+
+    # -- the whole file's digest --------------------------------------------------------------
+
+    def track_file_digest(self) -> None:
+        """Hash the whole file as it is verified, in order: each piece that extends the
+        verified prefix is hashed from the bytes being committed (pieces verified ahead of the
+        prefix are read back when it reaches them). ``finalize`` then checks an expected digest
+        without reading the file again, and ``file_digest`` is known as soon as the last piece
+        is committed. Call once, before the download (pieces already verified are hashed now).
+        """
+        with self._digest_lock:
+            if self._file_hasher is None:
+                self._file_hasher = hashlib.sha256()
+        self._advance_file_digest(-1, b"")
+
+    def file_digest(self) -> bytes | None:
+        """The sha256 of the whole file once every piece is verified and ``track_file_digest``
+        hashed it; None before (or when not tracked)."""
+        with self._digest_lock:
+            if self._file_hasher is None or self._hashed_pieces < self._layout.num_pieces:
+                return None
+            return self._file_hasher.digest()
+
+    def _advance_file_digest(self, index: int, data: Buffer) -> None:
+        if self._file_hasher is None:
+            return
+        with self._digest_lock:
+            hasher = self._file_hasher
+            buffer: memoryview | None = None
+            while self._hashed_pieces < self._layout.num_pieces:
+                next_index = self._hashed_pieces
+                if not self.has_piece(next_index):
+                    return
+                if next_index == index:
+                    hasher.update(data)
+                else:
+                    if buffer is None:
+                        buffer = memoryview(bytearray(self._layout.piece_length))
+                    piece = buffer[: self._layout.piece_size(next_index)]
+                    offset = self._layout.piece_offset(next_index)
+                    with self._using_fd():
+                        try:
+                            _pread_exactly(self._fd, piece, offset)
+                        except OSError as exc:
+                            raise _wrap(exc, f"hash piece {next_index}", self._data_path) from exc
+                    hasher.update(piece)
+                self._hashed_pieces += 1
 
     # -- reading for uploads ------------------------------------------------------------------
 
@@ -371,7 +429,7 @@ class PieceStore:
     def data_fd(self) -> int:
         """The data file descriptor (for ``os.sendfile``); valid until ``close``."""
         if self._closed:
-            raise ValueError("store is closed")
+            raise StoreClosedError(f"the store of {self._data_path} is closed")
         return self._fd
 
     def read_block(self, index: int, begin: int, length: int) -> bytes:
@@ -389,16 +447,9 @@ class PieceStore:
     def read_span(self, offset: int, length: int) -> bytes:
         """``length`` bytes of the file from ``offset``, every piece they touch verified: one
         pread however many pieces (a reader streaming the file in order)."""
-        if offset < 0 or length < 1 or offset + length > self._layout.total_length:
-            raise ValueError(f"span {offset}+{length} lies outside the task's bytes")
-        first = offset // self._layout.piece_length
-        last = (offset + length - 1) // self._layout.piece_length
-        missing = [i for i in range(first, last + 1) if not self.has_piece(i)]
-        if missing:
-            raise PieceMissingError(f"pieces {missing} are not verified in {self._data_path}")
-        with self._using_fd():
+        with self.open_span(offset, length) as fd:
             try:
-                data = os.pread(self._fd, length, offset)
+                data = os.pread(fd, length, offset)
             except OSError as exc:
                 raise _wrap(
                     exc, f"read {length} bytes at offset {offset}", self._data_path
@@ -408,6 +459,21 @@ class PieceStore:
                 errno.EIO, f"file ends inside span {offset}+{length}", self._data_path
             )
         return data
+
+    @contextmanager
+    def open_span(self, offset: int, length: int) -> Iterator[int]:
+        """The data descriptor, kept open while the caller reads ``length`` bytes from
+        ``offset`` itself (``os.sendfile``); every piece they touch is verified. ValueError
+        outside the task, PieceMissingError, StoreClosedError."""
+        if offset < 0 or length < 1 or offset + length > self._layout.total_length:
+            raise ValueError(f"span {offset}+{length} lies outside the task's bytes")
+        first = offset // self._layout.piece_length
+        last = (offset + length - 1) // self._layout.piece_length
+        missing = [i for i in range(first, last + 1) if not self.has_piece(i)]
+        if missing:
+            raise PieceMissingError(f"pieces {missing} are not verified in {self._data_path}")
+        with self._using_fd():
+            yield self._fd
 
     def read_block_into(self, index: int, begin: int, buffer: Buffer) -> int:
         """Fill the caller's writable buffer from verified piece ``index`` at ``begin``."""
@@ -440,7 +506,7 @@ class PieceStore:
             raise IncompleteError(f"{self._data_path}: {missing} pieces not verified yet")
         with self._using_fd():
             if expected_sha256 is not None:
-                actual = self._file_sha256()
+                actual = self.file_digest() or self._file_sha256()
                 if actual != expected_sha256:
                     raise DigestMismatchError(self._data_path, expected_sha256, actual)
             try:
@@ -517,7 +583,7 @@ class PieceStore:
         """Keep the descriptors open while an operation uses them (``close`` waits)."""
         with self._state:
             if self._closed:
-                raise ValueError("store is closed")
+                raise StoreClosedError(f"the store of {self._data_path} is closed")
             self._in_flight += 1
         try:
             yield

@@ -16,13 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import re
+import select
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Final
+from typing import Final, Protocol
 
 import httptools
 
@@ -37,7 +43,21 @@ SWEEP_S: Final = 1.0
 #: Requests parsed ahead of the one being answered before reading pauses.
 MAX_PIPELINED: Final = 16
 TLS_HANDSHAKE: Final = 0x16
+#: A thread sending a file checks this often whether it should stop.
+_SEND_STEP_S: Final = 0.25
 _ASCII_DIGITS: Final = re.compile(r"[0-9]+")
+
+
+class FileRegion(Protocol):
+    """Bytes of a file to send as they are: ``open()`` gives a descriptor for the duration."""
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def length(self) -> int: ...
+
+    def open(self) -> AbstractContextManager[int]: ...
 
 
 class BodyAborted(Exception):
@@ -418,6 +438,29 @@ class Connection:
             return
         await self.send(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
 
+    async def send_file(self, region: FileRegion, executor: Executor) -> None:
+        """Send ``region`` with ``os.sendfile`` from a thread of ``executor``: the bytes never
+        pass through Python and the event loop goes on meanwhile. For a body sent as is (with a
+        Content-Length, not chunked). Cancelled, the thread stops within ``_SEND_STEP_S``."""
+        transport = self.writer.transport
+        # The thread writes to the socket itself: whatever the transport still holds goes first.
+        low, high = transport.get_write_buffer_limits()
+        transport.set_write_buffer_limits(high=0)
+        try:
+            await asyncio.wait_for(self.writer.drain(), self._config.send_timeout_s)
+        finally:
+            transport.set_write_buffer_limits(high=high, low=low)
+        # Its own descriptor: if this connection is closed meanwhile, the thread never writes
+        # to a number the process has given to something else.
+        sock_fd = os.dup(transport.get_extra_info("socket").fileno())
+        stop = threading.Event()
+        try:
+            await self._loop.run_in_executor(
+                executor, _send_region, region, sock_fd, self._config.send_timeout_s, stop
+            )
+        finally:
+            stop.set()
+
     async def end_body(self, chunked: bool) -> None:
         if chunked:
             await self.send(b"0\r\n\r\n")
@@ -444,6 +487,39 @@ class Connection:
     def abort(self) -> None:
         """Break the connection (a response cannot be finished: the client must retry)."""
         self.writer.transport.abort()
+
+
+def _send_region(region: FileRegion, sock_fd: int, timeout_s: float, stop: threading.Event) -> None:
+    """All of ``region`` to the non-blocking socket ``sock_fd`` (closed at the end), waiting
+    whenever its buffer is full, at most ``timeout_s`` for any progress; gives up when ``stop``
+    is set. Blocks: for a worker thread."""
+    try:
+        poller = select.poll()
+        poller.register(sock_fd, select.POLLOUT)
+        offset, left = region.offset, region.length
+        with region.open() as fd:
+            while left and not stop.is_set():
+                try:
+                    sent = os.sendfile(sock_fd, fd, offset, left)
+                except BlockingIOError:
+                    waited_s = 0.0
+                    while not poller.poll(_SEND_STEP_S * 1000):
+                        waited_s += _SEND_STEP_S
+                        if stop.is_set():
+                            return
+                        if waited_s >= timeout_s:
+                            raise TimeoutError(
+                                f"the client took nothing for {timeout_s:g}s"
+                            ) from None
+                    continue
+                if sent == 0:
+                    raise OSError(
+                        errno.EIO, f"the file ends inside {region.offset}+{region.length}"
+                    )
+                offset += sent
+                left -= sent
+    finally:
+        os.close(sock_fd)
 
 
 def _reason(status: int) -> str:

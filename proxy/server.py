@@ -22,11 +22,12 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
 import aiohttp
 
-from dfget.daemon import BlobStream, Daemon, FetchRequest
+from dfget.daemon import BlobStream, Daemon, FetchRequest, FileSpan
 from dfget.errors import DownloadError
 from proxy.config import ProxyConfig
 from proxy.connection import READ_BYTES, SWEEP_S, BodyAborted, Connection, Request
@@ -49,6 +50,8 @@ METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 _UPSTREAM_ERRORS: Final = (aiohttp.ClientError, OSError, TimeoutError, ValueError)
 #: Times a broken blob stream is reopened at its offset before the connection is broken off.
 MAX_REOPENS: Final = 2
+#: Threads sending blob spans from files (``Connection.send_file``).
+SEND_THREADS: Final = 8
 
 
 class ProxyServer:
@@ -74,6 +77,8 @@ class ProxyServer:
         self.fallbacks: dict[str, int] = {"blob": 0, "proxy_swarm": 0}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Threads that send blob spans with sendfile (a slow client holds one while it reads).
+        self._send_executor = ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="proxy-send")
 
     @property
     def port(self) -> int:
@@ -97,6 +102,7 @@ class ProxyServer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._send_executor.shutdown(wait=False, cancel_futures=True)
         if self._server is not None:
             await self._server.wait_closed()
         await self.upstream.close()
@@ -171,7 +177,7 @@ class ProxyServer:
             range_header = None  # RFC 9110 13.1.5: not the representation asked about
         size_hint = check.content_length
         stream: BlobStream | None = None
-        chunks: AsyncIterator[bytes] | None = None
+        parts: AsyncIterator[FileSpan] | None = None
         try:
             if size_hint is not None:
                 parse_range(range_header, size_hint)  # 416 before any download starts
@@ -184,8 +190,8 @@ class ProxyServer:
                 stream = await self.daemon.open_stream(
                     fetch, start=byte_range.start, end=byte_range.end
                 )
-            chunks = stream.chunks()
-            first = await anext(chunks) if stream.length else b""
+            parts = stream.spans()
+            first = await anext(parts) if stream.length else b""
         except RangeNotSatisfiable as exc:
             if stream is not None:
                 stream.close()
@@ -195,8 +201,8 @@ class ProxyServer:
             )
             return True
         except Exception as exc:  # the swarm path failed before the first byte
-            if chunks is not None:
-                await _aclose(chunks)
+            if parts is not None:
+                await _aclose(parts)
             if stream is not None:
                 stream.close()
             self.fallbacks[route.kind] += 1
@@ -215,7 +221,7 @@ class ProxyServer:
         if byte_range is not None:
             headers.append(("Content-Range", byte_range.content_range))
         status = 206 if byte_range is not None else 200
-        return await self._send_stream(request, conn, fetch, stream, chunks, first, status, headers)
+        return await self._send_stream(request, conn, fetch, stream, parts, first, status, headers)
 
     async def _send_stream(
         self,
@@ -223,28 +229,30 @@ class ProxyServer:
         conn: Connection,
         fetch: FetchRequest,
         stream: BlobStream,
-        chunks: AsyncIterator[bytes],
-        first: bytes,
+        parts: AsyncIterator[FileSpan],
+        first: bytes | FileSpan,
         status: int,
         headers: list[tuple[str, str]],
     ) -> bool:
-        """Send ``stream`` (its first chunk already read). A whole blob is hashed on the way and
-        its last chunk held back until the sha256 matches: a client never gets all of a wrong
-        blob. A stream that breaks is reopened from where it stopped (``MAX_REOPENS`` times,
-        e.g. when the download finished and its bytes moved to the cache); else the
-        connection is broken off so that the client retries."""
+        """Send ``stream`` (its first part already read). A whole blob's last part is held back
+        until the blob is known to match its digest: a client never gets all of a wrong blob.
+        The download behind the stream usually knows (it hashes the blob in order as pieces
+        are verified); otherwise the proxy hashes the bytes on the way. Verified spans of a
+        download go out with ``sendfile``. A stream that breaks is reopened from where it
+        stopped (``MAX_REOPENS`` times, e.g. when the download finished and its bytes moved to
+        the cache); else the connection is broken off so that the client retries."""
         assert self.daemon is not None
         digest = fetch.digest_sha256
-        hasher = hashlib.sha256() if digest is not None and status == 200 else None
+        whole = digest is not None and status == 200
+        hasher = hashlib.sha256() if whole and not stream.download_checks_digest else None
         offset, end = stream.start + len(first), stream.end
         held, reopens = first, 0
-        loop = asyncio.get_running_loop()
         current: BlobStream | None = stream
         try:
             chunked = await conn.start(request, status, headers, content_length=stream.length)
             while True:
                 try:
-                    chunk = await anext(chunks)
+                    part = await anext(parts)
                 except StopAsyncIteration:
                     break
                 except (DownloadError, OSError, ValueError) as exc:
@@ -252,38 +260,57 @@ class ProxyServer:
                         raise
                     reopens += 1
                     log.info("proxy: blob stream stopped at %d (%s): reopening", offset, exc)
-                    await _aclose(chunks)
+                    await _aclose(parts)
                     assert current is not None
                     current.close()
                     current = None
                     current = await self.daemon.open_stream(fetch, start=offset, end=end)
-                    chunks = current.chunks()
+                    parts = current.spans()
                     continue
-                offset += len(chunk)
-                # Hashed in a thread (hashlib releases the GIL) while the same bytes go out.
-                hashing = (
-                    loop.run_in_executor(None, hasher.update, held) if hasher is not None else None
-                )
-                try:
-                    await conn.write_body(held, chunked)
-                finally:
-                    if hashing is not None:
-                        await hashing
-                held = chunk
-            if hasher is not None:
-                await loop.run_in_executor(None, hasher.update, held)
-                if hasher.digest() != digest:
+                offset += len(part)
+                await self._send_part(conn, held, chunked, hasher)
+                held = part
+            if whole:
+                if hasher is not None:
+                    held = await _as_bytes(held)
+                    await asyncio.get_running_loop().run_in_executor(None, hasher.update, held)
+                    matches = hasher.digest() == digest
+                else:
+                    assert current is not None
+                    matches = await current.verified()
+                if not matches:
                     raise ValueError("the blob's bytes do not match its digest")
-            await conn.write_body(held, chunked)
+            await self._send_part(conn, held, chunked, None)
         except Exception as exc:  # after the first byte: break off, the client retries
             log.warning("proxy: blob stream broke off: %s", exc)
             conn.abort()
             return False
         finally:
-            await _aclose(chunks)
+            await _aclose(parts)
             if current is not None:
                 current.close()
         return True
+
+    async def _send_part(
+        self,
+        conn: Connection,
+        part: bytes | FileSpan,
+        chunked: bool,
+        hasher: hashlib._Hash | None,
+    ) -> None:
+        if isinstance(part, FileSpan):
+            if hasher is None and not chunked:
+                await conn.send_file(part, self._send_executor)
+                return
+            part = await _as_bytes(part)
+        # Hashed in a thread (hashlib releases the GIL) while the same bytes go out.
+        loop = asyncio.get_running_loop()
+        hashing = loop.run_in_executor(None, hasher.update, part) if hasher is not None else None
+        try:
+            await conn.write_body(part, chunked)
+        finally:
+            if hashing is not None:
+                await hashing
 
     # -- passed through ------------------------------------------------------------------------
 
@@ -386,7 +413,13 @@ class ProxyServer:
             await asyncio.wait_for(sink.drain(), idle_s)
 
 
-async def _aclose(chunks: AsyncIterator[bytes]) -> None:
+async def _as_bytes(part: bytes | FileSpan) -> bytes:
+    if isinstance(part, bytes):
+        return part
+    return await asyncio.get_running_loop().run_in_executor(None, part.read)
+
+
+async def _aclose(chunks: AsyncIterator[bytes] | AsyncIterator[FileSpan]) -> None:
     close = getattr(chunks, "aclose", None)
     if close is not None:
         await close()
