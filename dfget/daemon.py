@@ -91,16 +91,22 @@ class FileSpan:
 
     @contextlib.contextmanager
     def open(self) -> Iterator[int]:
-        """A descriptor of the file holding the span, open while the context lasts."""
-        with contextlib.ExitStack() as stack:
-            fd: int | None = None
-            if self.store is not None:
-                with contextlib.suppress(StoreClosedError):  # finalized: the same bytes, renamed
-                    fd = stack.enter_context(self.store.open_span(self.offset, self.length))
-            if fd is None:
-                fd = os.open(self.final_path, os.O_RDONLY | os.O_CLOEXEC)
-                stack.callback(os.close, fd)
+        """A descriptor of the file holding the span, its own (a slow reader never holds up
+        closing the store), open while the context lasts."""
+        fd: int | None = None
+        if self.store is not None:
+            # A closed store was finalized: the same bytes are at ``final_path``, renamed.
+            with (
+                contextlib.suppress(StoreClosedError),
+                self.store.open_span(self.offset, self.length) as store_fd,
+            ):
+                fd = os.dup(store_fd)
+        if fd is None:
+            fd = os.open(self.final_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
             yield fd
+        finally:
+            os.close(fd)
 
     def read(self) -> bytes:
         with self.open() as fd:

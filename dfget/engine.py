@@ -27,7 +27,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,11 +182,12 @@ class _Download:
         finally:
             if reporter is not None:
                 reporter.cancel()
-            if peer is not None:
-                await peer.close()
-            if self.tracker is not None:
-                await self.tracker.close()
-            await self.origin.close()
+            tracker = self.tracker
+            await _close_all(
+                peer.close if peer is not None else None,
+                tracker.close if tracker is not None else None,
+                self.origin.close,
+            )
             executor.shutdown(wait=True)
 
     # -- steps --------------------------------------------------------------------------------
@@ -389,6 +390,22 @@ class _Download:
             await asyncio.sleep(PROGRESS_EVERY_S)
 
 
+async def _close_all(*closers: Callable[[], Awaitable[None]] | None) -> None:
+    """Await every closer in turn, also after one failed or the task was cancelled meanwhile
+    (a download that ends by itself may be cancelled while it cleans up); the first error is
+    raised at the end."""
+    error: BaseException | None = None
+    for close in closers:
+        if close is None:
+            continue
+        try:
+            await close()
+        except BaseException as exc:  # re-raised below, once the others ran
+            error = error or exc
+    if error is not None:
+        raise error
+
+
 def _bucket(
     rate_bps: float | None, parent: TokenBucket | None, clock: Callable[[], float]
 ) -> TokenBucket | None:
@@ -463,7 +480,5 @@ async def seed_file(
         await peer.start()
         await peer.seed(math.inf)
     finally:
-        await peer.close()
-        await tracker.close()
-        await origin.close()
+        await _close_all(peer.close, tracker.close, origin.close)
         executor.shutdown(wait=False)

@@ -285,22 +285,26 @@ class SwarmPeer:
             workers.append(self._reporter)
         for task in workers:
             task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.flush_reports(), STOPPED_TIMEOUT_S)
-        if self.tracker is not None and self._registered:
-            with contextlib.suppress(TrackerError, TimeoutError):
-                await asyncio.wait_for(
-                    self.tracker.service_down(self.task_id, self._tracker_progress()),
-                    STOPPED_TIMEOUT_S,
-                )
-        await self.task.close()
-        if self.listener is not None:
-            await self.listener.close()
-        elif self.shared is not None:
-            self.shared.remove(self.task)
-        self._save_digests()
-        self.store.close()
+        try:
+            await asyncio.gather(*workers, return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.flush_reports(), STOPPED_TIMEOUT_S)
+            if self.tracker is not None and self._registered:
+                with contextlib.suppress(TrackerError, TimeoutError):
+                    await asyncio.wait_for(
+                        self.tracker.service_down(self.task_id, self._tracker_progress()),
+                        STOPPED_TIMEOUT_S,
+                    )
+        finally:  # also when cancelled while telling the tracker: connections and files
+            try:
+                await self.task.close()
+                if self.listener is not None:
+                    await self.listener.close()
+                elif self.shared is not None:
+                    self.shared.remove(self.task)
+            finally:
+                self._save_digests()
+                self.store.close()
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)

@@ -9,6 +9,7 @@ Run as a process (``python -m tests.helpers.origin_server --dir DIR [--port 0]``
 * ``/status/CODE``      answers CODE with a short body.
 * ``/flaky/K/NAME``     the first K requests to this path answer 500, then like ``/files``.
 * ``/truncate/NAME``    right headers, then half the body, then the connection closes.
+* ``/cut/K/NAME``       the first K requests to this path are truncated so, then like ``/files``.
 * ``/slow/BPS/NAME``    like ``/files`` at BPS bytes/s.
 * ``/stall/NAME``       the first request without Range gets half the body, then nothing more
                         on an open connection (a flow starved on a congested link); Range
@@ -218,6 +219,11 @@ def build_app(directory: Path) -> web.Application:
         content = origin.content(request.match_info["name"])
         return await origin.serve(request, content, truncate=True)
 
+    async def cut(request: web.Request) -> web.StreamResponse:
+        seen = origin.count_request(request)
+        content = origin.content(request.match_info["name"])
+        return await origin.serve(request, content, truncate=seen <= int(request.match_info["k"]))
+
     async def slow(request: web.Request) -> web.StreamResponse:
         origin.count_request(request)
         content = origin.content(request.match_info["name"])
@@ -273,6 +279,7 @@ def build_app(directory: Path) -> web.Application:
     app.router.add_route("*", "/status/{code:\\d{3}}", status)
     app.router.add_get("/flaky/{k:\\d+}/{name}", flaky)
     app.router.add_get("/truncate/{name}", truncate)
+    app.router.add_get("/cut/{k:\\d+}/{name}", cut)
     app.router.add_get("/slow/{bps:\\d+}/{name}", slow)
     app.router.add_get("/stall/{name}", stall)
     app.router.add_get("/mutable/{name}", mutable)

@@ -25,6 +25,7 @@ from peerwire.storage import (
     PieceMissingError,
     PieceStore,
     StorageError,
+    StoreClosedError,
 )
 
 PIECE = 1024
@@ -198,6 +199,46 @@ def test_whole_file_digest_mismatch_keeps_output_path_absent(tmp_path: Path) -> 
         assert partial_of(output).read_bytes() == DATA  # left for inspection
 
 
+def test_file_digest_follows_the_verified_prefix_whatever_the_commit_order(
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "out"
+    with PieceStore.create(output, MANIFEST) as store:
+        commit(store, 0, 3, 5)
+    with PieceStore.create(output, MANIFEST) as store:  # resumed: 0, 3, 5 verified already
+        store.track_file_digest()
+        for index in (4, 1, 2):
+            assert store.file_digest() is None
+            commit(store, index)
+        assert store.file_digest() == hashlib.sha256(DATA).digest()
+        wrong = hashlib.sha256(b"another blob").digest()
+        with pytest.raises(DigestMismatchError) as caught:
+            store.finalize(wrong)
+        assert caught.value.actual == hashlib.sha256(DATA).digest()
+        store.finalize(hashlib.sha256(DATA).digest())
+    assert output.read_bytes() == DATA
+
+
+def test_file_digest_of_commits_from_many_threads(tmp_path: Path) -> None:
+    data = content(64 * PIECE + 1, seed=5)
+    manifest = manifest_of(data)
+    jobs = [(index, piece(data, index)) for index in range(manifest.num_pieces)] * 2
+    random.Random(6).shuffle(jobs)
+    with PieceStore.create(tmp_path / "out", manifest) as store:
+        store.track_file_digest()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            assert all(pool.map(lambda job: store.commit_piece(*job), jobs))
+        assert store.file_digest() == hashlib.sha256(data).digest()
+
+
+def test_file_digest_is_none_unless_tracked(tmp_path: Path) -> None:
+    with PieceStore.create(tmp_path / "out", MANIFEST) as store:
+        commit(store, *range(6))
+        assert store.file_digest() is None
+        store.track_file_digest()  # late: hashes what is verified already, from the file
+        assert store.file_digest() == hashlib.sha256(DATA).digest()
+
+
 def test_finalize_before_all_pieces_fails_and_writes_nothing_to_output(tmp_path: Path) -> None:
     output = tmp_path / "out"
     with PieceStore.create(output, MANIFEST) as store:
@@ -256,6 +297,18 @@ def test_read_span_reads_across_verified_pieces_in_one_go(tmp_path: Path) -> Non
         for offset, length in [(-1, 1), (0, 0), (len(DATA) - 1, 2)]:
             with pytest.raises(ValueError, match="outside"):
                 store.read_span(offset, length)
+
+
+def test_open_span_lends_the_descriptor_for_verified_bytes_only(tmp_path: Path) -> None:
+    store = PieceStore.create(tmp_path / "out", MANIFEST)
+    commit(store, 1, 2)
+    with store.open_span(PIECE + 10, PIECE) as fd:
+        assert os.pread(fd, PIECE, PIECE + 10) == DATA[PIECE + 10 : 2 * PIECE + 10]
+    with pytest.raises(PieceMissingError, match=r"\[3\]"):
+        store.open_span(2 * PIECE, PIECE + 1).__enter__()
+    store.close()
+    with pytest.raises(StoreClosedError):
+        store.open_span(PIECE, 1).__enter__()
 
 
 def test_block_offset_and_data_fd_serve_sendfile(tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from dfget.daemon import Daemon
 from dfget.daemonconfig import DaemonConfig
 from proxy.config import ProxyConfig, parse_rule
@@ -309,9 +311,13 @@ def test_swarm_failure_before_the_first_byte_falls_back_to_the_upstream(tmp_path
     run(tmp_path, body)
 
 
-def test_a_blob_whose_bytes_miss_the_digest_is_never_delivered_whole(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size_bytes", [100_000, 6 * MIB + 5])
+def test_a_blob_whose_bytes_miss_the_digest_is_never_delivered_whole(
+    tmp_path: Path, size_bytes: int
+) -> None:
+    # Small: one piece. Large: many pieces stream out while the download hashes the blob.
     async def body(s: Setup) -> None:
-        blob = s.upstream.add_blob("liar.bin", 100_000)
+        blob = s.upstream.add_blob("liar.bin", size_bytes)
         wrong = "sha256:" + "0" * 64
         s.upstream.blobs[wrong] = blob
         reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
@@ -324,6 +330,49 @@ def test_a_blob_whose_bytes_miss_the_digest_is_never_delivered_whole(tmp_path: P
             assert len(got) < length  # broken off before the end
         else:
             assert not head.startswith(b"HTTP/1.1 2")
+
+    run(tmp_path, body)
+
+
+def test_a_client_that_leaves_mid_blob_harms_neither_the_download_nor_the_next_client(
+    tmp_path: Path,
+) -> None:
+    async def body(s: Setup) -> None:
+        blob = s.upstream.add_blob("big.bin", 12 * MIB + 1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+        writer.write(get(f"/v2/lib/blobs/{blob.digest}"))
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(MIB)
+        writer.transport.abort()  # gone, with most of the blob still to send
+        reply = await exchange(s.port, get(f"/v2/lib/blobs/{blob.digest}"))
+        assert reply.status == 200
+        assert reply.body == blob.path.read_bytes()
+        for _ in range(100):  # the stream ends with the last verified piece; finalize follows
+            if s.daemon.counters.downloads_ok:
+                break
+            await asyncio.sleep(0.05)
+        assert s.daemon.counters.downloads_ok == 1
+        assert s.daemon.counters.downloads_failed == 0
+
+    run(tmp_path, body)
+
+
+def test_a_slow_reader_gets_every_byte_of_a_blob_in_order(tmp_path: Path) -> None:
+    async def body(s: Setup) -> None:
+        blob = s.upstream.add_blob("slow-reader.bin", 8 * MIB + 7)
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+        writer.write(get(f"/v2/lib/blobs/{blob.digest}"))
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        received = hashlib.sha256()
+        count = 0
+        while chunk := await reader.read(256 * 1024):  # the proxy's sends wait on a full socket
+            received.update(chunk)
+            count += len(chunk)
+            await asyncio.sleep(0.002)
+        writer.close()
+        assert count == 8 * MIB + 7
+        assert "sha256:" + received.hexdigest() == blob.digest
 
     run(tmp_path, body)
 
