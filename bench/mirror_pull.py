@@ -93,7 +93,8 @@ def dfdaemon(workdir: Path, name: str, tracker: str, registry: Registry) -> Iter
             process.communicate()
 
 
-def timed(action: Any) -> float:
+def timed(action: Any, output: Path) -> float:
+    """Seconds ``action`` (a skopeo pull into ``output``) takes; ``output`` is removed after."""
     # Earlier steps' writes (the push, a previous pull, a daemon's cache) are flushed first:
     # their writeback would otherwise slow this pull's own writes (up to 0.5 s measured here).
     os.sync()
@@ -102,6 +103,11 @@ def timed(action: Any) -> float:
     elapsed = time.monotonic() - started
     if done.returncode != 0:
         raise SystemExit(f"mirror_pull: skopeo failed:\n{done.stderr[-2000:]}")
+    # skopeo checked every blob's digest. Its output goes, so that the page cache does not
+    # grow by the image at every pull: on a VM that hands free memory back to its host
+    # (virtio-balloon free page reporting, as here) fresh pages cost ~3x more system time to
+    # fill, which slowed later pulls (and a cold pull, which writes the image twice, more).
+    shutil.rmtree(output)
     return elapsed
 
 
@@ -133,7 +139,10 @@ def main() -> int:
             for run in range(args.runs):
                 direct_dest, cold_dest, peer_dest = (dest(f"{k}{run}") for k in ("d", "c", "p"))
                 times["direct"].append(
-                    timed(lambda: skopeo_pull(registry, REPO, TAG, direct_dest))  # noqa: B023
+                    timed(
+                        lambda: skopeo_pull(registry, REPO, TAG, direct_dest),  # noqa: B023
+                        direct_dest,
+                    )
                 )
                 workdir = work / f"run{run}"
                 with (
@@ -149,7 +158,8 @@ def main() -> int:
                                 REPO,
                                 TAG,
                                 cold_dest,  # noqa: B023
-                            )
+                            ),
+                            cold_dest,
                         )
                     )
                     registry_gets["cold"].append(registry.blob_gets() - before)
@@ -163,10 +173,12 @@ def main() -> int:
                                     REPO,
                                     TAG,
                                     peer_dest,  # noqa: B023
-                                )
+                                ),
+                                peer_dest,
                             )
                         )
                         registry_gets["peer"].append(registry.blob_gets() - before)
+                shutil.rmtree(workdir)  # the daemons' caches (see ``timed``)
                 print(
                     f"run {run + 1}: direct {times['direct'][-1]:.2f} s, "
                     f"cold {times['cold'][-1]:.2f} s "
