@@ -34,6 +34,7 @@ from dfget.cache import (
 from dfget.daemonconfig import DaemonConfig
 from dfget.identity import task_id_for
 from dfget.options import DownloadOptions, DownloadResult, ProgressReport
+from dfget.origin import OriginInfo
 from dfget.swarmpeer import SharedListener
 from peerwire.ids import TaskId
 from peerwire.ratelimit import TokenBucket
@@ -54,6 +55,8 @@ class FetchRequest:
     tag: str = ""
     rate_bps: float | None = None
     timeout_s: float | None = None
+    #: What the caller learnt of the origin already (``DownloadOptions.origin_info``).
+    origin_info: OriginInfo | None = None
 
 
 class _Running:
@@ -424,6 +427,7 @@ class Daemon:
             seed_time_s=math.inf,
             timeout_s=request.timeout_s,
             secret=self.secret,
+            origin_info=request.origin_info,
         )
         running.engine_task = asyncio.create_task(self._download(running, options))
         return running

@@ -29,7 +29,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -69,6 +69,9 @@ class Host:
     download: TokenBucket | None = None
     upload: TokenBucket | None = None
     listener: SharedListener | None = None
+    #: Each origin's rate as last measured (``swarmpeer.origin_key`` -> bytes/s): the next task
+    #: from it skips the slow start of its Range requests.
+    origin_rates: dict[str, float] = field(default_factory=dict)
 
 
 async def download(
@@ -157,6 +160,7 @@ class _Download:
                 download_bucket=self.download_bucket,
                 upload_bucket=self.upload_bucket,
                 listener=self.host.listener,
+                origin_rates=self.host.origin_rates,
             )
             peer.task.on_piece = self.on_piece
             peer.on_refused = lambda reason: self._refused(peer, reason)
@@ -205,7 +209,8 @@ class _Download:
         if doc is None and not options.back_to_source:
             doc = await self._wait_for_manifest()
         if doc is None:
-            info = await self.origin.probe()
+            # The caller may know the origin already (a registry's HEAD of a blob): no probe.
+            info = options.origin_info or await self.origin.probe()
             piece_length = choose_piece_length(info.total_length)
             count = -(-info.total_length // piece_length)
             doc = TaskManifestDoc(
@@ -475,6 +480,7 @@ async def seed_file(
         download_bucket=_bucket(None, host.download, loop.time),
         upload_bucket=_bucket(options.upload_rate_bps, host.upload, loop.time),
         listener=host.listener,
+        origin_rates=host.origin_rates,
     )
     try:
         await peer.start()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from dfget.origin import OriginInfo
 from peerwire.manifest import Manifest
 
 #: How long a finished download keeps seeding by default. A burst of hosts pulling the same
@@ -44,6 +45,9 @@ class DownloadOptions:
     peer_port: int = 0
     #: The cluster secret (``tracker.auth``): announces and manifest updates are signed with it.
     secret: bytes | None = field(default=None, repr=False)
+    #: What the caller already knows of the origin (length, validator, Range support: e.g. a
+    #: registry's HEAD of a digest-addressed blob); the origin is then not probed.
+    origin_info: OriginInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from dfget.coordinator import (
     AnnounceAnswer,
@@ -68,6 +69,12 @@ REPORT_EVERY_S: Final = 0.1
 TRACKER_RETRY_S: Final = 2.0
 #: ``stopped`` must not hold up an exit for long.
 STOPPED_TIMEOUT_S: Final = 3.0
+
+
+def origin_key(url: str) -> str:
+    """What identifies an origin for its remembered rate: scheme, host and port."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}".lower()
 
 
 def next_run(
@@ -129,6 +136,7 @@ class SwarmPeer:
         download_bucket: TokenBucket | None,
         upload_bucket: TokenBucket | None,
         listener: SharedListener | None = None,
+        origin_rates: dict[str, float] | None = None,
     ) -> None:
         self.options = options
         self.task_id = task_id
@@ -168,6 +176,14 @@ class SwarmPeer:
         self._origin_inflight: set[int] = set()
         #: Bytes of the largest run fetched so far: the next may be at most 4x (slow start).
         self._run_bytes = 0
+        #: The origins' rates as measured by earlier tasks of this host (a daemon's): a task
+        #: from an origin measured before starts with runs sized for it, not with one piece.
+        self._origin_rates = origin_rates
+        self._origin_key = origin_key(origin_info.url)
+        known_bps = origin_rates.get(self._origin_key) if origin_rates is not None else None
+        if known_bps is not None:
+            self._origin_bps = known_bps
+            self._run_bytes = int(min(RUN_BYTES, known_bps * RUN_SECONDS)) // 4
         self._origin_wake = asyncio.Event()
         self._origin_workers: list[asyncio.Task[None]] = []
         self._dialed: dict[tuple[str, int], float] = {}
@@ -586,6 +602,8 @@ class SwarmPeer:
         self._origin_bps = (
             measured if previous is None else min(4 * previous, 0.5 * previous + 0.5 * measured)
         )
+        if self._origin_rates is not None:
+            self._origin_rates[self._origin_key] = self._origin_bps
         if self._origin_bps >= FAST_ORIGIN_BPS and len(self._origin_queue) >= 32:
             # A fast origin (a registry next door): more Range requests at once.
             self._queue_origin([], workers=FAST_ORIGIN_WORKERS)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
@@ -29,6 +30,7 @@ import aiohttp
 
 from dfget.daemon import BlobStream, Daemon, FetchRequest, FileSpan
 from dfget.errors import DownloadError
+from dfget.origin import OriginInfo, validator_of
 from proxy.config import ProxyConfig
 from proxy.connection import READ_BYTES, SWEEP_S, BodyAborted, Connection, Request
 from proxy.routes import (
@@ -162,11 +164,13 @@ class ProxyServer:
         assert self.daemon is not None
         url, digest = route.url, route.digest_sha256
         auth = credentials(request.headers)
+        began = time.monotonic()
         try:
             check = await self.upstream.may_read(url, auth)
         except _UPSTREAM_ERRORS as exc:
             log.warning("proxy: HEAD %s failed: %s", url, exc)
             return await self._pass(request, conn, url)
+        checked = time.monotonic()
         if not 200 <= check.status < 300:
             # Not readable with these credentials (or gone): the upstream answers the client.
             return await self._pass(request, conn, url)
@@ -181,7 +185,12 @@ class ProxyServer:
         try:
             if size_hint is not None:
                 parse_range(range_header, size_hint)  # 416 before any download starts
-            fetch = FetchRequest(url=url, headers=auth, digest_sha256=digest)
+            fetch = FetchRequest(
+                url=url,
+                headers=auth,
+                digest_sha256=digest,
+                origin_info=_known_origin(url, check, digest),
+            )
             stream = await self.daemon.open_stream(fetch)
             byte_range = parse_range(range_header, stream.size_bytes)
             if byte_range is not None and byte_range.end - byte_range.start != stream.size_bytes:
@@ -221,7 +230,15 @@ class ProxyServer:
         if byte_range is not None:
             headers.append(("Content-Range", byte_range.content_range))
         status = 206 if byte_range is not None else 200
-        return await self._send_stream(request, conn, fetch, stream, parts, first, status, headers)
+        log.debug(
+            "proxy: %s: checked upstream in %.1f ms, first part after %.1f ms",
+            url,
+            1000 * (checked - began),
+            1000 * (time.monotonic() - began),
+        )
+        done = await self._send_stream(request, conn, fetch, stream, parts, first, status, headers)
+        log.debug("proxy: %s: sent in %.1f ms", url, 1000 * (time.monotonic() - began))
+        return done
 
     async def _send_stream(
         self,
@@ -411,6 +428,17 @@ class ProxyServer:
             activity[0] = loop.time()
             sink.write(data)
             await asyncio.wait_for(sink.drain(), idle_s)
+
+
+def _known_origin(
+    url: str, check: aiohttp.ClientResponse, digest: bytes | None
+) -> OriginInfo | None:
+    """What the upstream's HEAD already told of a blob named by its digest (content that cannot
+    change): its length, validator and Range support, so the download need not probe."""
+    length = check.content_length
+    if digest is None or length is None or "bytes" not in check.headers.get("Accept-Ranges", ""):
+        return None
+    return OriginInfo(url, length, validator_of(check.headers), accepts_ranges=True)
 
 
 async def _as_bytes(part: bytes | FileSpan) -> bytes:

@@ -235,6 +235,36 @@ def test_blob_get_comes_through_the_daemon_with_digest_headers(tmp_path: Path) -
     run(tmp_path, body)
 
 
+def test_blob_downloads_trust_the_upstream_head_and_remember_its_speed(tmp_path: Path) -> None:
+    async def body(s: Setup) -> None:
+        first = s.upstream.add_blob("one.bin", 6 * MIB + 1)
+        second = s.upstream.add_blob("two.bin", 6 * MIB + 3)
+        for blob in (first, second):
+            reply = await exchange(s.port, get(f"/v2/lib/blobs/{blob.digest}"))
+            assert reply.status == 200
+            assert reply.body == blob.path.read_bytes()
+
+        def ranges_of(digest: str) -> list[tuple[int, int]]:
+            found = []
+            for method, path, headers in s.upstream.seen:
+                value = dict(headers).get("Range")
+                if method == "GET" and path.endswith(digest) and value is not None:
+                    start, end = value.removeprefix("bytes=").split("-")
+                    found.append((int(start), int(end)))
+            return found
+
+        # The HEAD that checked the client's access told the length and Range support: no probe.
+        assert (0, 0) not in ranges_of(first.digest) + ranges_of(second.digest)
+        # The first blob's Range requests start small (the origin's speed is unknown); the
+        # second's first one is long, sized for the speed the first one measured.
+        first_ranges, second_ranges = ranges_of(first.digest), ranges_of(second.digest)
+        piece = first_ranges[0][1] - first_ranges[0][0] + 1
+        assert second_ranges[0][1] - second_ranges[0][0] + 1 >= 8 * piece
+        assert len(second_ranges) < len(first_ranges)
+
+    run(tmp_path, body)
+
+
 def test_cached_private_blob_is_refused_to_a_client_without_credentials(tmp_path: Path) -> None:
     async def body(s: Setup) -> None:
         blob = s.upstream.add_blob("secret.bin", 300_000, private=True)
