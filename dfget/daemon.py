@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -20,6 +21,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from dfget import engine
 from dfget.cache import (
@@ -281,6 +284,8 @@ class Daemon:
 
     async def start(self) -> None:
         ensure_private_dir(self.config.cache_dir)
+        session = aiohttp.ClientSession(auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+        self.host = dataclasses.replace(self.host, origin_session=session)
         assert self.host.listener is not None
         self.peer_port = await self.host.listener.start(
             self.config.peer_host, self.config.peer_port
@@ -307,6 +312,8 @@ class Daemon:
         await asyncio.gather(*tasks, return_exceptions=True)
         assert self.host.listener is not None
         await self.host.listener.close()
+        if self.host.origin_session is not None:
+            await self.host.origin_session.close()
 
     @property
     def uploaded_bytes(self) -> int:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+import aiohttp
 import uvloop
 
 from dfget.coordinator import HttpTracker, ManifestConflict, TaskManifestDoc, TrackerError
@@ -72,6 +73,10 @@ class Host:
     #: Each origin's rate as last measured (``swarmpeer.origin_key`` -> bytes/s): the next task
     #: from it skips the slow start of its Range requests.
     origin_rates: dict[str, float] = field(default_factory=dict)
+    #: One HTTP client for every task's origin requests, so that connections to an origin are
+    #: kept and reused from one task to the next (no cookies kept: tasks carry their own
+    #: credentials). None: each download opens its own.
+    origin_session: aiohttp.ClientSession | None = None
 
 
 async def download(
@@ -133,7 +138,9 @@ class _Download:
         self.download_bucket = _bucket(options.rate_bps, host.download, clock)
         self.upload_bucket = _bucket(options.upload_rate_bps, host.upload, clock)
         limiter = AsyncRateLimiter(self.download_bucket) if self.download_bucket else None
-        self.origin = Origin(options.url, options.headers, limiter=limiter)
+        self.origin = Origin(
+            options.url, options.headers, limiter=limiter, session=host.origin_session
+        )
         self.tracker = (
             HttpTracker(list(options.trackers), secret=options.secret) if options.trackers else None
         )
@@ -467,7 +474,7 @@ async def seed_file(
         executor, lambda: PieceStore.open_complete(options.output, manifest)
     )
     tracker = HttpTracker(list(options.trackers), secret=options.secret)
-    origin = Origin(options.url, options.headers)
+    origin = Origin(options.url, options.headers, session=host.origin_session)
     info = OriginInfo(options.url, manifest.total_length, validator, ranges)
     peer = SwarmPeer(
         options,

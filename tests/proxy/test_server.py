@@ -235,7 +235,9 @@ def test_blob_get_comes_through_the_daemon_with_digest_headers(tmp_path: Path) -
     run(tmp_path, body)
 
 
-def test_blob_downloads_trust_the_upstream_head_and_remember_its_speed(tmp_path: Path) -> None:
+def test_blob_downloads_trust_the_upstream_head_remember_its_speed_and_keep_connections(
+    tmp_path: Path,
+) -> None:
     async def body(s: Setup) -> None:
         first = s.upstream.add_blob("one.bin", 6 * MIB + 1)
         second = s.upstream.add_blob("two.bin", 6 * MIB + 3)
@@ -261,6 +263,13 @@ def test_blob_downloads_trust_the_upstream_head_and_remember_its_speed(tmp_path:
         piece = first_ranges[0][1] - first_ranges[0][0] + 1
         assert second_ranges[0][1] - second_ranges[0][0] + 1 >= 8 * piece
         assert len(second_ranges) < len(first_ranges)
+        # One HTTP client for all tasks: the second blob's requests reuse a connection.
+        ports_by_blob = {first.digest: set[int](), second.digest: set[int]()}
+        for (method, path, _), port in zip(s.upstream.seen, s.upstream.client_ports, strict=True):
+            for digest, ports in ports_by_blob.items():
+                if method == "GET" and path.endswith(digest):
+                    ports.add(port)
+        assert ports_by_blob[first.digest] & ports_by_blob[second.digest]
 
     run(tmp_path, body)
 

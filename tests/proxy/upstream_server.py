@@ -39,6 +39,8 @@ class Upstream:
     root: Path
     blobs: dict[str, Blob] = field(default_factory=dict)
     seen: list[tuple[str, str, list[tuple[str, str]]]] = field(default_factory=list)
+    #: The client's port of each request in ``seen``: which connection it came on.
+    client_ports: list[int] = field(default_factory=list)
     blob_gets: Counter[str] = field(default_factory=Counter)
     port: int = 0
     runner: web.AppRunner | None = None
@@ -74,6 +76,8 @@ class Upstream:
     async def _record(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
         self.seen.append((request.method, request.raw_path, headers))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.client_ports.append(peer[1] if peer else 0)
         return await handler(request)
 
     async def start(self) -> None:
