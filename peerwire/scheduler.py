@@ -468,7 +468,7 @@ class Scheduler(Generic[P]):
         if bitfield.is_complete():
             candidates = list(self._unstarted)
         else:
-            candidates = [index for index in self._unstarted if index in bitfield]
+            candidates = bitfield.select(self._unstarted)
         while candidates and len(chosen) < slots:
             index = self._picker.pick(candidates, completed=len(self._have))
             assert index is not None

@@ -122,3 +122,13 @@ def test_bitfield_round_trips_and_matches_a_set(num_pieces: int, drawn: set[int]
     parsed = Bitfield.from_bytes(bitfield.to_bytes(), num_pieces)
     assert parsed == bitfield
     assert len(parsed) == len(pieces)
+
+
+def test_select_keeps_the_set_indices_in_their_order() -> None:
+    bitfield = Bitfield(20)
+    for index in (0, 3, 9, 19):
+        bitfield.add(index)
+    assert bitfield.select([19, 1, 3, 0, 9, 10]) == [19, 3, 0, 9]
+    assert bitfield.select([-1, 20, 1000, 3]) == [3]  # outside the task: never set
+    assert bitfield.select([]) == []
+    assert Bitfield.full(20).select(range(25)) == list(range(20))
