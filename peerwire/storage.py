@@ -10,9 +10,10 @@ when a download resumes.
 
 Threads: ``verify`` and ``commit_piece`` may run in worker threads (``run_in_executor``) while the
 event loop reads blocks for uploads. Hashing and ``pwrite`` release the GIL and run unlocked;
-the verified-piece set and the record file are changed under one lock. ``close``, ``discard``
-and ``finalize`` wait for reads and writes in flight. Do not call them, or the constructors,
-concurrently with each other. ``data_fd`` is only valid until ``close``.
+the verified-piece set and the record file are changed under one lock; the whole-file digest
+(``track_file_digest``) advances under its own. ``close``, ``discard`` and ``finalize`` wait
+for reads and writes in flight. Do not call them, or the constructors, concurrently with each
+other. ``data_fd`` is only valid until ``close``.
 """
 
 from __future__ import annotations
@@ -492,8 +493,9 @@ class PieceStore:
     def finalize(self, expected_sha256: bytes | None = None) -> Path:
         """Move the verified file to the output path; the store then serves from there.
 
-        IncompleteError unless every piece is verified. With ``expected_sha256``, the whole file
-        is hashed first: DigestMismatchError on a mismatch, leaving the partial file and record
+        IncompleteError unless every piece is verified. With ``expected_sha256``, the whole
+        file's digest is checked first (the one ``track_file_digest`` computed, else the file is
+        hashed now): DigestMismatchError on a mismatch, leaving the partial file and record
         in place for inspection and nothing at the output path. Then fsync, an atomic rename
         (replacing any old file there), fsync of the directory, and the record is removed.
         """
