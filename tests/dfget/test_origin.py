@@ -231,6 +231,16 @@ def test_truncated_range_is_retried_then_retryable_error(server: OriginServer) -
 PIECE_ENDS = [PIECE_BYTES, 2 * PIECE_BYTES, 3 * PIECE_BYTES, 4 * PIECE_BYTES]
 
 
+def range_parts(info: OriginInfo, start: int, ends: list[int], **options: Any) -> list[bytes]:
+    """Every part of ``fetch_range_parts`` from an ``Origin`` made with ``options``."""
+
+    async def main() -> list[bytes]:
+        async with Origin(info.url, **options) as origin:
+            return [part async for part in origin.fetch_range_parts(start, ends, info)]
+
+    return run(main())
+
+
 def test_range_parts_are_yielded_while_the_rest_is_still_on_its_way(server: OriginServer) -> None:
     info = info_for(server, f"/slow/{2 * PIECE_BYTES}/data.bin")
 
@@ -250,12 +260,8 @@ def test_range_parts_are_yielded_while_the_rest_is_still_on_its_way(server: Orig
 
 def test_a_cut_range_resumes_from_the_first_part_it_lacks(server: OriginServer) -> None:
     info = info_for(server, "/cut/1/data.bin")
-
-    async def main() -> list[bytes]:
-        async with Origin(info.url, retries=1, backoff_s=QUICK_S) as origin:
-            return [part async for part in origin.fetch_range_parts(0, PIECE_ENDS, info)]
-
-    assert b"".join(run(main())) == DATA[: 4 * PIECE_BYTES]
+    parts = range_parts(info, 0, PIECE_ENDS, retries=1, backoff_s=QUICK_S)
+    assert b"".join(parts) == DATA[: 4 * PIECE_BYTES]
     stats = server.stats()
     assert stats["requests_by_path"]["/cut/1/data.bin"] == 2
     # Half the range, then the other half: the two parts that arrived are not fetched again.
@@ -263,27 +269,19 @@ def test_a_cut_range_resumes_from_the_first_part_it_lacks(server: OriginServer) 
 
 
 def test_parts_that_arrive_renew_the_retries(server: OriginServer) -> None:
-    # Three cuts in a row, but each of the first two brings parts: one retry allowed is enough.
+    # Three cuts, but the first two bring parts: two retries suffice where a count per range
+    # would need three.
     info = info_for(server, "/cut/3/data.bin")
-
-    async def main() -> list[bytes]:
-        async with Origin(info.url, retries=2, backoff_s=QUICK_S) as origin:
-            return [part async for part in origin.fetch_range_parts(0, PIECE_ENDS, info)]
-
-    assert b"".join(run(main())) == DATA[: 4 * PIECE_BYTES]
+    parts = range_parts(info, 0, PIECE_ENDS, retries=2, backoff_s=QUICK_S)
+    assert b"".join(parts) == DATA[: 4 * PIECE_BYTES]
     assert requests_to(server, "/cut/3/data.bin") == 4
 
 
 def test_range_parts_must_ascend_inside_the_file(server: OriginServer) -> None:
     info = info_for(server, "/files/data.bin")
-
-    async def main(start: int, ends: list[int]) -> list[bytes]:
-        async with Origin(info.url) as origin:
-            return [part async for part in origin.fetch_range_parts(start, ends, info)]
-
     for start, ends in ((0, []), (10, [10]), (0, [20, 10]), (0, [10, len(DATA) + 1])):
         with pytest.raises(ValueError):
-            run(main(start, ends))
+            range_parts(info, start, ends)
     assert requests_to(server, "/files/data.bin") == 1  # the probe only
 
 
