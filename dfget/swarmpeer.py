@@ -191,6 +191,7 @@ class SwarmPeer:
         self._origin_workers: list[asyncio.Task[None]] = []
         self._dialed: dict[tuple[str, int], float] = {}
         self._dials = asyncio.Semaphore(MAX_DIALS)
+        self._dialing = 0  # dials spawned and not yet connected (or failed)
         self._registered = False
         self._interval_s = 5.0
         self._min_interval_s = 1.0
@@ -463,9 +464,17 @@ class SwarmPeer:
             learned = self.task.learn_digests(fresh)
             log.debug("learned %d digests from the tracker", learned)
 
+    def _slots_left(self) -> int:
+        """Peers we may still dial: ``max_peers`` less peers, connections still handshaking and
+        dials not yet connected. (Dialling every listed peer at once, 200 clients starting
+        together made ~22,000 connections that the far end, already full, refused: 3 for
+        every one kept, and most of the CPU of the swarm's first seconds.)"""
+        busy = self.task.peer_count + self.task.connecting_count + self._dialing
+        return self.task.config.max_peers - busy
+
     def _dial(self, peer: PeerAddress) -> None:
-        if self.peer_count >= self.task.config.max_peers:
-            return
+        if self._slots_left() <= 0:
+            return  # not recorded as dialled: a later answer may list it again
         key = (peer.host, peer.port)
         now = time.monotonic()
         last = self._dialed.get(key)
@@ -475,14 +484,17 @@ class SwarmPeer:
         if len(self._dialed) > 4096:  # bounded memory: forget the oldest attempts
             for old in sorted(self._dialed, key=self._dialed.__getitem__)[:1024]:
                 del self._dialed[old]
+        self._dialing += 1
         self._spawn(self._connect(peer.host, peer.port))
 
     async def _connect(self, host: str, port: int) -> None:
-        async with self._dials:
-            try:
+        try:
+            async with self._dials:
                 await self.task.connect(host, port)
-            except (OSError, TimeoutError) as exc:
-                log.debug("cannot connect to %s:%d: %s", host, port, exc)
+        except (OSError, TimeoutError) as exc:
+            log.debug("cannot connect to %s:%d: %s", host, port, exc)
+        finally:
+            self._dialing -= 1
 
     def _on_ban(self, peer_id: PeerId, address: str, reason: str) -> None:
         if self.tracker is None:

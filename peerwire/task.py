@@ -284,6 +284,12 @@ class PeerTask:
     def peer_count(self) -> int:
         return len(self._peers)
 
+    @property
+    def connecting_count(self) -> int:
+        """Connections that may still become peers: dialled (handshake not done yet) or
+        authenticating. With ``peer_count``, what a dialler counts against ``max_peers``."""
+        return len(self._pending) + len(self._unauthenticated)
+
     # -- digests and origin pieces (open manifests) ---------------------------------------------
 
     def learn_digests(self, digests: dict[int, bytes]) -> int:

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import selectors
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from dfget.identity import task_id_for
 from peerwire.layout import choose_piece_length
+from peerwire.task import WireConfig
 from tests.helpers.origin_server import OriginServer, origin_process
 from tests.integration.peers import random_file
 from tests.integration.trackers import Tracker, free_port, tracker_process
@@ -95,6 +101,78 @@ def test_ten_dfget_processes_share_a_file_and_the_origin_serves_it_about_once(
     assert sent <= 1.1 * source.stat().st_size, f"origin sent {sent} bytes for 10 copies"
     # The bytes between peers outweigh the origin's: each process says so in its summary.
     assert any("from peers" in err for _, err in results)
+
+
+class SilentPeers:
+    """Listening sockets that accept connections and never answer the handshake; counts how
+    many of their connections are open at once."""
+
+    def __init__(self, count: int) -> None:
+        self.listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
+        self.open = self.most_open = 0
+        self._selector = selectors.DefaultSelector()
+        for listener in self.listeners:
+            listener.setblocking(False)
+            self._selector.register(listener, selectors.EVENT_READ, "listener")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def ports(self) -> list[int]:
+        return [listener.getsockname()[1] for listener in self.listeners]
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._selector.select(timeout=0.05):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if key.data == "listener":
+                    conn, _ = sock.accept()
+                    conn.setblocking(False)
+                    self._selector.register(conn, selectors.EVENT_READ, "conn")
+                    self.open += 1
+                    self.most_open = max(self.most_open, self.open)
+                elif not sock.recv(65536):  # the dialler gave up on us
+                    self._selector.unregister(sock)
+                    sock.close()
+                    self.open -= 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for key in list(self._selector.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self._selector.close()
+
+
+def test_dfget_dials_no_more_peers_than_it_may_keep(
+    tmp_path: Path, served: tuple[OriginServer, Path], tracker: Tracker
+) -> None:
+    """The tracker lists 20 peers that never complete a handshake: dfget has at most
+    ``max_peers`` (12) connections open or being opened at once, not one per listed peer."""
+    origin, root = served
+    random_file(root / "file.bin", 4 * MIB)
+    url = f"{origin.base_url}/files/file.bin"
+    task = urllib.parse.quote_from_bytes(task_id_for(url).raw)
+    silent = SilentPeers(20)
+    try:
+        for n, port in enumerate(silent.ports):
+            peer_id = urllib.parse.quote_from_bytes(b"-XX0001-" + n.to_bytes(12, "big"))
+            tracker.get(
+                f"/announce?info_hash={task}&peer_id={peer_id}&port={port}"
+                "&uploaded=0&downloaded=0&left=1000&compact=1"
+            )
+        # Slowed to ~4 s, longer than the dials take; the handshake timeout (10 s) frees no
+        # slot meanwhile.
+        output = tmp_path / "out.bin"
+        code, err = finish(
+            dfget(url, output, "--tracker", tracker.base_url, "--seed-time", "0s", "--rate", "1M")
+        )
+        assert code == 0, err[-3000:]
+        assert 1 <= silent.most_open <= WireConfig().max_peers, silent.most_open
+    finally:
+        silent.close()
 
 
 def test_sigint_keeps_verified_pieces_and_the_same_command_resumes(
