@@ -77,7 +77,9 @@ _SIMPLE: dict[int, Message] = {
 _KEEP_ALIVE = KeepAlive()
 
 _HANDSHAKE, _FRAMES, _PAYLOAD, _SKIP = range(4)
-_INITIAL_BUFFER_BYTES = 64 * 1024
+#: Grows when a frame needs more. Block payloads go straight into the sink's buffers, so this
+#: holds only headers and small messages; every connection zero-fills it, refused ones too.
+_INITIAL_BUFFER_BYTES = 16 * 1024
 
 
 class Decoder:
