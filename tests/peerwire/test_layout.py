@@ -10,6 +10,8 @@ from peerwire.layout import (
     KIB,
     LARGE_BLOCK_BYTES,
     MIB,
+    MID_FILE_BYTES,
+    MID_PIECE_BYTES,
     STANDARD_BLOCK_BYTES,
     Block,
     PieceLayout,
@@ -60,13 +62,20 @@ def test_piece_length_is_a_clamped_power_of_two(total: int) -> None:
     length = choose_piece_length(total)
     assert length & (length - 1) == 0
     assert 16 * KIB <= length <= 16 * MIB
-    if 16 * KIB < length < 16 * MIB:
-        assert 250 <= PieceLayout(total, length).num_pieces <= 1000
+    pieces = PieceLayout(total, length).num_pieces
+    if total >= MID_FILE_BYTES:
+        assert length >= MID_PIECE_BYTES
+    if length == MID_PIECE_BYTES and total >= MID_FILE_BYTES:
+        assert 64 <= pieces <= 1000
+    elif 16 * KIB < length < 16 * MIB:
+        assert 250 <= pieces <= 1000
 
 
-def test_benchmark_sized_file_gets_hundreds_of_pieces() -> None:
-    assert PieceLayout(4 * MIB, choose_piece_length(4 * MIB)).num_pieces == 256
-    assert PieceLayout(64 * MIB, choose_piece_length(64 * MIB)).num_pieces == 256
+def test_benchmark_sized_files_get_their_piece_counts() -> None:
+    assert PieceLayout(4 * MIB, choose_piece_length(4 * MIB)).num_pieces == 256  # run.py
+    assert PieceLayout(31 * MIB, choose_piece_length(31 * MIB)).num_pieces == 496
+    assert PieceLayout(50 * MIB, choose_piece_length(50 * MIB)).num_pieces == 100  # mirror_pull
+    assert PieceLayout(1024 * MIB, choose_piece_length(1024 * MIB)).num_pieces == 256
 
 
 @pytest.mark.parametrize(
