@@ -210,7 +210,10 @@ class _Download:
         doc: TaskManifestDoc | None = None
         if self.tracker is not None:
             try:
-                doc = await self.tracker.get_manifest(self.task_id)
+                if options.origin_info is not None and options.back_to_source:
+                    doc = await self._offer_manifest(options.origin_info)
+                else:
+                    doc = await self.tracker.get_manifest(self.task_id)
             except TrackerError as exc:
                 await self._lose_tracker(f"tracker unreachable: {exc}")
         if doc is None and not options.back_to_source:
@@ -218,16 +221,7 @@ class _Download:
         if doc is None:
             # The caller may know the origin already (a registry's HEAD of a blob): no probe.
             info = options.origin_info or await self.origin.probe()
-            piece_length = choose_piece_length(info.total_length)
-            count = -(-info.total_length // piece_length)
-            doc = TaskManifestDoc(
-                url=options.url,
-                total_length=info.total_length,
-                piece_length=piece_length,
-                piece_sha256=(None,) * count,
-                validator=info.validator,
-                ranges=info.accepts_ranges,
-            )
+            doc = _new_manifest(options.url, info)
             if self.tracker is not None:
                 try:
                     doc = await self.tracker.put_manifest(self.task_id, doc)
@@ -253,6 +247,19 @@ class _Download:
             accepts_ranges=doc.ranges,
         )
         return doc, expect
+
+    async def _offer_manifest(self, info: OriginInfo) -> TaskManifestDoc | None:
+        """The caller knows the origin already (a registry's HEAD): our manifest is PUT at
+        once instead of asked for first. The answer is the task's manifest, ours or the one
+        the tracker had (merged: the same as a GET), so a download through dfdaemon starts one
+        round trip sooner. One of other geometry (a conflict) is fetched instead."""
+        assert self.tracker is not None
+        try:
+            return await self.tracker.put_manifest(
+                self.task_id, _new_manifest(self.options.url, info)
+            )
+        except ManifestConflict:
+            return await self.tracker.get_manifest(self.task_id)
 
     async def _wait_for_manifest(self) -> TaskManifestDoc:
         """Back-to-source disabled and no manifest yet: only the swarm can tell the size."""
@@ -429,6 +436,19 @@ def _bucket(
 
 def _digests_path(output: Path) -> Path:
     return output.with_name(output.name + ".dfpart.digests")
+
+
+def _new_manifest(url: str, info: OriginInfo) -> TaskManifestDoc:
+    """A task manifest made from the origin's description: geometry, no digests yet."""
+    piece_length = choose_piece_length(info.total_length)
+    return TaskManifestDoc(
+        url=url,
+        total_length=info.total_length,
+        piece_length=piece_length,
+        piece_sha256=(None,) * -(-info.total_length // piece_length),
+        validator=info.validator,
+        ranges=info.accepts_ranges,
+    )
 
 
 def _load_digests(output: Path, task_id: TaskId, doc: TaskManifestDoc) -> dict[int, bytes]:

@@ -56,6 +56,15 @@ class TrackerCollector(Collector):
             puts.add_metric([result], count)
         yield puts
 
+        gets = CounterMetricFamily(
+            PREFIX + "manifest_gets",
+            "Manifest requests (GET or HEAD /tasks/<id>), by result (found, missing).",
+            labels=["result"],
+        )
+        for result, count in sorted(routes.manifest_gets.items()):
+            gets.add_metric([result], count)
+        yield gets
+
         buckets: list[tuple[str, float]] = []
         running = 0
         for bound, count in zip(LATENCY_BUCKETS_S, routes.latency_counts, strict=False):

@@ -92,6 +92,7 @@ class Routes:
         self.announces: dict[tuple[str, str], int] = {}
         self.scrapes: dict[str, int] = {"ok": 0, "failure": 0}
         self.manifest_puts: dict[str, int] = {"ok": 0, "conflict": 0, "invalid": 0}
+        self.manifest_gets: dict[str, int] = {"found": 0, "missing": 0}
         self.latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
         self.latency_sum_s = 0.0
         self.requests_total = 0
@@ -214,7 +215,9 @@ class Routes:
         if method in (b"GET", b"HEAD"):
             manifest = self.swarm.get_manifest(task)
             if manifest is None:
+                self.manifest_gets["missing"] += 1
                 return _json_error(404, "no manifest for this task")
+            self.manifest_gets["found"] += 1
             return Response(200, manifest.to_json(task), JSON)
         if method == b"PUT":
             return self._put_manifest(task, body)
