@@ -41,7 +41,7 @@ from dfget.errors import DigestMismatch, DownloadTimeout, NoPeers, OriginChanged
 from dfget.identity import task_id_for
 from dfget.options import DownloadOptions, DownloadResult, ProgressReport
 from dfget.origin import Origin, OriginInfo
-from dfget.swarmpeer import SharedListener, SwarmPeer
+from dfget.swarmpeer import OriginMeasure, SharedListener, SwarmPeer
 from peerwire.ids import TaskId
 from peerwire.layout import choose_piece_length
 from peerwire.manifest import Manifest
@@ -70,9 +70,9 @@ class Host:
     download: TokenBucket | None = None
     upload: TokenBucket | None = None
     listener: SharedListener | None = None
-    #: Each origin's rate as last measured (``swarmpeer.origin_key`` -> bytes/s): the next task
-    #: from it skips the slow start of its Range requests.
-    origin_rates: dict[str, float] = field(default_factory=dict)
+    #: Each origin as last measured (``swarmpeer.origin_key`` -> rate, answer time): the next
+    #: task from it skips the slow start of its Range requests and knows how many to send.
+    origins: dict[str, OriginMeasure] = field(default_factory=dict)
     #: One HTTP client for every task's origin requests, so that connections to an origin are
     #: kept and reused from one task to the next (no cookies kept: tasks carry their own
     #: credentials). None: each download opens its own.
@@ -167,7 +167,7 @@ class _Download:
                 download_bucket=self.download_bucket,
                 upload_bucket=self.upload_bucket,
                 listener=self.host.listener,
-                origin_rates=self.host.origin_rates,
+                origins=self.host.origins,
             )
             peer.task.on_piece = self.on_piece
             peer.on_refused = lambda reason: self._refused(peer, reason)
@@ -507,7 +507,7 @@ async def seed_file(
         download_bucket=_bucket(None, host.download, loop.time),
         upload_bucket=_bucket(options.upload_rate_bps, host.upload, loop.time),
         listener=host.listener,
-        origin_rates=host.origin_rates,
+        origins=host.origins,
     )
     try:
         await peer.start()

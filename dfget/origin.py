@@ -21,6 +21,7 @@ import contextlib
 import logging
 import random
 import re
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -173,6 +174,8 @@ class Origin:
         self.bytes_fetched = 0
         #: Requests sent, redirects included.
         self.requests = 0
+        #: Seconds from sending the latest Range request to its response head (None before).
+        self.response_s: float | None = None
 
     async def __aenter__(self) -> Origin:
         return self
@@ -280,7 +283,9 @@ class Origin:
         """A GET of ``[start, end)`` whose answer is checked to be exactly that range of the
         file ``expect`` describes; its body is the caller's to read."""
         wanted = f"{start}-{end - 1}"
+        sent = time.monotonic()
         async with self._get(expect.url, f"bytes={wanted}") as response:
+            self.response_s = time.monotonic() - sent
             if response.status == 200:
                 length = content_length(response)
                 if length is not None and length != expect.total_length:

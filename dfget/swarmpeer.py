@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -61,9 +62,16 @@ SAVE_DIGESTS_S: Final = 2.0
 RUN_BYTES: Final = 32 * 1024 * 1024
 #: A run of origin pieces is sized to arrive in about this long.
 RUN_SECONDS: Final = 0.5
-#: From this origin rate on, a long assignment gets ``FAST_ORIGIN_WORKERS`` Range requests at
-#: once. (mirror_pull.py: 8% faster cold pulls with 4 than with 2 when runs were stored whole;
-#: since pieces are stored as they stream, 1, 2 and 4 measure the same within noise.)
+#: A long assignment (this many pieces or more) may get several Range requests at once.
+LONG_ASSIGNMENT: Final = 32
+#: An origin that answers a Range request this soon (a registry next door) gets one request at
+#: a time: its round trip is nothing next to a run, and one stream in order lets the whole-file
+#: digest be hashed from the bytes as they arrive, where a second stream's pieces are read back
+#: later. (mirror_pull.py, cold pulls in 512 KiB pieces, three alternating pairs of medians of
+#: 3: 0.95 / 0.94 / 0.93 s with one request, 0.98 / 0.94 / 0.95 s with two.)
+NEAR_ORIGIN_S: Final = 0.02
+#: Otherwise two, so that the round trip is not paid between runs; from this rate on,
+#: ``FAST_ORIGIN_WORKERS`` (a fast origin far away: parallel streams against its latency).
 FAST_ORIGIN_BPS: Final = 64 * 1024 * 1024
 FAST_ORIGIN_WORKERS: Final = 4
 #: Origin pieces' digests are reported to the tracker in batches, at most this often.
@@ -78,6 +86,26 @@ def origin_key(url: str) -> str:
     """What identifies an origin for its remembered rate: scheme, host and port."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}".lower()
+
+
+@dataclass(slots=True)
+class OriginMeasure:
+    """What this host measured of an origin (shared by a daemon's tasks): the rate its Range
+    requests delivered (bytes/s, smoothed) and how soon it answered the latest one."""
+
+    rate_bps: float | None = None
+    response_s: float | None = None
+
+
+def origin_workers(queued: int, measure: OriginMeasure) -> int:
+    """Range requests to keep in flight for ``queued`` pieces of an assignment."""
+    if queued < LONG_ASSIGNMENT:
+        return 1
+    if measure.response_s is not None and measure.response_s <= NEAR_ORIGIN_S:
+        return 1
+    if measure.rate_bps is not None and measure.rate_bps >= FAST_ORIGIN_BPS:
+        return FAST_ORIGIN_WORKERS
+    return 2
 
 
 def next_run(
@@ -139,7 +167,7 @@ class SwarmPeer:
         download_bucket: TokenBucket | None,
         upload_bucket: TokenBucket | None,
         listener: SharedListener | None = None,
-        origin_rates: dict[str, float] | None = None,
+        origins: dict[str, OriginMeasure] | None = None,
     ) -> None:
         self.options = options
         self.task_id = task_id
@@ -179,11 +207,14 @@ class SwarmPeer:
         self._origin_inflight: set[int] = set()
         #: Bytes of the largest run fetched so far: the next may be at most 4x (slow start).
         self._run_bytes = 0
-        #: The origins' rates as measured by earlier tasks of this host (a daemon's): a task
+        #: The origin as measured by earlier tasks of this host (a daemon's, shared): a task
         #: from an origin measured before starts with runs sized for it, not with one piece.
-        self._origin_rates = origin_rates
-        self._origin_key = origin_key(origin_info.url)
-        known_bps = origin_rates.get(self._origin_key) if origin_rates is not None else None
+        key = origin_key(origin_info.url)
+        if origins is None:
+            self._origin = OriginMeasure()
+        else:
+            self._origin = origins.setdefault(key, OriginMeasure())
+        known_bps = self._origin.rate_bps
         if known_bps is not None:
             self._origin_bps = known_bps
             self._run_bytes = int(min(RUN_BYTES, known_bps * RUN_SECONDS)) // 4
@@ -421,10 +452,7 @@ class SwarmPeer:
                 self._announce_now.set()
             self._last_assignment = set(answer.assignment)
             self._origin_descending = answer.assignment[0] > answer.assignment[-1]
-            # A long assignment gets a second request in flight, so the origin's round trip
-            # is not paid between runs; more would only compete for our own link (unless the
-            # origin turns out fast: ``_fetch_run_pieces``).
-            workers = 1 + (len(answer.assignment) >= 32)
+            workers = origin_workers(len(answer.assignment), self._origin)
             self._queue_origin(list(answer.assignment), workers=workers)
         for peer in answer.peers:
             self._dial(peer)
@@ -617,11 +645,12 @@ class SwarmPeer:
         self._origin_bps = (
             measured if previous is None else min(4 * previous, 0.5 * previous + 0.5 * measured)
         )
-        if self._origin_rates is not None:
-            self._origin_rates[self._origin_key] = self._origin_bps
-        if self._origin_bps >= FAST_ORIGIN_BPS and len(self._origin_queue) >= 32:
-            # A fast origin (a registry next door): more Range requests at once.
-            self._queue_origin([], workers=FAST_ORIGIN_WORKERS)
+        self._origin.rate_bps = self._origin_bps
+        if self.origin.response_s is not None:
+            self._origin.response_s = self.origin.response_s
+        workers = origin_workers(len(self._origin_queue), self._origin)
+        if workers > len(self._origin_workers):
+            self._queue_origin([], workers=workers)
 
     async def _stream_whole_file(self) -> None:
         """No Range support: read the whole body once, publishing each piece as it completes."""

@@ -413,3 +413,20 @@ def test_origin_server_parses_one_range_and_ignores_the_rest() -> None:
     assert parse_range("bytes=100-", 100) == "416"
     assert parse_range("bytes=5-1", 100) is None
     assert parse_range("bytes=0-1,5-6", 100) is None
+
+
+@pytest.mark.parametrize("delay_ms", [0, 150])
+def test_a_range_request_records_how_soon_the_origin_answered(
+    server: OriginServer, delay_ms: int
+) -> None:
+    info = info_for(server, f"/late/{delay_ms}/data.bin")
+
+    async def main() -> float | None:
+        async with Origin(info.url) as origin:
+            assert origin.response_s is None
+            await origin.fetch_range(0, PIECE_BYTES, info)
+            return origin.response_s
+
+    answered_s = run(main())
+    assert answered_s is not None
+    assert delay_ms / 1000 <= answered_s < delay_ms / 1000 + 1.0

@@ -1,11 +1,19 @@
-"""dfget.swarmpeer.next_run: how an origin fetcher cuts its queue into Range requests."""
+"""dfget.swarmpeer.next_run and origin_workers: how an origin fetcher cuts its queue into Range
+requests, and how many it keeps in flight."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dfget.swarmpeer import next_run
+from dfget.swarmpeer import (
+    FAST_ORIGIN_BPS,
+    FAST_ORIGIN_WORKERS,
+    LONG_ASSIGNMENT,
+    OriginMeasure,
+    next_run,
+    origin_workers,
+)
 
 PIECE = 16 * 1024
 
@@ -55,3 +63,14 @@ def test_a_run_is_contiguous_queued_from_the_right_end_and_within_the_limit(
     # It stops only at the limit or a gap.
     following = run[0] - 1 if descending else run[-1] + 1
     assert following not in queue or size + PIECE > limit
+
+
+def test_a_long_assignment_gets_one_request_at_a_near_origin_and_more_at_a_far_one() -> None:
+    unknown, near = OriginMeasure(), OriginMeasure(rate_bps=300e6, response_s=0.003)
+    far_slow = OriginMeasure(rate_bps=5e6, response_s=0.08)
+    far_fast = OriginMeasure(rate_bps=FAST_ORIGIN_BPS, response_s=0.08)
+    assert origin_workers(LONG_ASSIGNMENT - 1, far_fast) == 1  # a short one: one request
+    assert origin_workers(LONG_ASSIGNMENT, near) == 1  # its round trip costs nothing
+    assert origin_workers(LONG_ASSIGNMENT, unknown) == 2
+    assert origin_workers(LONG_ASSIGNMENT, far_slow) == 2
+    assert origin_workers(LONG_ASSIGNMENT, far_fast) == FAST_ORIGIN_WORKERS

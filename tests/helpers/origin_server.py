@@ -11,6 +11,7 @@ Run as a process (``python -m tests.helpers.origin_server --dir DIR [--port 0]``
 * ``/truncate/NAME``    right headers, then half the body, then the connection closes.
 * ``/cut/K/NAME``       the first K requests to this path are truncated so, then like ``/files``.
 * ``/slow/BPS/NAME``    like ``/files`` at BPS bytes/s.
+* ``/late/MS/NAME``     like ``/files``, answered MS milliseconds after the request (latency).
 * ``/stall/NAME``       the first request without Range gets half the body, then nothing more
                         on an open connection (a flow starved on a congested link); Range
                         requests are answered like ``/files``.
@@ -230,6 +231,12 @@ def build_app(directory: Path) -> web.Application:
         rate_bps = float(request.match_info["bps"])
         return await origin.serve(request, content, rate_bps=rate_bps)
 
+    async def late(request: web.Request) -> web.StreamResponse:
+        origin.count_request(request)
+        content = origin.content(request.match_info["name"])
+        await asyncio.sleep(int(request.match_info["ms"]) / 1000)
+        return await origin.serve(request, content)
+
     async def stall(request: web.Request) -> web.StreamResponse:
         origin.count_request(request)
         content = origin.content(request.match_info["name"])
@@ -281,6 +288,7 @@ def build_app(directory: Path) -> web.Application:
     app.router.add_get("/truncate/{name}", truncate)
     app.router.add_get("/cut/{k:\\d+}/{name}", cut)
     app.router.add_get("/slow/{bps:\\d+}/{name}", slow)
+    app.router.add_get("/late/{ms:\\d+}/{name}", late)
     app.router.add_get("/stall/{name}", stall)
     app.router.add_get("/mutable/{name}", mutable)
     app.router.add_get("/redirect/{name}", redirect)
