@@ -22,6 +22,13 @@ from tracker.routes import LATENCY_BUCKETS_S, Routes
 PREFIX = "dragonfly_tracker_"
 
 
+def _by_result(name: str, documentation: str, counts: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(PREFIX + name, documentation, labels=["result"])
+    for result, count in sorted(counts.items()):
+        family.add_metric([result], count)
+    return family
+
+
 class TrackerCollector(Collector):
     """Reads the counters of one ``Routes`` (and its ``Swarm``) at scrape time."""
 
@@ -40,30 +47,17 @@ class TrackerCollector(Collector):
             announces.add_metric([event, result], count)
         yield announces
 
-        scrapes = CounterMetricFamily(
-            PREFIX + "scrapes", "Scrapes answered, by result.", labels=["result"]
-        )
-        for result, count in sorted(routes.scrapes.items()):
-            scrapes.add_metric([result], count)
-        yield scrapes
-
-        puts = CounterMetricFamily(
-            PREFIX + "manifest_puts",
+        yield _by_result("scrapes", "Scrapes answered, by result.", routes.scrapes)
+        yield _by_result(
+            "manifest_puts",
             "Manifest uploads (PUT /tasks/<id>), by result (ok, conflict, invalid).",
-            labels=["result"],
+            routes.manifest_puts,
         )
-        for result, count in sorted(routes.manifest_puts.items()):
-            puts.add_metric([result], count)
-        yield puts
-
-        gets = CounterMetricFamily(
-            PREFIX + "manifest_gets",
+        yield _by_result(
+            "manifest_gets",
             "Manifest requests (GET or HEAD /tasks/<id>), by result (found, missing).",
-            labels=["result"],
+            routes.manifest_gets,
         )
-        for result, count in sorted(routes.manifest_gets.items()):
-            gets.add_metric([result], count)
-        yield gets
 
         buckets: list[tuple[str, float]] = []
         running = 0
