@@ -41,7 +41,8 @@ from dfget.errors import DigestMismatch, DownloadTimeout, NoPeers, OriginChanged
 from dfget.identity import task_id_for
 from dfget.options import DownloadOptions, DownloadResult, ProgressReport
 from dfget.origin import Origin, OriginInfo
-from dfget.swarmpeer import OriginMeasure, SharedListener, SwarmPeer
+from dfget.originplan import OriginMeasure
+from dfget.swarmpeer import SharedListener, SwarmPeer
 from peerwire.ids import TaskId
 from peerwire.layout import choose_piece_length
 from peerwire.manifest import Manifest
@@ -70,7 +71,7 @@ class Host:
     download: TokenBucket | None = None
     upload: TokenBucket | None = None
     listener: SharedListener | None = None
-    #: Each origin as last measured (``swarmpeer.origin_key`` -> rate, answer time): the next
+    #: Each origin as last measured (``originplan.origin_key`` -> rate, answer time): the next
     #: task from it skips the slow start of its Range requests and knows how many to send.
     origins: dict[str, OriginMeasure] = field(default_factory=dict)
     #: One HTTP client for every task's origin requests, so that connections to an origin are

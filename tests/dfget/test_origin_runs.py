@@ -1,4 +1,4 @@
-"""dfget.swarmpeer.next_run and origin_workers: how an origin fetcher cuts its queue into Range
+"""dfget.originplan.next_run and origin_workers: how an origin fetcher cuts its queue into Range
 requests, and how many it keeps in flight."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dfget.swarmpeer import (
+from dfget.originplan import (
     FAST_ORIGIN_BPS,
     FAST_ORIGIN_WORKERS,
     LONG_ASSIGNMENT,
