@@ -5,8 +5,9 @@ into scheduler calls and scheduler answers into messages; it verifies completed 
 thread (sha256 and ``pwrite`` release the GIL, so the event loop keeps receiving meanwhile);
 it serves the requests of other peers from the piece store under the upload limit.
 
-Policies, briefly: at most ``max_unchoked`` interested peers are unchoked at once, and one of
-them makes way for a waiting peer every ``rotate_s`` (``peerwire.choker``); each peer is asked
+Policies, briefly: at most ``max_unchoked`` interested peers are unchoked at once (by default
+as many as ``max_peers``: every interested peer), and while some wait, one of them makes way
+for a waiting peer every ``rotate_s`` (``peerwire.choker``); each peer is asked
 for about ``pipeline_target_s`` of what it delivers (``peerwire.pipeline``); a peer that alone
 supplied a piece failing verification gets a strike, and ``ban_after_bad_pieces`` strikes ban it
 from the task; ``have`` messages wait up to ``have_delay_s`` and go out together (or with the
@@ -78,12 +79,14 @@ class WireConfig:
     keepalive_interval_s: float = 30.0
     idle_timeout_s: float = 120.0
     tick_s: float = 0.5
-    #: Connections per task. Four upload slots need only a few more peers to choose from;
-    #: each connection costs a share of a slow uplink (haves, requests, ACKs) and of the CPU:
-    #: bench/run.py at 200 clients went from 40.8 s to 33.9 s with 12 instead of 32.
+    #: Connections per task: each costs a share of a slow uplink (haves, requests, ACKs) and
+    #: of the CPU: bench/run.py at 200 clients went from 40.8 s to 33.9 s with 12 instead of 32.
     max_peers: int = 12
-    #: Upload slots: interested peers unchoked at once.
-    max_unchoked: int = 4
+    #: Upload slots: interested peers unchoked at once. As many as there are peers: with four,
+    #: a peer that became interested late (an origin fetcher, busy with its own pieces first)
+    #: waited behind every neighbour's queue, choked by all twelve for seconds
+    #: (bench/run.py at 50 clients: last client 30-33 s with 4 slots, 25 s with 12).
+    max_unchoked: int = 12
     #: While peers wait for a slot, the longest-unchoked gives way this often.
     rotate_s: float = 5.0
     #: ``have`` messages to a peer are held this long at most and sent together.

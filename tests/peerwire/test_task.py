@@ -658,6 +658,21 @@ def test_choked_interested_peer_is_unchoked_when_an_upload_slot_frees(
     run(main)
 
 
+def test_by_default_every_interested_peer_is_unchoked(content: Content, executor: Executor) -> None:
+    """With the default config a seed unchokes as many interested peers as it may keep: none
+    waits for a slot (a late one queued behind the others starved for seconds)."""
+
+    async def main() -> None:
+        async with Swarm(content, executor) as swarm:
+            seed = await swarm.seed(config=replace(CONFIG, max_unchoked=WireConfig().max_unchoked))
+            peers = [await interested_raw_peer(swarm, seed, content) for _ in range(6)]
+            for peer in peers:
+                await peer.expect(m.Unchoke, timeout_s=SHORT_WAIT_S)
+
+    assert WireConfig().max_unchoked == WireConfig().max_peers
+    run(main)
+
+
 def test_a_waiting_peer_gets_the_slot_of_the_longest_unchoked_after_rotate_s(
     content: Content, executor: Executor
 ) -> None:
