@@ -130,6 +130,10 @@ class SwarmPeer:
         self._download_rate_bps = download_bucket.rate_bps if download_bucket else None
         #: The pieces the tracker's last answer assigned us.
         self._last_assignment: set[int] = set()
+        #: Answers that brought us new origin pieces.
+        self._assignments = 0
+        #: Set when the first assignment is (nearly) done: the next announce goes at once.
+        self._announce_urgent = asyncio.Event()
         #: Bytes/s the origin delivered to this peer's last runs (None before the first).
         self._origin_bps: float | None = None
         self._unreported: dict[int, bytes] = {}
@@ -363,7 +367,9 @@ class SwarmPeer:
             self._announce_now.clear()
             early_s = self._min_interval_s - (loop.time() - sent)
             if early_s > 0:
-                await asyncio.sleep(early_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._announce_urgent.wait(), early_s)
+            self._announce_urgent.clear()
 
     async def _apply(self, answer: AnnounceAnswer) -> None:
         log.debug(
@@ -388,6 +394,7 @@ class SwarmPeer:
                 self.task.release_from_origin(dropped)
         if answer.assignment:
             if not set(answer.assignment) <= self._last_assignment:
+                self._assignments += 1
                 # New pieces: while a crowd arrives, newcomers may be given part of them
                 # (tracker.assign); ask again soon (at ``min interval``) to hear of it before
                 # the origin runs reach that part.
@@ -503,18 +510,27 @@ class SwarmPeer:
             self._origin_workers.append(asyncio.create_task(self._origin_worker()))
         self._origin_wake.set()
 
+    def _ask_for_more(self) -> None:
+        """Announce soon to be given more origin pieces. After the first assignment at once,
+        not at ``min interval``: the tracker sized it without knowing our rate (a share over
+        its origin budget, ``tracker.assign``), so a lone peer on a fast origin has the rest
+        of the file to come, and only the fetchers of a crowd's first round come early."""
+        self._announce_now.set()
+        if self._assignments == 1:
+            self._announce_urgent.set()
+
     async def _origin_worker(self) -> None:
         try:
             while True:
                 if not self._origin_queue:
                     self._origin_wake.clear()
-                    self._announce_now.set()  # assignment done: ask for more
+                    self._ask_for_more()  # assignment done
                     await self._origin_wake.wait()
                     continue
                 if self.origin_info.accepts_ranges:
                     run = self._take_run()
                     if len(self._origin_queue) <= len(self._last_assignment) // 2:
-                        self._announce_now.set()  # ask for more before this runs dry
+                        self._ask_for_more()  # before this runs dry
                     await self._fetch_run(run)
                 else:
                     await self._stream_whole_file()

@@ -148,13 +148,12 @@ class SourcePlanner:
         if not (math.isfinite(ttl_s) and ttl_s > 0):
             raise ValueError(f"ttl_s must be a positive number of seconds, not {ttl_s!r}")
         self.num_pieces = num_pieces
-        #: Size an assignment at least to this peer's share of what is still unassigned (split
-        #: over the fetcher slots left), so that a few fetchers take the whole file in one round
-        #: instead of being fed a few pieces per announce.
+        #: Size an assignment at least to this peer's share of what is still unassigned, so
+        #: that the fetchers take the whole file in one or two rounds instead of being fed a
+        #: few pieces per announce (``assign``).
         self.fair_share = fair_share
         #: With ``fair_share``: a newcomer that finds nothing unassigned takes part of an
-        #: assignment that its fetcher cannot reach soon (``STEAL_KEEP_MARGIN``), so the
-        #: first announcer of a crowd does not fetch the whole file alone.
+        #: assignment that its fetcher cannot reach soon (``STEAL_KEEP_MARGIN``).
         self.split_large = split_large
         self.budget = budget
         self.max_pieces = max_pieces
@@ -202,18 +201,21 @@ class SourcePlanner:
         """This peer's assignment, topped up to its target size: piece indices in the order to
         fetch them, ascending except for the upper part of a split assignment (descending).
 
-        ``available`` is the union of the bitfields of live peers. Sizing: enough pieces to
-        keep the peer busy for one announce interval at ``rate_bps``, clamped to
-        1..``max_pieces``; ``DEFAULT_PIECES`` when the rate is unknown; with ``fair_share``, at
-        least its share of the unassigned pieces over the fetcher slots left: the peers that want
-        the file (``contenders``, when known) up to ``budget``, minus those already fetching
-        (still capped by ``max_pieces``). A lone peer gets the whole file in one round; with
-        ``split_large``, peers that come later, when nothing is unassigned, take half of what a
-        slow fetcher cannot reach before its next announce (``STEAL_MIN_PIECES``,
-        ``STEAL_KEEP_MARGIN``): the far end, fetched towards the other fetcher, so that the two
-        meet only after both have announced again. The first announcer of a crowd does not
-        fetch the whole file alone. A peer with no assignment gets one only while fewer than
-        ``budget`` peers hold one.
+        ``available`` is the union of the bitfields of live peers. Sizing: enough pieces to keep the
+        peer busy for one announce interval at ``rate_bps``, clamped to 1..``max_pieces``;
+        ``DEFAULT_PIECES`` when the rate is unknown. With ``fair_share``, at least a share of the
+        unassigned pieces (still capped by ``max_pieces``): on the peer's first announce
+        (``contenders`` None: the tracker cannot know how many follow), over the fetcher slots left
+        (``budget`` less the peers already fetching), because the first of a crowd of 200 sees one
+        contender and would otherwise fetch the whole file alone, its link the origin's bottleneck;
+        later, what it holds plus a share over the peers that want the file (``contenders``, up to
+        ``budget``), so that a lone peer gets the rest of the file on its second announce (``dfget``
+        makes that one at once) and the first of ten to come back does not take it all. With
+        ``split_large``, peers that come later, when nothing is unassigned, take half of what a slow
+        fetcher cannot reach before its next announce (``STEAL_MIN_PIECES``, ``STEAL_KEEP_MARGIN``):
+        the far end, fetched towards the other fetcher, so that the two meet only after both have
+        announced again. A peer with no assignment gets one only while fewer than ``budget`` peers
+        hold one.
         """
         if piece_length < 1:
             raise ValueError(f"piece_length must be positive, not {piece_length}")
@@ -226,13 +228,19 @@ class SourcePlanner:
             if rate_bps is not None and not math.isnan(rate_bps):
                 held.rate_bps = rate_bps
         target = self._target(rate_bps, piece_length, interval_s)
+        have = 0 if held is None else len(held.pieces)
         if self.fair_share:
             unassigned = (self._full & ~(available | self._assigned)).bit_count()
-            others = len(self._by_peer) - (held is not None)
-            wanting = self.budget if contenders is None else min(self.budget, contenders)
-            slots = max(1, wanting - others)
-            target = max(target, min(self.max_pieces, -(-unassigned // slots)))
-        have = 0 if held is None else len(held.pieces)
+            if contenders is None:
+                # A first announce: a crowd may still be arriving (the first of 200 sees one
+                # contender), so split over every fetcher slot left.
+                slots = self.budget - (len(self._by_peer) - (held is not None))
+            else:
+                # The contenders share what is left, each on top of what it holds (the first
+                # of ten to come back must not take it all).
+                slots = min(self.budget, contenders)
+            share = have + -(-unassigned // max(1, slots))
+            target = max(target, min(self.max_pieces, share))
         if have >= target:
             return _in_order(held) if held is not None else ()
         mask, pieces = self._take(target - have, available)

@@ -45,8 +45,9 @@ class TrackerConfig:
     #: Back-to-source: at most this many peers fetch one task from the origin at the same time.
     origin_budget: int = 8
     #: Most pieces handed to one fetcher in one assignment. A fetcher gets its share of the
-    #: unassigned pieces (split over the ``origin_budget`` slots left) or what it can fetch in
-    #: one interval at its rate, whichever is more, up to this.
+    #: unassigned pieces (on a first announce over the ``origin_budget`` slots left, later over
+    #: the peers that want the file) or what it can fetch in one interval at its rate,
+    #: whichever is more, up to this (``tracker.assign``).
     assign_max_pieces: int = 1024
     #: An assignment not reported done within this long is taken back.
     assign_ttl_s: float = 20.0

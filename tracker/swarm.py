@@ -194,7 +194,8 @@ class Swarm:
                     rate_bps=(peer.download_bps or None) if manifest.ranges else math.inf,
                     piece_length=manifest.piece_length,
                     interval_s=self._config.interval_s,
-                    contenders=len(task.peers) - task.seeds,
+                    # None on a first announce: whether a crowd follows is not known yet.
+                    contenders=None if first else len(task.peers) - task.seeds,
                 )
                 self.assigned_pieces_total += planner.assigned_total - before
             elif planner.fetchers:

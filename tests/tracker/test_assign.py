@@ -313,7 +313,7 @@ def fair_planner(num_pieces: int = 256, *, budget: int = 20) -> SourcePlanner:
 def ask_fair(
     plan: SourcePlanner,
     peer: bytes,
-    contenders: int,
+    contenders: int | None,
     now: float = 0.0,
     *,
     pieces_per_s: float | None = None,
@@ -337,10 +337,32 @@ def reach(pieces_per_s: float, since_s: float = 0.0) -> int:
     return math.ceil(STEAL_KEEP_MARGIN * pieces_per_s * ahead_s)
 
 
+def test_a_first_announce_takes_its_share_over_the_budget_then_a_lone_fetcher_the_rest() -> None:
+    """On a first announce (``contenders`` None) the first of a crowd takes its share over the
+    budget's slots; announcing again, alone, it takes what is left."""
+    plan = fair_planner(256, budget=20)
+    assert ask_fair(plan, b"first", contenders=None) == list(range(13))  # ceil(256 / 20)
+    assert ask_fair(plan, b"first", contenders=1) == list(range(256))
+
+
+def test_a_fetcher_that_comes_back_takes_its_share_on_top_of_what_it_holds() -> None:
+    """Ten peers arrive together and each takes a share over the budget; coming back with a
+    rate, each takes what it holds plus a tenth of what is left: the first back does not
+    take it all (with 2 pieces/s its rate alone would ask for only 2 * INTERVAL_S)."""
+    plan = fair_planner(256, budget=20)
+    for n in range(10):
+        ask_fair(plan, f"peer{n}".encode(), contenders=None)
+    assert plan.assigned_pieces == 10 * 13
+    held = len(plan.assignment_of(b"peer0"))
+    again = ask_fair(plan, b"peer0", contenders=10, pieces_per_s=2)
+    assert len(again) == held + -(-(256 - 10 * 13) // 10)
+
+
 def test_a_newcomer_takes_the_upper_half_of_what_a_slow_fetcher_cannot_reach() -> None:
     plan = fair_planner(256)
-    assert ask_fair(plan, b"first", contenders=1) == list(range(256))
-    # Its second announce tells its rate: 2 pieces/s, so it keeps what it may reach meanwhile.
+    ask_fair(plan, b"first", contenders=1)
+    # Its second announce tells its rate: 2 pieces/s; alone, it takes the rest, and keeps what
+    # it may reach before it hears of a split.
     assert ask_fair(plan, b"first", contenders=1, pieces_per_s=2) == list(range(256))
     spare = 256 - reach(2)
     assert ask_fair(plan, b"second", contenders=2) == list(range(255, 255 - spare // 2, -1))
@@ -386,7 +408,7 @@ def test_a_split_part_is_fetched_towards_the_fetcher_that_keeps_the_rest() -> No
 def test_an_assignment_whose_fetcher_told_no_rate_yet_is_not_split() -> None:
     """On loopback a fetcher may be through the whole file before its second announce."""
     plan = fair_planner(256)
-    ask_fair(plan, b"first", contenders=1)
+    assert ask_fair(plan, b"first", contenders=1) == list(range(256))
     assert ask_fair(plan, b"second", contenders=2) == []
     assert plan.assignment_of(b"first") == tuple(range(256))
 
@@ -414,25 +436,24 @@ def test_a_spare_part_below_the_minimum_is_not_split() -> None:
     assert len(ask_fair(plan, b"second", contenders=2)) == STEAL_MIN_PIECES
 
 
-def test_a_crowd_spreads_the_file_over_more_fetchers_with_each_round_of_announces() -> None:
-    """200 peers arrive one after another (each sees the crowd so far) while the first fetches
-    at 2 pieces/s; then everyone announces again, each fetcher telling its rate, three times.
-    The file ends up split over many disjoint assignments, none below the minimum."""
+def test_a_crowd_spreads_the_file_over_the_whole_budget_in_its_first_round() -> None:
+    """200 peers arrive one after another, then everyone announces again, each fetcher telling
+    its rate of 2 pieces/s, three times. The first round already splits the file over the
+    whole budget of disjoint assignments, none below the minimum, and later rounds keep it."""
     pieces = 1024
     plan = fair_planner(pieces, budget=20)
-    ask_fair(plan, b"peer0", contenders=1)
     counts = []
-    for _ in range(4):
+    for round_ in range(4):
         for n in range(200):
             peer = f"peer{n}".encode()
             rate = 2.0 if plan.assignment_of(peer) else None
-            ask_fair(plan, peer, contenders=200, pieces_per_s=rate)
+            first = round_ == 0  # a first announce: how many follow is unknown
+            ask_fair(plan, peer, contenders=None if first else 200, pieces_per_s=rate)
         counts.append(plan.fetchers)
     parts = [plan.assignment_of(f"peer{n}".encode()) for n in range(200)]
     sizes = sorted(len(part) for part in parts if part)
     assert sorted(i for part in parts for i in part) == list(range(pieces))
-    assert counts == sorted(counts) and counts[0] > 1 and counts[-1] > counts[0], counts
-    assert counts[-1] >= 10, counts
+    assert counts == [20, 20, 20, 20], counts
     assert sizes[0] >= STEAL_MIN_PIECES
 
 

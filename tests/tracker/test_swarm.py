@@ -621,16 +621,18 @@ def test_origin_without_ranges_gets_one_fetcher_streaming_every_piece() -> None:
     assert second.assignment == ()
 
 
-def test_fetchers_split_the_unassigned_pieces_over_the_peers_that_want_them() -> None:
+def test_first_announces_split_the_file_over_the_fetcher_slots_left() -> None:
+    """A peer's first announce says nothing of how many will follow (the first of a crowd of
+    200 sees one contender): each newcomer takes its share over the origin budget's slots
+    left, so a crowd's first round puts the whole file on ``origin_budget`` fetchers."""
     swarm, _ = make(origin_budget=4)
     swarm.put_manifest(TASK, manifest())
-    # Two incomplete peers known: the first fetcher takes half of what is unassigned.
-    swarm.announce(req(2, left_bytes=TOTAL, have=have(), can_source=False))
     first = swarm.announce(req(1, left_bytes=TOTAL, have=have(), can_source=True)).assignment
-    assert first == tuple(range(PIECES // 2))
-    # Three incomplete peers now, one of them a fetcher: the rest is split over two.
-    second = swarm.announce(req(3, left_bytes=TOTAL, have=have(), can_source=True)).assignment
-    assert second == tuple(range(PIECES // 2, PIECES // 2 + PIECES // 4))
+    assert first == tuple(range(PIECES // 4))
+    # One fetcher now: what is left goes over the three slots left.
+    second = swarm.announce(req(2, left_bytes=TOTAL, have=have(), can_source=True)).assignment
+    third_share = -(-(PIECES - PIECES // 4) // 3)
+    assert second == tuple(range(PIECES // 4, PIECES // 4 + third_share))
 
 
 def test_a_lone_fetcher_is_given_the_whole_file_in_one_round() -> None:
