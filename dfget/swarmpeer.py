@@ -442,12 +442,13 @@ class SwarmPeer:
             log.debug("learned %d digests from the tracker", learned)
 
     def _slots_left(self) -> int:
-        """Peers we may still dial: ``max_peers`` less peers, connections still handshaking and
+        """Peers we may still dial: ``dial_peers`` less peers, connections still handshaking and
         dials not yet connected. (Dialling every listed peer at once, 200 clients starting
         together made ~22,000 connections that the far end, already full, refused: 3 for
         every one kept, and most of the CPU of the swarm's first seconds.)"""
         busy = self.task.peer_count + self.task.connecting_count + self._dialing
-        return self.task.config.max_peers - busy
+        config = self.task.config
+        return min(config.dial_peers, config.max_peers) - busy
 
     def _dial(self, peer: PeerAddress) -> None:
         if self._slots_left() <= 0:

@@ -79,14 +79,21 @@ class WireConfig:
     keepalive_interval_s: float = 30.0
     idle_timeout_s: float = 120.0
     tick_s: float = 0.5
-    #: Connections per task: each costs a share of a slow uplink (haves, requests, ACKs) and
-    #: of the CPU: bench/run.py at 200 clients went from 40.8 s to 33.9 s with 12 instead of 32.
-    max_peers: int = 12
+    #: Connections per task we open ourselves (dfget stops dialling here, or at ``max_peers``
+    #: if that is lower): each costs a share
+    #: of a slow uplink (haves, requests, ACKs) and of the CPU: bench/run.py at 200 clients
+    #: went from 40.8 s to 33.9 s with 12 instead of 32.
+    dial_peers: int = 12
+    #: Connections per task at most, incoming ones included. The room above ``dial_peers`` is
+    #: for newcomers: when everyone stopped at the same number, a crowd's latecomer found every
+    #: listed peer full, was refused by all, and sat with no peer until it fell back to the
+    #: origin (one 200-client run: 11 copies of the file from the origin).
+    max_peers: int = 16
     #: Upload slots: interested peers unchoked at once. As many as there are peers: with four,
     #: a peer that became interested late (an origin fetcher, busy with its own pieces first)
     #: waited behind every neighbour's queue, choked by all twelve for seconds
     #: (bench/run.py at 50 clients: last client 30-33 s with 4 slots, 25 s with 12).
-    max_unchoked: int = 12
+    max_unchoked: int = 16
     #: While peers wait for a slot, the longest-unchoked gives way this often.
     rotate_s: float = 5.0
     #: ``have`` messages to a peer are held this long at most and sent together.
@@ -104,6 +111,7 @@ class WireConfig:
             "keepalive_interval_s": self.keepalive_interval_s,
             "idle_timeout_s": self.idle_timeout_s,
             "tick_s": self.tick_s,
+            "dial_peers": self.dial_peers,
             "max_peers": self.max_peers,
             "max_unchoked": self.max_unchoked,
             "rotate_s": self.rotate_s,
@@ -290,7 +298,7 @@ class PeerTask:
     @property
     def connecting_count(self) -> int:
         """Connections that may still become peers: dialled (handshake not done yet) or
-        authenticating. With ``peer_count``, what a dialler counts against ``max_peers``."""
+        authenticating. With ``peer_count``, what a dialler counts against ``dial_peers``."""
         return len(self._pending) + len(self._unauthenticated)
 
     # -- digests and origin pieces (open manifests) ---------------------------------------------

@@ -150,7 +150,7 @@ def test_dfget_dials_no_more_peers_than_it_may_keep(
     tmp_path: Path, served: tuple[OriginServer, Path], tracker: Tracker
 ) -> None:
     """The tracker lists 20 peers that never complete a handshake: dfget has at most
-    ``max_peers`` (12) connections open or being opened at once, not one per listed peer."""
+    ``dial_peers`` (12) connections open or being opened at once, not one per listed peer."""
     origin, root = served
     random_file(root / "file.bin", 4 * MIB)
     url = f"{origin.base_url}/files/file.bin"
@@ -170,7 +170,7 @@ def test_dfget_dials_no_more_peers_than_it_may_keep(
             dfget(url, output, "--tracker", tracker.base_url, "--seed-time", "0s", "--rate", "1M")
         )
         assert code == 0, err[-3000:]
-        assert 1 <= silent.most_open <= WireConfig().max_peers, silent.most_open
+        assert 1 <= silent.most_open <= WireConfig().dial_peers, silent.most_open
     finally:
         silent.close()
 

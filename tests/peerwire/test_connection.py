@@ -582,6 +582,28 @@ def test_two_peers_dialling_each_other_at_once_keep_one_connection(
     run(main)
 
 
+def test_a_task_accepts_peers_past_its_dial_target_up_to_max_peers(
+    content: Content, executor: Executor
+) -> None:
+    """Room above ``dial_peers`` is for newcomers: a task that dials 1 peer still admits a
+    second and a third incoming one, and refuses the fourth."""
+
+    async def main() -> None:
+        async with Swarm(content, executor) as swarm:
+            seed = await swarm.seed(config=replace(CONFIG, dial_peers=1, max_peers=3))
+            for _ in range(3):
+                raw = await swarm.raw(seed.address)
+                await raw.greet(content.task_id)
+                await raw.expect(m.HaveAll)
+            extra = await swarm.raw(seed.address)
+            await extra.greet(content.task_id)
+            assert await extra.closed() == []
+            assert seed.task.peer_count == 3
+
+    assert WireConfig().max_peers > WireConfig().dial_peers
+    run(main)
+
+
 def test_max_peers_is_respected_and_a_freed_slot_is_reused(
     content: Content, executor: Executor
 ) -> None:

@@ -80,6 +80,7 @@ def assert_exact_copy(node: Node, content: Content) -> None:
         "keepalive_interval_s",
         "idle_timeout_s",
         "tick_s",
+        "dial_peers",
         "max_peers",
         "max_unchoked",
         "rotate_s",
