@@ -81,6 +81,12 @@ class RequestManager(Generic[P]):
         peers = self._by_block.get(block)
         return tuple(peers) if peers else ()
 
+    def first_sent(self, block: Block) -> float:
+        """When ``block`` was first asked for, of the requests still in flight (KeyError if
+        none is)."""
+        peers = self._by_block[block]
+        return self._sent[(next(iter(peers)), block)]
+
     def blocks_of(self, peer: P) -> Iterator[Block]:
         """The blocks in flight at ``peer``, oldest first."""
         return iter(tuple(self._by_peer.get(peer, ())))

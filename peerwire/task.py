@@ -75,19 +75,28 @@ class WireConfig:
     #: buffers a task can hold, however many peers it has.
     max_inflight_bytes: int = 64 * 1024 * 1024
     request_timeout_s: float = 10.0
+    #: Endgame duplicates only of requests at least this old. On slow links a request waits
+    #: its turn at the sender for seconds (2 Mbit/s shared by a dozen peers is about one 16 KiB
+    #: block a second each); duplicating the whole tail at once wasted 4-6% of the swarm's
+    #: uploads in bench/run.py (50 clients), 2 s still 4%, 5 s under 1%.
+    endgame_patience_s: float = 5.0
     handshake_timeout_s: float = 10.0
     keepalive_interval_s: float = 30.0
     idle_timeout_s: float = 120.0
     tick_s: float = 0.5
     #: Connections per task we open ourselves (dfget stops dialling here, or at ``max_peers``
-    #: if that is lower): each costs a share
-    #: of a slow uplink (haves, requests, ACKs) and of the CPU: bench/run.py at 200 clients
-    #: went from 40.8 s to 33.9 s with 12 instead of 32.
-    dial_peers: int = 12
+    #: if that is lower), half of ``max_peers``: the other half is for peers that come later.
+    #: When a crowd arrives, the first to announce (the origin fetchers) are listed to each
+    #: other first; dialling 12 of 16 they filled up among themselves, the rest of the crowd
+    #: hung off a few links to them, and in one 50-client run 30 clients waited together for
+    #: the pieces to come through (all done at 27.6-28.5 s, the fetchers at 19.5-23.8 s).
+    #: Each connection also costs a share of a slow uplink and of the CPU (haves, requests,
+    #: ACKs): 8 instead of 12 cut the CPU per client by a quarter (bench/README.md).
+    dial_peers: int = 8
     #: Connections per task at most, incoming ones included. The room above ``dial_peers`` is
-    #: for newcomers: when everyone stopped at the same number, a crowd's latecomer found every
-    #: listed peer full, was refused by all, and sat with no peer until it fell back to the
-    #: origin (one 200-client run: 11 copies of the file from the origin).
+    #: for peers that come later: when everyone stopped at the same number, a crowd's
+    #: latecomer found every listed peer full, was refused by all, and sat with no peer until
+    #: it fell back to the origin (one 200-client run: 11 copies of the file from the origin).
     max_peers: int = 16
     #: Upload slots: interested peers unchoked at once. As many as there are peers: with four,
     #: a peer that became interested late (an origin fetcher, busy with its own pieces first)
@@ -123,6 +132,8 @@ class WireConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
+        if self.endgame_patience_s < 0:
+            raise ValueError(f"endgame_patience_s must be >= 0, got {self.endgame_patience_s}")
 
 
 @dataclass
@@ -222,6 +233,7 @@ class PeerTask:
             block_bytes=self.config.block_bytes,
             pipeline_depth=self.config.pipeline_depth,
             request_timeout_s=self.config.request_timeout_s,
+            endgame_patience_s=self.config.endgame_patience_s,
             clock=self._loop.time,
             rng=self._rng,
             random_first_pieces=self.config.random_first_pieces,

@@ -150,7 +150,7 @@ def test_dfget_dials_no_more_peers_than_it_may_keep(
     tmp_path: Path, served: tuple[OriginServer, Path], tracker: Tracker
 ) -> None:
     """The tracker lists 20 peers that never complete a handshake: dfget has at most
-    ``dial_peers`` (12) connections open or being opened at once, not one per listed peer."""
+    ``dial_peers`` (8) connections open or being opened at once, not one per listed peer."""
     origin, root = served
     random_file(root / "file.bin", 4 * MIB)
     url = f"{origin.base_url}/files/file.bin"

@@ -32,6 +32,7 @@ def make(
     random_first_pieces: int = 0,
     policy: str = "rarest_first",
     endgame_copies: int = 2,
+    endgame_patience_s: float = 0.0,
 ) -> tuple[Scheduler[str], FakeClock]:
     clock = FakeClock()
     have_bits = bits(num_pieces, list(have))
@@ -46,6 +47,7 @@ def make(
         random_first_pieces=random_first_pieces,
         policy=policy,
         endgame_copies=endgame_copies,
+        endgame_patience_s=endgame_patience_s,
     )
     return scheduler, clock
 
@@ -219,6 +221,37 @@ def test_endgame_duplicates_and_cancels_on_arrival() -> None:
     assert outcome is not None
     assert outcome.cancels == (("a", blocks[0]),)
     assert not scheduler.claim_block("a", blocks[0])  # cancelled, but it came anyway: drop it
+
+
+def test_endgame_duplicates_only_requests_older_than_its_patience() -> None:
+    scheduler, clock = make(num_pieces=1, depth=4, endgame_copies=2, endgame_patience_s=3.0)
+    for peer in ("a", "b", "c"):
+        join(scheduler, peer)
+    early = scheduler.next_requests("a", max_blocks=2)
+    clock.now_s += 2.0
+    late = scheduler.next_requests("b", max_blocks=2)
+    assert scheduler.in_endgame
+    assert scheduler.next_requests("c") == []  # asked 2 s and 0 s ago: their normal wait
+    clock.now_s += 1.0
+    assert sorted(scheduler.next_requests("c")) == sorted(early)  # 3 s old now
+    clock.now_s += 3.0
+    assert sorted(scheduler.next_requests("a")) == sorted(late)
+
+
+def test_endgame_patience_is_counted_from_the_first_request_still_in_flight() -> None:
+    scheduler, clock = make(num_pieces=1, depth=4, endgame_copies=3, endgame_patience_s=3.0)
+    for peer in ("a", "b", "c"):
+        join(scheduler, peer)
+    blocks = scheduler.next_requests("a")
+    clock.now_s += 3.0
+    assert sorted(scheduler.next_requests("b")) == blocks
+    scheduler.request_rejected("a", blocks[0])  # the old request is gone; b's is 0 s old
+    assert sorted(scheduler.next_requests("c")) == sorted(blocks)[1:]
+
+
+def test_negative_endgame_patience_is_refused() -> None:
+    with pytest.raises(ValueError, match="endgame_patience_s"):
+        make(endgame_patience_s=-1.0)
 
 
 def test_endgame_prefers_blocks_with_fewest_copies() -> None:
