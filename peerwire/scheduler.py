@@ -15,7 +15,7 @@ pieces first (strict priority, so pieces complete and can be shared), then a new
 the policy, then, once every missing block is requested somewhere (endgame), duplicates of
 blocks in flight at other peers, cancelled when the first copy arrives. A duplicate waits until
 the block's request is ``endgame_patience_s`` old: on slow links a request normally waits its
-turn at the sender for a second or more, and duplicating every block of the tail wasted 6% of
+turn at the sender for a second or more, and duplicating every block of the tail wasted 4-6% of
 the swarm's uploads (bench/run.py at 50 clients).
 
 Per-call cost stays near the number of blocks returned: started pieces with open blocks are
