@@ -81,11 +81,11 @@ class RequestManager(Generic[P]):
         peers = self._by_block.get(block)
         return tuple(peers) if peers else ()
 
-    def first_sent(self, block: Block) -> float:
-        """When ``block`` was first asked for, of the requests still in flight (KeyError if
-        none is)."""
-        peers = self._by_block[block]
-        return self._sent[(next(iter(peers)), block)]
+    def first_request(self, block: Block) -> tuple[P, float]:
+        """The oldest request still in flight for ``block``: its peer and when it was sent
+        (KeyError if none is)."""
+        peer = next(iter(self._by_block[block]))
+        return peer, self._sent[(peer, block)]
 
     def blocks_of(self, peer: P) -> Iterator[Block]:
         """The blocks in flight at ``peer``, oldest first."""

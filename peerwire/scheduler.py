@@ -14,9 +14,12 @@ Priorities in ``next_requests`` (BEP 3 "Piece downloading strategy"): open block
 pieces first (strict priority, so pieces complete and can be shared), then a new piece chosen by
 the policy, then, once every missing block is requested somewhere (endgame), duplicates of
 blocks in flight at other peers, cancelled when the first copy arrives. A duplicate waits until
-the block's request is ``endgame_patience_s`` old: on slow links a request normally waits its
-turn at the sender for a second or more, and duplicating every block of the tail wasted 4-6% of
-the swarm's uploads (bench/run.py at 50 clients).
+the block is overdue: its request is ``OVERDUE_FACTOR`` times as old as its holder should take for
+what it was asked (``expected_wait``, from the shell's rate estimate; rate estimates run high), or
+``endgame_patience_s`` old at most.
+On slow links a request normally waits its turn at the sender for a second or more, and
+duplicating every block of the tail at once wasted 4-6% of the swarm's uploads (bench/run.py at
+50 clients).
 
 Per-call cost stays near the number of blocks returned: started pieces with open blocks are
 kept in their own index, a new piece costs one pass over the unstarted pieces the peer has,
@@ -37,6 +40,10 @@ from peerwire.picker import PiecePicker
 from peerwire.requests import RequestManager
 
 P = TypeVar("P", bound=Hashable)
+
+#: A request is overdue at this many times what its holder should take (see the docstring):
+#: at 2 in bench/run.py (50 clients) 3% of the uploads were thrown away, at 4 under 1%.
+OVERDUE_FACTOR = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +103,15 @@ class Scheduler(Generic[P]):
         policy: str = "rarest_first",
         endgame_copies: int = 2,
         endgame_patience_s: float = 0.0,
+        expected_wait: Callable[[P], float | None] | None = None,
         held: Iterable[int] = (),
     ) -> None:
         """``have`` is updated in place as pieces are verified; the scheduler is its only writer.
 
         ``endgame_copies`` bounds at how many peers one block may be in flight at once, and a
-        block is duplicated only once its first request is ``endgame_patience_s`` old.
+        block is duplicated only once its first request is ``endgame_patience_s`` old, or
+        ``OVERDUE_FACTOR`` x ``expected_wait(holder)`` (seconds the holder should take for all
+        it was asked; None: not known) if that is sooner.
         ``request_timeout_s`` is also how long a peer is not asked again for a block it rejected
         or let time out.
         """
@@ -120,6 +130,7 @@ class Scheduler(Generic[P]):
         self._cooldown_s = request_timeout_s
         self._endgame_copies = endgame_copies
         self._endgame_patience_s = endgame_patience_s
+        self._expected_wait = expected_wait
         self._recent_cap = max(64, 4 * pipeline_depth)
         self._picker = PiecePicker(
             layout.num_pieces, rng=rng, random_first_pieces=random_first_pieces, policy=policy
@@ -507,17 +518,16 @@ class Scheduler(Generic[P]):
         self, peer: P, state: _Peer, now: float, slots: int, chosen: list[Block]
     ) -> None:
         """Duplicate blocks in flight elsewhere, fewest copies first, never twice at ``peer``,
-        and only blocks asked for at least ``endgame_patience_s`` ago."""
+        and only overdue ones (see the module docstring)."""
         wanted = slots - len(chosen)
         duplicates: list[Block] = []
-        asked_before = now - self._endgame_patience_s
         requests = self._requests
         for block, copies in requests.inflight_blocks():
             if copies >= self._endgame_copies:
                 break
             if (
                 block.index in state.bitfield
-                and requests.first_sent(block) <= asked_before
+                and self._overdue(block, now)
                 and block not in self._receiving
                 and not self._requests.is_inflight(peer, block)
                 and not self._avoided(state, block, now)
@@ -528,6 +538,16 @@ class Scheduler(Generic[P]):
         for block in duplicates:
             self._requests.add(peer, block)
         chosen.extend(duplicates)
+
+    def _overdue(self, block: Block, now: float) -> bool:
+        """Whether the oldest request still in flight for ``block`` is late enough to duplicate."""
+        holder, sent = self._requests.first_request(block)
+        patience = self._endgame_patience_s
+        if self._expected_wait is not None:
+            expected = self._expected_wait(holder)
+            if expected is not None:
+                patience = min(patience, OVERDUE_FACTOR * expected)
+        return now - sent >= patience
 
     def _remember(self, recent: OrderedDict[Block, float], block: Block, when: float) -> None:
         """Record into a bounded per-peer memory, forgetting the oldest entry past the cap."""

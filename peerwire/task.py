@@ -75,10 +75,13 @@ class WireConfig:
     #: buffers a task can hold, however many peers it has.
     max_inflight_bytes: int = 64 * 1024 * 1024
     request_timeout_s: float = 10.0
-    #: Endgame duplicates only of requests at least this old. On slow links a request waits
-    #: its turn at the sender for seconds (2 Mbit/s shared by a dozen peers is about one 16 KiB
-    #: block a second each); duplicating the whole tail at once wasted 4-6% of the swarm's
-    #: uploads in bench/run.py (50 clients), 2 s still 4%, 5 s under 1%.
+    #: Endgame duplicates a block only once its request is overdue: four times as old as its
+    #: holder should take, at the rate it has delivered, for all we asked of it
+    #: (``peerwire.scheduler.OVERDUE_FACTOR``), and at the latest this long after it was sent.
+    #: On slow links a request waits its turn at the sender for seconds (2 Mbit/s shared by a
+    #: dozen peers is about one 16 KiB block a second each): duplicating the whole tail at once
+    #: wasted 4-6% of the swarm's uploads in bench/run.py (50 clients), a fixed 2 s still 4%,
+    #: 5 s under 1%, and so does this rule; on fast links it duplicates within milliseconds.
     endgame_patience_s: float = 5.0
     handshake_timeout_s: float = 10.0
     keepalive_interval_s: float = 30.0
@@ -234,6 +237,7 @@ class PeerTask:
             pipeline_depth=self.config.pipeline_depth,
             request_timeout_s=self.config.request_timeout_s,
             endgame_patience_s=self.config.endgame_patience_s,
+            expected_wait=self._expected_wait_s,
             clock=self._loop.time,
             rng=self._rng,
             random_first_pieces=self.config.random_first_pieces,
@@ -645,6 +649,15 @@ class PeerTask:
             return  # arrivals refill
         if peer.refill_handle is None or peer.refill_handle.cancelled():
             peer.refill_handle = self._loop.call_later(delay_s, self._deferred_refill, peer)
+
+    def _expected_wait_s(self, key: PeerId) -> float | None:
+        """How long ``key`` should take for every request we have in flight there, from the
+        rate it has delivered at (None: no rate yet, or no longer a peer)."""
+        peer = self._peers.get(key)
+        if peer is None or not peer.pipeline.rate_bps:
+            return None
+        asked = self.scheduler.inflight(key) * peer.pipeline.block_bytes
+        return asked / peer.pipeline.rate_bps
 
     def _deferred_refill(self, peer: _Peer) -> None:
         peer.refill_handle = None

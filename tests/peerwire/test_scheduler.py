@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -8,7 +9,7 @@ from hypothesis import strategies as st
 
 from peerwire.bitfield import Bitfield
 from peerwire.layout import Block, PieceLayout
-from peerwire.scheduler import BlockOutcome, Scheduler
+from peerwire.scheduler import OVERDUE_FACTOR, BlockOutcome, Scheduler
 
 PIECE = 64
 BLOCK = 16  # four blocks per piece
@@ -33,6 +34,7 @@ def make(
     policy: str = "rarest_first",
     endgame_copies: int = 2,
     endgame_patience_s: float = 0.0,
+    expected_wait: Callable[[str], float | None] | None = None,
 ) -> tuple[Scheduler[str], FakeClock]:
     clock = FakeClock()
     have_bits = bits(num_pieces, list(have))
@@ -48,6 +50,7 @@ def make(
         policy=policy,
         endgame_copies=endgame_copies,
         endgame_patience_s=endgame_patience_s,
+        expected_wait=expected_wait,
     )
     return scheduler, clock
 
@@ -247,6 +250,28 @@ def test_endgame_patience_is_counted_from_the_first_request_still_in_flight() ->
     assert sorted(scheduler.next_requests("b")) == blocks
     scheduler.request_rejected("a", blocks[0])  # the old request is gone; b's is 0 s old
     assert sorted(scheduler.next_requests("c")) == sorted(blocks)[1:]
+
+
+def test_a_block_is_duplicated_sooner_when_its_holder_is_fast() -> None:
+    """OVERDUE_FACTOR x what the holder should take for all it was asked: 0.4 s for "fast", not
+    known for "new" (the fixed patience then), and never later than the fixed patience for
+    "slow"."""
+    waits = {"fast": 0.1, "new": None, "slow": 60.0}
+    scheduler, clock = make(
+        num_pieces=1, depth=4, endgame_copies=2, endgame_patience_s=3.0, expected_wait=waits.get
+    )
+    for peer in ("fast", "new", "slow", "d"):
+        join(scheduler, peer)
+    at_fast = scheduler.next_requests("fast", max_blocks=2)
+    at_new = scheduler.next_requests("new", max_blocks=1)
+    at_slow = scheduler.next_requests("slow", max_blocks=1)
+    assert OVERDUE_FACTOR == 4
+    clock.now_s += 0.3
+    assert scheduler.next_requests("d") == []  # nothing overdue yet
+    clock.now_s += 0.15
+    assert sorted(scheduler.next_requests("d")) == sorted(at_fast)  # past 4 x 0.1 s
+    clock.now_s += 2.6
+    assert sorted(scheduler.next_requests("d")) == sorted(at_new + at_slow)  # 3 s: the cap
 
 
 def test_negative_endgame_patience_is_refused() -> None:

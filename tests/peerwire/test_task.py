@@ -633,6 +633,39 @@ def test_timed_out_requests_are_cancelled_and_fetched_from_another_peer(
     run(main)
 
 
+def test_in_endgame_blocks_stuck_at_a_peer_that_went_silent_are_fetched_elsewhere_soon(
+    content: Content, executor: Executor
+) -> None:
+    """A peer answers its first requests quickly, then never again. Once everything else came
+    from a seed (endgame), what is stuck there is overdue for the rate it had delivered at, and
+    is asked of the seed at once: not after the fixed patience or the request timeout (both a
+    minute here, past the test's wait)."""
+
+    async def main() -> None:
+        async with Swarm(content, executor) as swarm:
+            config = replace(CONFIG, request_timeout_s=60.0, endgame_patience_s=60.0)
+            leech = await swarm.leecher("leech", config=config)
+            server = await swarm.raw_server()
+            await leech.task.connect(*server.address)
+            quitter = await server.accept()
+            answered: list[m.Request] = []
+
+            def answer(request: m.Request) -> bool:
+                answered.append(request)
+                return len(answered) <= 6
+
+            serving = asyncio.ensure_future(serve(quitter, content, answer=answer))
+            await wait_until(lambda: len(answered) > 6, "requests past the answered ones")
+            seed = await swarm.seed()
+            await leech.connect(seed)
+            await leech.complete()
+            assert_exact_copy(leech, content)
+            await quitter.close()
+            await asyncio.wait_for(serving, 10)
+
+    run(main)
+
+
 async def interested_raw_peer(swarm: Swarm, seed: Node, content: Content) -> RawPeer:
     """A raw peer attached to ``seed`` (handshake, its HaveAll seen) that said it is interested."""
     peer = await swarm.raw(seed.address)
