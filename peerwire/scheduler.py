@@ -16,10 +16,9 @@ the policy, then, once every missing block is requested somewhere (endgame), dup
 blocks in flight at other peers, cancelled when the first copy arrives. A duplicate waits until
 the block is overdue: its request is ``OVERDUE_FACTOR`` times as old as its holder should take for
 what it was asked (``expected_wait``, from the shell's rate estimate; rate estimates run high), or
-``endgame_patience_s`` old at most.
-On slow links a request normally waits its turn at the sender for a second or more, and
-duplicating every block of the tail at once wasted 4-6% of the swarm's uploads (bench/run.py at
-50 clients).
+``endgame_patience_s`` old at most. On slow links a request normally waits its turn at the sender
+for a second or more, and duplicating every block of the tail at once wasted 4-6% of the swarm's
+uploads (bench/run.py at 50 clients).
 
 Per-call cost stays near the number of blocks returned: started pieces with open blocks are
 kept in their own index, a new piece costs one pass over the unstarted pieces the peer has,
@@ -42,7 +41,7 @@ from peerwire.requests import RequestManager
 P = TypeVar("P", bound=Hashable)
 
 #: A request is overdue at this many times what its holder should take (see the docstring):
-#: at 2 in bench/run.py (50 clients) 3% of the uploads were thrown away, at 4 under 1%.
+#: at 2, bench/run.py (50 clients) threw away 3% of the peer uploads, at 4 about 1%.
 OVERDUE_FACTOR = 4
 
 
@@ -521,8 +520,7 @@ class Scheduler(Generic[P]):
         and only overdue ones (see the module docstring)."""
         wanted = slots - len(chosen)
         duplicates: list[Block] = []
-        requests = self._requests
-        for block, copies in requests.inflight_blocks():
+        for block, copies in self._requests.inflight_blocks():
             if copies >= self._endgame_copies:
                 break
             if (
