@@ -525,10 +525,10 @@ class Scheduler(Generic[P]):
                 break
             if (
                 block.index in state.bitfield
-                and self._overdue(block, now)
                 and block not in self._receiving
                 and not self._requests.is_inflight(peer, block)
                 and not self._avoided(state, block, now)
+                and self._overdue(block, now)  # last: it may ask the shell for a rate
             ):
                 duplicates.append(block)
                 if len(duplicates) == wanted:

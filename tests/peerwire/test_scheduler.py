@@ -253,8 +253,8 @@ def test_endgame_patience_is_counted_from_the_first_request_still_in_flight() ->
 
 
 def test_a_block_is_duplicated_sooner_when_its_holder_is_fast() -> None:
-    """OVERDUE_FACTOR x what the holder should take for all it was asked: 0.4 s for "fast", not
-    known for "new" (the fixed patience then), and never later than the fixed patience for
+    """OVERDUE_FACTOR x what the holder should take for all it was asked for "fast" (0.1 s),
+    the fixed patience for "new" (not known), and never later than the fixed patience for
     "slow"."""
     waits = {"fast": 0.1, "new": None, "slow": 60.0}
     scheduler, clock = make(
@@ -262,15 +262,17 @@ def test_a_block_is_duplicated_sooner_when_its_holder_is_fast() -> None:
     )
     for peer in ("fast", "new", "slow", "d"):
         join(scheduler, peer)
+    asked_s = clock.now_s
     at_fast = scheduler.next_requests("fast", max_blocks=2)
     at_new = scheduler.next_requests("new", max_blocks=1)
     at_slow = scheduler.next_requests("slow", max_blocks=1)
-    assert OVERDUE_FACTOR == 4
-    clock.now_s += 0.3
+    overdue_s = OVERDUE_FACTOR * 0.1
+    assert overdue_s < 2.0  # the test needs "fast" well before the 3 s cap
+    clock.now_s += overdue_s - 0.05
     assert scheduler.next_requests("d") == []  # nothing overdue yet
-    clock.now_s += 0.15
-    assert sorted(scheduler.next_requests("d")) == sorted(at_fast)  # past 4 x 0.1 s
-    clock.now_s += 2.6
+    clock.now_s += 0.1
+    assert sorted(scheduler.next_requests("d")) == sorted(at_fast)  # past OVERDUE_FACTOR x 0.1 s
+    clock.now_s = asked_s + 3.0
     assert sorted(scheduler.next_requests("d")) == sorted(at_new + at_slow)  # 3 s: the cap
 
 
