@@ -18,8 +18,8 @@ everything is imported, then reads commands on stdin, one per line:
 
 When a download completes it prints ``{"event": "done", "phase", "start", "end"}`` at once
 (wall-clock ``time.time()`` seconds, the clock every namespace shares). ``end`` is when the
-complete file appeared: for P2P the ctime of ``p2p.bin``, which the verified rename sets (polled
-every ``POLL_S``, so the report may lag by that, never the figure). A failure prints
+complete file appeared: for P2P the ctime of ``p2p.bin``, which the verified rename sets (read
+in dfget's ``on_complete``, called right after it). A failure prints
 ``{"event": "error", "phase", "error"}``. ``--rate`` (loopback mode) limits both the native
 GET and dfget (download and upload) in software; with namespaces the links are shaped by tc.
 """
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import encodings.idna  # noqa: F401  (socket imports it at a first connect: not in the timed part)
 import gc
 import hashlib
 import json
@@ -43,11 +44,9 @@ import aiohttp
 import uvloop
 
 from dfget.engine import download
-from dfget.options import DownloadOptions, ProgressReport
+from dfget.options import DownloadOptions, DownloadResult, ProgressReport
 from peerwire.ratelimit import AsyncRateLimiter, TokenBucket
 
-#: How often the P2P output is looked for (its ctime gives the exact completion time).
-POLL_S: Final = 0.1
 #: Seeding lasts until ``stop``; this only bounds a client whose harness vanished.
 SEED_FOR_S: Final = 3600.0
 CHUNK_BYTES: Final = 64 * 1024
@@ -57,6 +56,9 @@ NATIVE_STALL_S: Final = 60.0
 NATIVE_ATTEMPTS: Final = 10
 #: Fractions of the file at which the time is noted (from progress reports, 0.25 s apart).
 MARKS: Final = (0.1, 0.25, 0.5, 0.75, 0.9)
+#: Every progress report is also kept as ``[seconds since go, done bytes, uploaded bytes,
+#: peers]`` (the run's swarm timeline, ``run_report.swarm_timeline``), at most this many.
+MAX_TIMELINE: Final = 2400
 #: At ``stop``, how long to wait for a progress report taken after it.
 FRESH_REPORT_S: Final = 1.0
 #: Warnings of dfget kept for the report (fallback to the origin, bans), at most.
@@ -99,6 +101,7 @@ class Client:
         self.end: float | None = None
         self.report: ProgressReport | None = None
         self.marks: dict[str, float] = {}
+        self.timeline: list[list[float]] = []
         self.reports = 0
         self.error: str | None = None
         #: Native GETs resumed after a stall (``NATIVE_STALL_S``) in this phase.
@@ -109,7 +112,7 @@ class Client:
 
     def begin(self, phase: str) -> None:
         self.phase, self.start, self.end, self.error = phase, time.time(), None, None
-        self.report, self.marks, self.reports = None, {}, 0
+        self.report, self.marks, self.reports, self.timeline = None, {}, 0, []
         self.native_resumes = 0
         self.warnings.messages.clear()
         runner = self._native() if phase == "native" else self._p2p()
@@ -174,16 +177,18 @@ class Client:
             peer_host=self.args.peer_host,
         )
         output = options.output
-        job = asyncio.create_task(download(options, on_progress=self._on_progress))
+
+        def complete(result: DownloadResult) -> None:
+            # Called right after the verified rename, which set ctime: the exact completion
+            # time (anything outside [start, now] is not that rename).
+            ctime, now = output.stat().st_ctime, time.time()
+            self._done(ctime if self.start <= ctime <= now else now)
+
+        job = asyncio.create_task(
+            download(options, on_progress=self._on_progress, on_complete=complete)
+        )
         try:
-            while not job.done():
-                await asyncio.wait({job}, timeout=POLL_S)
-                if self.end is None and output.exists():
-                    ctime = output.stat().st_ctime
-                    now = time.time()
-                    # The rename set ctime; anything outside [start, now] is not that rename.
-                    self._done(ctime if self.start <= ctime <= now else now)
-            job.result()
+            await job  # it seeds until ``stop`` cancels this
         finally:
             job.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -192,9 +197,13 @@ class Client:
     def _on_progress(self, report: ProgressReport) -> None:
         self.report = report
         self.reports += 1
+        now = time.time() - self.start
+        if len(self.timeline) < MAX_TIMELINE:
+            self.timeline.append(
+                [round(now, 3), report.done_bytes, report.uploaded_bytes, report.peers]
+            )
         if report.total_bytes:
             fraction = report.done_bytes / report.total_bytes
-            now = time.time() - self.start
             for mark in MARKS:
                 key = f"{mark:g}"
                 if fraction >= mark and key not in self.marks:
@@ -223,6 +232,7 @@ class Client:
             "error": self.error,
             "warnings": list(self.warnings.messages),
             "marks_s": self.marks,
+            "timeline": self.timeline,
             "native_resumes": self.native_resumes,
         }
         if output.exists() and self.end is not None:

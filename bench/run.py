@@ -263,6 +263,8 @@ def print_run(run: dict[str, Any], mode: str) -> None:
     console.print(table)
     for note in run_report.target_notes(run):
         console.print(f"  {note}")
+    if timeline := run_report.timeline_note(run):
+        console.print(f"  {timeline}")
     for warning in run["warnings"]:
         console.print(f"  [bold red]warning:[/] {warning}")
 

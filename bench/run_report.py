@@ -28,6 +28,8 @@ TARGET_P2P_OVER_BOUND: Final = 1.25
 TARGET_ORIGIN_COPIES: Final = 1.05
 #: Above this CPU use the machine, not the network, was measured.
 CPU_WARN_PERCENT: Final = 85.0
+#: Seconds after "go" at which the swarm timeline is read (up to the last completion).
+TIMELINE_S: Final = (0.5, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 90, 120)
 
 
 def payload_bps(line_bits_per_s: float) -> float:
@@ -65,6 +67,45 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(fraction * len(ordered)))
     return ordered[rank - 1]
+
+
+def swarm_timeline(
+    timelines: Sequence[Sequence[Sequence[float]]], size_bytes: int, until_s: float
+) -> list[dict[str, float]]:
+    """The whole swarm at ``TIMELINE_S``, from every client's progress reports (each a list
+    of ``[seconds since its go, done bytes, uploaded bytes, peers]``, ascending): the share of
+    all N copies delivered (verified bytes), the bytes uploaded so far over all N copies (more
+    than delivered: queued in sockets and links, or thrown away), clients still without a
+    verified byte, and the mean number of connected peers. A client is read at its last report
+    at or before each time (nothing before its first)."""
+    if not timelines or size_bytes <= 0:
+        return []
+    total = len(timelines) * size_bytes
+    rows = []
+    for at in TIMELINE_S:
+        if at > until_s:
+            break
+        done = uploaded = peers = empty = 0.0
+        for timeline in timelines:
+            last: Sequence[float] = (at, 0, 0, 0)
+            for sample in timeline:
+                if sample[0] > at:
+                    break
+                last = sample
+            done += last[1]
+            uploaded += last[2]
+            peers += last[3]
+            empty += last[1] == 0
+        rows.append(
+            {
+                "t_s": at,
+                "delivered_fraction": done / total,
+                "uploaded_fraction": uploaded / total,
+                "clients_with_nothing": int(empty),
+                "peers_mean": peers / len(timelines),
+            }
+        )
+    return rows
 
 
 def summarize_phase(phase: dict[str, Any], expected_sha256: str, size_bytes: int) -> dict[str, Any]:
@@ -125,6 +166,9 @@ def summarize_phase(phase: dict[str, Any], expected_sha256: str, size_bytes: int
         summary["upload_not_kept_fraction"] = 1 - from_peers / uploaded if uploaded else 0.0
     if phase.get("links") is not None:
         summary["links"] = summarize_links(phase["links"], clients)
+    timelines = [raw["timeline"] for raw in phase["clients"] if raw.get("timeline")]
+    if timelines:
+        summary["timeline"] = swarm_timeline(timelines, size_bytes, summary["last_s"])
     if phase.get("tracker_totals") is not None:
         summary["tracker_totals"] = phase["tracker_totals"]
     return summary
@@ -182,6 +226,9 @@ def build_run(
         if fills and "links" in phase:
             phase["links"]["down_fill_median"] = statistics.median(fills)
             phase["links"]["down_fill_min"] = min(fills)
+    for row in p2p.get("timeline", ()):
+        # At every client's full download rate from "go": the bound's pace.
+        row["ideal_fraction"] = min(1.0, row["t_s"] / t_min) if t_min else 1.0
     cpu = max(native["cpu_percent"], p2p["cpu_percent"])
     warnings = [
         f"CPU {name} {phase['cpu_percent']:.0f}% > {CPU_WARN_PERCENT:.0f}%: the CPU, not the "
@@ -251,6 +298,20 @@ def table_rows(run: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("client download link busy until done (median)", busy[0], busy[1]))
         rows.append(("packets dropped at client links (up / down)", drops[0], drops[1]))
     return rows
+
+
+def timeline_note(run: dict[str, Any]) -> str | None:
+    """The P2P swarm timeline in one line: delivered / ideal share of all copies at each time,
+    and how many clients still had nothing."""
+    rows = run["p2p"].get("timeline")
+    if not rows:
+        return None
+    parts = [
+        f"{row['t_s']:g} s {row['delivered_fraction']:.0%}/{row['ideal_fraction']:.0%}"
+        + (f" ({row['clients_with_nothing']} empty)" if row["clients_with_nothing"] else "")
+        for row in rows
+    ]
+    return "P2P delivered / ideal share of all copies: " + ", ".join(parts)
 
 
 def target_notes(run: dict[str, Any]) -> list[str]:

@@ -86,6 +86,14 @@ def _check_run(run: dict[str, Any], clients: int, size_bytes: int) -> None:
     assert run["p2p"]["origin_bytes"] >= size_bytes
     received = sum(c["from_peers_bytes"] + c["from_origin_bytes"] for c in run["p2p"]["clients"])
     assert received >= clients * size_bytes
+    # The swarm timeline: what had arrived by each time, never more than every copy.
+    timeline = run["p2p"]["timeline"]
+    assert timeline, "no P2P timeline"
+    delivered = [row["delivered_fraction"] for row in timeline]
+    assert delivered == sorted(delivered)
+    assert delivered[0] >= 0 and delivered[-1] <= 1
+    assert all(0 < row["ideal_fraction"] <= 1 for row in timeline)
+    assert all(0 <= row["clients_with_nothing"] <= clients for row in timeline)
 
 
 def test_run_delivers_the_file_to_every_client_in_namespaces(tmp_path: Path) -> None:
@@ -133,6 +141,28 @@ def test_bounds_take_the_tightest_of_origin_slowest_client_and_total_upload() ->
     assert report.bound_native_s(100, 10, 10.0, 5.0) == pytest.approx(100.0)
     assert report.bound_native_s(100, 1, 10.0, 5.0) == pytest.approx(20.0)
     assert report.payload_bps(8e6) == pytest.approx(956_000)
+
+
+def test_swarm_timeline_reads_each_client_at_its_last_report_before_each_time() -> None:
+    report = _load_report()
+    size = 1000
+    timelines = [
+        # [seconds since go, done bytes, uploaded bytes, peers]
+        [[0.4, 0, 0, 2], [0.9, 100, 50, 4], [1.9, 600, 900, 4], [2.8, 1000, 1500, 3]],
+        [[0.6, 0, 0, 1], [2.6, 300, 0, 5]],
+    ]
+    rows = report.swarm_timeline(timelines, size, until_s=2.8)
+    assert [row["t_s"] for row in rows] == [0.5, 1, 1.5, 2]  # 3 s is past the last completion
+    first, second, _, at_2 = rows
+    assert first["delivered_fraction"] == 0  # the second client has not reported yet
+    assert first["clients_with_nothing"] == 2
+    assert first["peers_mean"] == 1.0  # 2 peers, and 0 before a first report
+    assert second["delivered_fraction"] == pytest.approx(100 / 2000)
+    assert second["uploaded_fraction"] == pytest.approx(50 / 2000)
+    assert second["clients_with_nothing"] == 1
+    assert at_2["delivered_fraction"] == pytest.approx(600 / 2000)
+    assert at_2["uploaded_fraction"] == pytest.approx(900 / 2000)
+    assert report.swarm_timeline([], size, until_s=10.0) == []
 
 
 def test_percentile_is_nearest_rank() -> None:
