@@ -180,8 +180,12 @@ class Client:
 
         def complete(result: DownloadResult) -> None:
             # Called right after the verified rename, which set ctime: the exact completion
-            # time (anything outside [start, now] is not that rename).
-            ctime, now = output.stat().st_ctime, time.time()
+            # time (anything outside [start, now] is not that rename). Never raises into dfget.
+            now = time.time()
+            try:
+                ctime = output.stat().st_ctime
+            except OSError:
+                ctime = now
             self._done(ctime if self.start <= ctime <= now else now)
 
         job = asyncio.create_task(
