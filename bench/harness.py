@@ -80,6 +80,18 @@ class CpuSampler:
         }
 
 
+def _process_cpu(pids: dict[str, int]) -> dict[str, tuple[float, float]]:
+    """(user, system) CPU seconds of each process so far; a process gone is left out."""
+    times: dict[str, tuple[float, float]] = {}
+    for name, pid in pids.items():
+        try:
+            cpu = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        times[name] = (cpu.user, cpu.system)
+    return times
+
+
 @dataclass
 class _Process:
     name: str
@@ -238,11 +250,14 @@ class Swarm:
         others measured; only a phase where every client failed is an error."""
         origin_before = await self.origin_stats()
         links_before = await self._links()
+        pids = {p.name: p.process.pid for p in (*self._clients, *self._servers)}
+        cpu_before = await asyncio.to_thread(_process_cpu, pids)
         sampler = CpuSampler()
         t0 = await self._tell_all(phase)
         done = await self._collect({"done", "error"}, f"the {phase} phase")
         wall_s = time.time() - t0
         cpu = await sampler.stop()
+        cpu_after = await asyncio.to_thread(_process_cpu, pids)
         origin_after = await self.origin_stats()
         tracker = await self.tracker_stats() if phase == "p2p" else None
         links_after = await self._links()
@@ -260,6 +275,12 @@ class Swarm:
             "t0": t0,
             "wall_s": wall_s,
             "cpu": cpu,
+            # (user, system) CPU seconds each process used from "go" to the last "done".
+            "process_cpu": {
+                name: (after[0] - cpu_before[name][0], after[1] - cpu_before[name][1])
+                for name, after in cpu_after.items()
+                if name in cpu_before
+            },
             "origin_bytes": origin_after["bytes_sent"] - origin_before["bytes_sent"],
             "origin_requests": origin_after["requests"] - origin_before["requests"],
             "tracker_totals": None if tracker is None else tracker.get("totals"),

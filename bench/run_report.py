@@ -108,6 +108,29 @@ def swarm_timeline(
     return rows
 
 
+def process_cpu(times: dict[str, Sequence[float]], clients: int) -> dict[str, Any]:
+    """CPU seconds per process over the phase (``name -> (user, system)``; clients are
+    ``c0``...): the clients' mean, min and max (user + system) and mean user and system
+    separately, and the tracker's and the origin's totals. Kernel work done for a process
+    (its sockets, softirq on its behalf) is charged to it. The kernel counts in clock ticks
+    (10 ms): one client's figure is that coarse, a mean over many is not."""
+    per_client = [times[f"c{i}"] for i in range(clients) if f"c{i}" in times]
+    if not per_client:
+        return {}
+    totals = [user + system for user, system in per_client]
+    figures: dict[str, Any] = {
+        "client_cpu_s_mean": statistics.mean(totals),
+        "client_cpu_s_min": min(totals),
+        "client_cpu_s_max": max(totals),
+        "client_user_cpu_s_mean": statistics.mean(user for user, _ in per_client),
+        "client_system_cpu_s_mean": statistics.mean(system for _, system in per_client),
+    }
+    for role in ("tracker", "origin"):
+        if role in times:
+            figures[f"{role}_cpu_s"] = sum(times[role])
+    return figures
+
+
 def summarize_phase(phase: dict[str, Any], expected_sha256: str, size_bytes: int) -> dict[str, Any]:
     """The harness's raw phase (``t0``, per-client ``start``/``end``) -> figures for the JSON."""
     t0 = phase["t0"]
@@ -146,6 +169,7 @@ def summarize_phase(phase: dict[str, Any], expected_sha256: str, size_bytes: int
         "failed_clients": sum(c["completion_s"] is None for c in clients),
         "cpu_percent": phase["cpu"]["mean"],
         "cpu_percent_max_sample": phase["cpu"]["max_sample"],
+        **process_cpu(phase.get("process_cpu", {}), len(clients)),
         "max_go_delay_s": max((c["go_delay_s"] for c in clients), default=0.0),
         "clients_that_fell_back": sum(
             any(w.startswith("dfget.engine:") and "origin" in w for w in c.get("warnings", ()))
@@ -287,6 +311,9 @@ def table_rows(run: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("machine CPU (mean | busiest 1 s)",
          f"{native['cpu_percent']:.0f}% | {native['cpu_percent_max_sample']:.0f}%",
          f"{p2p['cpu_percent']:.0f}% | {p2p['cpu_percent_max_sample']:.0f}%"),
+        ("CPU-s per client (user + system)", *(
+            f"{x['client_user_cpu_s_mean']:.3f} + {x['client_system_cpu_s_mean']:.3f}"
+            if "client_cpu_s_mean" in x else "" for x in (native, p2p))),
         ("speed-up native / p2p (last)", "", f"{run['speedup']:.1f}x"),
     ]  # fmt: skip
     if native.get("stalled_gets_resumed"):

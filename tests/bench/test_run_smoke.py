@@ -86,6 +86,16 @@ def _check_run(run: dict[str, Any], clients: int, size_bytes: int) -> None:
     assert run["p2p"]["origin_bytes"] >= size_bytes
     received = sum(c["from_peers_bytes"] + c["from_origin_bytes"] for c in run["p2p"]["clients"])
     assert received >= clients * size_bytes
+    # CPU per process (in clock ticks of 10 ms: a short native GET may read 0): every client
+    # measured, user + system adding up to the total.
+    for phase in ("native", "p2p"):
+        figures = run[phase]
+        assert 0 <= figures["client_cpu_s_min"] <= figures["client_cpu_s_max"], phase
+        assert figures["client_cpu_s_mean"] == pytest.approx(
+            figures["client_user_cpu_s_mean"] + figures["client_system_cpu_s_mean"]
+        )
+        assert "origin_cpu_s" in figures and "tracker_cpu_s" in figures, phase
+    assert run["p2p"]["client_cpu_s_mean"] > 0  # dfget hashes every piece it receives
     # The swarm timeline: what had arrived by each time, never more than every copy.
     timeline = run["p2p"]["timeline"]
     assert timeline, "no P2P timeline"
@@ -163,6 +173,19 @@ def test_swarm_timeline_reads_each_client_at_its_last_report_before_each_time() 
     assert at_2["delivered_fraction"] == pytest.approx(600 / 2000)
     assert at_2["uploaded_fraction"] == pytest.approx(900 / 2000)
     assert report.swarm_timeline([], size, until_s=10.0) == []
+
+
+def test_process_cpu_splits_the_clients_from_the_servers() -> None:
+    report = _load_report()
+    times = {"c0": (0.25, 0.05), "c1": (0.35, 0.15), "tracker": (0.5, 0.25), "origin": (1.0, 0.5)}
+    figures = report.process_cpu(times, clients=3)  # c2 had exited: left out, not a zero
+    assert figures["client_cpu_s_mean"] == pytest.approx(0.4)
+    assert (figures["client_cpu_s_min"], figures["client_cpu_s_max"]) == pytest.approx((0.3, 0.5))
+    assert figures["client_user_cpu_s_mean"] == pytest.approx(0.3)
+    assert figures["client_system_cpu_s_mean"] == pytest.approx(0.1)
+    assert figures["tracker_cpu_s"] == pytest.approx(0.75)
+    assert figures["origin_cpu_s"] == pytest.approx(1.5)
+    assert report.process_cpu({"tracker": (1.0, 0.0)}, clients=2) == {}
 
 
 def test_percentile_is_nearest_rank() -> None:
