@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -16,11 +16,15 @@ LARGE_BLOCK_BYTES = 512 * KIB
 MAX_BLOCK_BYTES = 1 * MIB
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Block:
-    """A byte range inside one piece, the unit of ``request``/``piece``/``cancel``."""
+class Block(NamedTuple):
+    """A byte range inside one piece, the unit of ``request``/``piece``/``cancel``.
 
-    index: int
+    A named tuple, not a dataclass: blocks are dictionary keys on every hot path (requests in
+    flight, endgame copies, blocks being received), and a tuple hashes and compares in C
+    (~35 ns a hash against ~95 for a frozen dataclass's generated ``__hash__``). The field
+    ``index`` hides ``tuple.index``, which nothing here uses."""
+
+    index: int  # type: ignore[assignment]
     begin: int
     length: int
 
