@@ -43,6 +43,12 @@ P = TypeVar("P", bound=Hashable)
 #: A request is overdue at this many times what its holder should take (see the docstring):
 #: at 2, bench/run.py (50 clients) threw away 3% of the peer uploads, at 4 about 1%.
 OVERDUE_FACTOR = 4
+#: An endgame scan that found nothing to duplicate for a peer is not repeated for it before the
+#: first of its candidates falls due, nor before this long (holders' rates, and with them the
+#: time their blocks fall due, move meanwhile); news of a piece from the peer rescans at once.
+#: A peer with free slots in endgame is asked for requests at every arrival, ``have`` and tick:
+#: without this, most of those asks rescanned every block in flight.
+ENDGAME_RESCAN_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +78,7 @@ class _Piece(Generic[P]):
 class _Peer:
     """What the scheduler knows about one connected peer."""
 
-    __slots__ = ("avoid", "bitfield", "late", "wanted")
+    __slots__ = ("avoid", "bitfield", "endgame_after", "late", "wanted")
 
     def __init__(self, num_pieces: int) -> None:
         self.bitfield = Bitfield(num_pieces)
@@ -83,6 +89,8 @@ class _Peer:
         #: Requests we stopped counting (timeout, choke, cancel) that it may still answer, and
         #: when we stopped.
         self.late: OrderedDict[Block, float] = OrderedDict()
+        #: Clock time before which an endgame scan finds nothing to duplicate here.
+        self.endgame_after = float("-inf")
 
 
 class Scheduler(Generic[P]):
@@ -207,15 +215,20 @@ class Scheduler(Generic[P]):
         """BEP 6 ``have all``."""
         self.peer_bitfield(peer, Bitfield.full(self._have.num_pieces))
 
-    def peer_have(self, peer: P, index: int) -> None:
-        """The peer's ``have``; IndexError for an index outside the task (validate first)."""
+    def peer_have(self, peer: P, index: int) -> bool:
+        """The peer's ``have``; IndexError for an index outside the task (validate first).
+
+        True when it is news of a piece we lack (the peer may have become interesting)."""
         state = self._peer(peer)
         if index in state.bitfield:
-            return
+            return False
         state.bitfield.add(index)
         self._picker.add_have(index)
-        if index not in self._have:
-            state.wanted += 1
+        if index in self._have:
+            return False
+        state.endgame_after = float("-inf")
+        state.wanted += 1
+        return True
 
     def peer_left(self, peer: P) -> None:
         """Connection gone: its requests and the block it was receiving become open again."""
@@ -518,34 +531,48 @@ class Scheduler(Generic[P]):
     ) -> None:
         """Duplicate blocks in flight elsewhere, fewest copies first, never twice at ``peer``,
         and only overdue ones (see the module docstring)."""
+        if now < state.endgame_after:
+            return
         wanted = slots - len(chosen)
         duplicates: list[Block] = []
-        for block, copies in self._requests.inflight_blocks():
+        next_due = now + ENDGAME_RESCAN_S
+        bitfield, receiving, requests = state.bitfield, self._receiving, self._requests
+        for block, copies in requests.inflight_blocks():
             if copies >= self._endgame_copies:
                 break
             if (
-                block.index in state.bitfield
-                and block not in self._receiving
-                and not self._requests.is_inflight(peer, block)
-                and not self._avoided(state, block, now)
-                and self._overdue(block, now)  # last: it may ask the shell for a rate
+                block.index not in bitfield
+                or block in receiving
+                or requests.is_inflight(peer, block)
             ):
-                duplicates.append(block)
-                if len(duplicates) == wanted:
-                    break
+                continue
+            until = state.avoid.get(block) if state.avoid else None
+            if until is not None and until > now:
+                next_due = min(next_due, until)
+                continue
+            due = self._due(block)  # last: it may ask the shell for a rate
+            if due > now:
+                next_due = min(next_due, due)
+                continue
+            duplicates.append(block)
+            if len(duplicates) == wanted:
+                break
+        if len(duplicates) < wanted:
+            state.endgame_after = next_due  # nothing more to take before then
         for block in duplicates:
             self._requests.add(peer, block)
         chosen.extend(duplicates)
 
-    def _overdue(self, block: Block, now: float) -> bool:
-        """Whether the oldest request still in flight for ``block`` is late enough to duplicate."""
+    def _due(self, block: Block) -> float:
+        """When the oldest request still in flight for ``block`` becomes late enough to
+        duplicate."""
         holder, sent = self._requests.first_request(block)
         patience = self._endgame_patience_s
         if self._expected_wait is not None:
             expected = self._expected_wait(holder)
             if expected is not None:
                 patience = min(patience, OVERDUE_FACTOR * expected)
-        return now - sent >= patience
+        return sent + patience
 
     def _remember(self, recent: OrderedDict[Block, float], block: Block, when: float) -> None:
         """Record into a bounded per-peer memory, forgetting the oldest entry past the cap."""

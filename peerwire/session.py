@@ -83,6 +83,13 @@ class PeerSession:
             self._check_block(Block(message.index, message.begin, message.length), "reject")
         return []
 
+    def receive_have(self, index: int) -> None:
+        """``receive`` for a ``have`` (the most frequent message), without the dispatch."""
+        self._first_message = False
+        if not 0 <= index < self.layout.num_pieces:
+            raise ProtocolError(f"have for piece {index} out of range")
+        self.peer_has.add(index)
+
     def _receive_availability(
         self, message: m.Bitfield | m.HaveAll | m.HaveNone, first: bool
     ) -> None:

@@ -250,6 +250,9 @@ class PeerTask:
         self._max_inflight_blocks = max(
             1, self.config.max_inflight_bytes // self.config.block_bytes
         )
+        #: A refill stopped at a task-wide bound (verify backlog, bytes in flight): whatever
+        #: lifts it refills every peer. Otherwise a peer is refilled when it changes.
+        self._refill_held = False
         self._peers: dict[PeerId, _Peer] = {}
         self._choker: Choker[PeerId] = Choker(
             slots=self.config.max_unchoked, rotate_s=self.config.rotate_s
@@ -522,6 +525,14 @@ class PeerTask:
         peer = self._peers.get(conn.peer_id)
         if peer is None:
             return
+        if type(message) is m.Have:  # most messages are: the short way
+            peer.session.receive_have(message.index)
+            if self.scheduler.peer_have(peer.key, message.index):
+                if peer.session.am_interested:
+                    self._refill(peer)
+                else:
+                    self._update_interest(peer)
+            return
         if isinstance(message, m.AuthChallenge | m.AuthProof):
             conn.close("unexpected authentication message")
             return
@@ -532,9 +543,6 @@ class PeerTask:
             self._on_block(peer, message)
         elif isinstance(message, m.Request):
             peer.upload_wake.set()
-        elif isinstance(message, m.Have):
-            self.scheduler.peer_have(peer.key, message.index)
-            self._update_interest(peer)
         elif isinstance(message, m.Bitfield):
             self.scheduler.peer_bitfield(peer.key, peer.session.peer_has)
             self._update_interest(peer)
@@ -604,6 +612,7 @@ class PeerTask:
             other = self._peers.get(key)
             if other is not None:
                 other.conn.send((m.Cancel(block.index, block.begin, block.length),))
+                self._refill(other)  # the cancelled request's slot is free
 
     def _refill(self, peer: _Peer) -> None:
         """Send as many requests as the pipeline and the download limit allow now."""
@@ -611,10 +620,12 @@ class PeerTask:
         if peer.conn.closed or session.peer_choking or not session.am_interested:
             return
         if len(self._verifying) >= _MAX_PIECES_VERIFYING:
-            return  # _verified refills everyone when the backlog shrinks
+            self._refill_held = True  # _verified refills everyone when the backlog shrinks
+            return
         room = self._max_inflight_blocks - self.scheduler.total_inflight()
         if room <= 0:
-            return  # arrivals refill
+            self._refill_held = True
+            return
         room = min(room, peer.pipeline.depth() - self.scheduler.inflight(peer.key))
         if room <= 0:
             return  # arrivals refill
@@ -664,6 +675,7 @@ class PeerTask:
         self._refill(peer)
 
     def _refill_all(self) -> None:
+        self._refill_held = False
         for peer in list(self._peers.values()):
             self._refill(peer)
 
@@ -712,9 +724,11 @@ class PeerTask:
         if future.result():
             if index not in self.scheduler.have:  # the origin may have delivered it meanwhile
                 self._piece_verified(index)
+            if self._refill_held:
+                self._refill_all()
         else:
             self._piece_failed(index)
-        self._refill_all()
+            self._refill_all()  # its blocks can be asked again, of anyone
 
     def _piece_verified(self, index: int) -> None:
         self.stats.pieces_verified += 1

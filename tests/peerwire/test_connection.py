@@ -726,6 +726,10 @@ PROTOCOL_ERRORS = {
     ),
     "request-flood": (FAST_AND_LARGE, _request_flood()),
     "have-out-of-range": (FAST_AND_LARGE, m.encode(m.Have(NUM_PIECES))),
+    "bitfield-after-have": (
+        FAST_AND_LARGE,
+        m.encode(m.Have(0)) + m.encode(m.Bitfield(b"\x00" * 5)),
+    ),
     "piece-out-of-range": (FAST_AND_LARGE, m.encode(m.Piece(NUM_PIECES + 3, 0, b"x" * 100))),
     "have-all-without-fast": (LARGE_ONLY, m.encode(m.HaveAll())),
     "reject-without-fast": (LARGE_ONLY, m.encode(m.RejectRequest(0, 0, RAW_BLOCK_BYTES))),

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from peerwire.bitfield import Bitfield
 from peerwire.layout import Block, PieceLayout
-from peerwire.scheduler import OVERDUE_FACTOR, BlockOutcome, Scheduler
+from peerwire.scheduler import ENDGAME_RESCAN_S, OVERDUE_FACTOR, BlockOutcome, Scheduler
 
 PIECE = 64
 BLOCK = 16  # four blocks per piece
@@ -274,6 +274,78 @@ def test_a_block_is_duplicated_sooner_when_its_holder_is_fast() -> None:
     assert sorted(scheduler.next_requests("d")) == sorted(at_fast)  # past OVERDUE_FACTOR x 0.1 s
     clock.now_s = asked_s + 3.0
     assert sorted(scheduler.next_requests("d")) == sorted(at_new + at_slow)  # 3 s: the cap
+
+
+def test_an_endgame_scan_that_found_nothing_waits_for_the_first_block_to_fall_due() -> None:
+    """A peer asked again before anything can be duplicated for it is not rescanned (counted
+    through ``expected_wait``, which each scan asks of every candidate's holder), and the block
+    is still given the moment it falls due."""
+    asked: list[str] = []
+
+    def wait(holder: str) -> float | None:
+        asked.append(holder)
+        return None  # no rate: the fixed patience
+
+    scheduler, clock = make(
+        num_pieces=1, depth=4, endgame_copies=2, endgame_patience_s=3.0, expected_wait=wait
+    )
+    join(scheduler, "a")
+    join(scheduler, "b")
+    asked_s = clock.now_s
+    blocks = scheduler.next_requests("a")
+    assert scheduler.in_endgame
+    clock.now_s = asked_s + 2.875
+    assert scheduler.next_requests("b") == []
+    scans = len(asked)
+    assert scans == len(blocks)  # one look at each block's holder
+    clock.now_s = asked_s + 2.9375
+    assert scheduler.next_requests("b") == []  # not due before 3.0 s: no rescan
+    assert len(asked) == scans
+    clock.now_s = asked_s + 3.0
+    assert sorted(scheduler.next_requests("b")) == blocks  # due now: rescanned, duplicated
+
+
+def test_an_endgame_scan_is_repeated_after_a_quarter_second_for_changed_rates() -> None:
+    """The time a block falls due moves with its holder's rate: a scan is trusted for
+    ``ENDGAME_RESCAN_S`` at most."""
+    waits: dict[str, float | None] = {"a": None}
+    scheduler, clock = make(
+        num_pieces=1, depth=4, endgame_copies=2, endgame_patience_s=30.0, expected_wait=waits.get
+    )
+    join(scheduler, "a")
+    join(scheduler, "b")
+    blocks = scheduler.next_requests("a")
+    clock.now_s += 1.0
+    assert scheduler.next_requests("b") == []  # 30 s of patience without a rate
+    waits["a"] = 0.1  # a rate now: overdue after OVERDUE_FACTOR x 0.1 s, long past
+    assert scheduler.next_requests("b") == []  # the last scan still holds
+    clock.now_s += ENDGAME_RESCAN_S
+    assert sorted(scheduler.next_requests("b")) == blocks
+
+
+def test_news_of_a_piece_from_a_peer_rescans_at_once() -> None:
+    scheduler, clock = make(num_pieces=2, depth=8, endgame_copies=2, endgame_patience_s=1.0)
+    join(scheduler, "a")
+    join(scheduler, "b", [0])
+    at_a = scheduler.next_requests("a")
+    assert sorted(at_a) == piece_blocks(0) + piece_blocks(1)
+    assert scheduler.in_endgame
+    clock.now_s += 1.0  # every request is due
+    assert sorted(scheduler.next_requests("b")) == piece_blocks(0)  # b lacks piece 1
+    assert scheduler.next_requests("b") == []
+    assert scheduler.peer_have("b", 1)  # news of a piece we lack
+    assert sorted(scheduler.next_requests("b")) == piece_blocks(1)  # at once, same instant
+    assert not scheduler.peer_have("b", 1)  # not news twice
+
+
+def test_peer_have_says_whether_the_peer_became_more_interesting() -> None:
+    scheduler, _ = make(num_pieces=3, have=(0,))
+    join(scheduler, "a", [])
+    assert not scheduler.peer_have("a", 0)  # a piece we have
+    assert not scheduler.is_interesting("a")
+    assert scheduler.peer_have("a", 1)
+    assert scheduler.is_interesting("a")
+    assert not scheduler.peer_have("a", 1)  # already known
 
 
 def test_negative_endgame_patience_is_refused() -> None:
