@@ -40,6 +40,8 @@ DEFAULT_TIMEOUT_S: Final = 10.0
 MAX_ANSWER_BYTES: Final = 64 * 1024 * 1024
 #: bencode.py's decoder without a text encoding: every string stays bytes, keys included.
 _BENCODE: Final = bencodepy.Bencode()
+#: BEP 23 compact IPv4 peer: four address bytes, then the port (big-endian).
+_COMPACT4: Final = struct.Struct(">BBBBH")
 
 
 class TrackerError(Exception):
@@ -213,9 +215,8 @@ def parse_announce_answer(body: bytes) -> AnnounceAnswer:
                 )
     elif isinstance(raw4, bytes):  # BEP 23
         for offset in range(0, len(raw4) - len(raw4) % 6, 6):
-            host = str(ipaddress.IPv4Address(raw4[offset : offset + 4]))
-            (port,) = struct.unpack_from(">H", raw4, offset + 4)
-            peers.append(PeerAddress(host, port))
+            a, b, c, d, port = _COMPACT4.unpack_from(raw4, offset)
+            peers.append(PeerAddress(f"{a}.{b}.{c}.{d}", port))
     raw6 = answer.get(b"peers6", b"")
     if isinstance(raw6, bytes):  # BEP 7
         for offset in range(0, len(raw6) - len(raw6) % 18, 18):

@@ -381,8 +381,7 @@ class SwarmPeer:
         if answer.pieces_known is None:
             await self._supply_manifest()  # a restarted tracker: give it back what we know
         else:
-            known = sum(d is not None for d in self.store.digests)
-            if answer.pieces_known > known:
+            if answer.pieces_known > self.store.known_digests:
                 await self._learn_manifest()
         if not self.fetching_everything:
             # The answer names our whole current assignment: pieces the tracker gave to someone
@@ -404,6 +403,8 @@ class SwarmPeer:
             workers = origin_workers(len(answer.assignment), self._origin)
             self._queue_origin(list(answer.assignment), workers=workers)
         for peer in answer.peers:
+            if self._slots_left() <= 0:
+                break  # the rest are not recorded as dialled: a later answer may list them
             self._dial(peer)
 
     async def _supply_manifest(self) -> None:

@@ -112,6 +112,7 @@ class PieceStore:
         self._digests: list[bytes | None] = (
             list(manifest.piece_sha256) if digests is None else digests
         )
+        self._known = sum(d is not None for d in self._digests)
         self._layout = manifest.layout
         self._data_path = data_path
         self._output_path = output_path
@@ -286,6 +287,11 @@ class PieceStore:
             return tuple(self._digests)
 
     @property
+    def known_digests(self) -> int:
+        """How many pieces' digests are known."""
+        return self._known
+
+    @property
     def is_finalized(self) -> bool:
         """The file is complete and at its output path (``finalize`` ran, or ``open_complete``)."""
         return self._record_fd is None
@@ -302,6 +308,7 @@ class PieceStore:
             if known is not None:
                 raise ValueError(f"piece {index}: digest {digest.hex()} contradicts {known.hex()}")
             self._digests[index] = digest
+            self._known += 1
             return True
 
     def write_piece(self, index: int, data: Buffer) -> None:
@@ -329,6 +336,7 @@ class PieceStore:
             with self._state:
                 if self._digests[index] is None:
                     self._digests[index] = computed
+                    self._known += 1
         # A digest just learned from ``data`` needs no second pass over it.
         if (computed is None or computed != self._digests[index]) and not self.verify(index, data):
             return False

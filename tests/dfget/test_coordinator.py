@@ -77,6 +77,22 @@ def test_failure_reason_is_a_refusal_not_a_failover() -> None:
         parse_announce_answer(b"d14:failure reason13:no such thinge")
 
 
+def test_compact_peers_are_decoded_and_a_torn_last_entry_is_ignored() -> None:
+    """BEP 23 (IPv4, 6 bytes each) and BEP 7 (IPv6, 18 bytes each)."""
+    peers4 = bytes([10, 77, 0, 5, 0x1A, 0xE1, 255, 255, 255, 255, 0xFF, 0xFF, 0, 0, 0, 1, 0])
+    peers6 = bytes(15) + b"\x01" + b"\x00\x50"
+    body = (
+        b"d8:intervali5e5:peers" + str(len(peers4)).encode() + b":" + peers4
+        + b"6:peers6" + str(len(peers6)).encode() + b":" + peers6 + b"e"
+    )  # fmt: skip
+    answer = parse_announce_answer(body)
+    assert [(p.host, p.port) for p in answer.peers] == [
+        ("10.77.0.5", 6881),
+        ("255.255.255.255", 65535),
+        ("::1", 80),
+    ]
+
+
 def test_two_peers_learn_each_other_through_the_tracker() -> None:
     async def body(server: TrackerServer) -> None:
         tracker = HttpTracker([base(server) + "/announce"])

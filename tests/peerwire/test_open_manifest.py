@@ -227,6 +227,7 @@ def test_open_store_knows_what_its_manifest_knows(tmp_path: Path) -> None:
         assert store.digests == knowing(1, 3).piece_sha256
         assert store.digest(1) == DIGESTS[1]
         assert store.digest(0) is None
+        assert store.known_digests == 2
         assert store.have == Bitfield(NUM_PIECES)
         assert not store.is_finalized
 
@@ -242,12 +243,14 @@ def test_open_store_does_not_verify_a_piece_whose_digest_is_unknown(tmp_path: Pa
 
 def test_learn_digest_new_same_and_conflicting(tmp_path: Path) -> None:
     with PieceStore.create(tmp_path / "out.bin", OPEN, open_digests=True) as store:
+        assert store.known_digests == 0
         assert store.learn_digest(2, DIGESTS[2]) is True
         assert store.digest(2) == DIGESTS[2]
         assert store.learn_digest(2, DIGESTS[2]) is False
         with pytest.raises(ValueError, match="piece 2"):
             store.learn_digest(2, DIGESTS[3])
         assert store.digest(2) == DIGESTS[2]  # the first one stays
+        assert store.known_digests == 1
         assert store.digests == knowing(2).piece_sha256
         assert store.verify(2, piece(2))
         assert not store.verify(2, piece(3))
@@ -282,6 +285,7 @@ def test_commit_with_learn_learns_the_digest_from_the_data_and_records_the_piece
         assert store.commit_piece(5, bytearray(piece(5)), learn=True)  # the short last piece
         assert store.digest(3) == DIGESTS[3]
         assert store.digest(5) == DIGESTS[5]
+        assert store.known_digests == 2
         assert pieces_of(store) == [3, 5]
         assert store.read_block(3, 0, PIECE) == piece(3)
         header = record_header(OPEN, open_digests=True)
