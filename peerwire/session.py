@@ -59,9 +59,7 @@ class PeerSession:
         elif isinstance(message, m.Request):
             return self._receive_request(Block(message.index, message.begin, message.length))
         elif isinstance(message, m.Have):
-            if not 0 <= message.index < self.layout.num_pieces:
-                raise ProtocolError(f"have for piece {message.index} out of range")
-            self.peer_has.add(message.index)
+            self.receive_have(message.index)
         elif isinstance(message, m.Cancel):
             block = Block(message.index, message.begin, message.length)
             if block in self.queued:
