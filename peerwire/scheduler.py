@@ -546,9 +546,8 @@ class Scheduler(Generic[P]):
                 or requests.is_inflight(peer, block)
             ):
                 continue
-            until = state.avoid.get(block) if state.avoid else None
-            if until is not None and until > now:
-                next_due = min(next_due, until)
+            if state.avoid and self._avoided(state, block, now):
+                next_due = min(next_due, state.avoid[block])
                 continue
             due = self._due(block)  # last: it may ask the shell for a rate
             if due > now:
