@@ -159,7 +159,7 @@ async def measure(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
     for name in ("COLUMNS", "LINES", "DFTOP_TRACKER"):
         env.pop(name, None)
     dftop = subprocess.Popen(
-        [PYTHON, "-m", "dfget.top", "--tracker", base_url, "--refresh", f"{args.refresh_s}s"],
+        [PYTHON, "-m", "tracker.top", "--tracker", base_url, "--refresh", f"{args.refresh_s}s"],
         stdin=slave,
         stdout=slave,
         stderr=slave,

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
-from dfget.coordinator import tracker_base_url
 from dfget.identity import normalize_url, parse_digest
 from dfget.options import DownloadOptions
+from peerwire.auth import load_secret as _load_secret
 from peerwire.units import parse_duration, parse_rate
-from tracker.auth import load_secret as _load_secret
+from tracker.urls import tracker_base_url
 
 ENV_PREFIX: Final = "DFGET_"
 #: The cluster secret itself (every component reads it), when not given as a file.
@@ -181,7 +181,7 @@ def _bool(value: object) -> bool:
 
 
 def _secret_file(value: object) -> bytes:
-    """The cluster secret from a file (tracker.auth.load_secret's rules)."""
+    """The cluster secret from a file (peerwire.auth.load_secret's rules)."""
     return _load_secret(str(value), None) or b""
 
 

@@ -23,14 +23,16 @@ import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
-from urllib.parse import quote_from_bytes, urlsplit
+from urllib.parse import quote_from_bytes
 
 import aiohttp
-import bencodepy
 import yarl
 
+from peerwire import bencoding
+from peerwire.auth import AUTH_HEADER, announce_mac, api_header
 from peerwire.ids import PeerId, TaskId
-from tracker.auth import AUTH_HEADER, announce_mac, api_header
+from peerwire.manifest import ManifestConflict
+from tracker.urls import tracker_base_url
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,6 @@ DEFAULT_TIMEOUT_S: Final = 10.0
 #: Largest tracker answer read (an announce with 200 peers is ~1.5 KB; a manifest of a million
 #: pieces ~70 MB is beyond any task we make).
 MAX_ANSWER_BYTES: Final = 64 * 1024 * 1024
-#: bencode.py's decoder without a text encoding: every string stays bytes, keys included.
-_BENCODE: Final = bencodepy.Bencode()
 #: BEP 23 compact IPv4 peer: four address bytes, then the port (big-endian).
 _COMPACT4: Final = struct.Struct(">BBBBH")
 
@@ -54,10 +54,6 @@ class TrackerUnavailable(TrackerError):
 
 class TrackerRefused(TrackerError):
     """A tracker answered with a ``failure reason`` (or a 4xx for the JSON API)."""
-
-
-class ManifestConflict(TrackerError):
-    """The tracker holds different digests or geometry for this task (HTTP 409)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,19 +143,6 @@ class Coordinator(Protocol):
     async def close(self) -> None: ...
 
 
-def tracker_base_url(text: str) -> str:
-    """``http://host:6969`` or ``http://host:6969/announce`` -> ``http://host:6969``."""
-    parts = urlsplit(text.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"tracker must be an http:// URL, not {text!r}")
-    path = parts.path.rstrip("/")
-    if path.endswith("/announce"):
-        path = path[: -len("/announce")]
-    if parts.query or parts.fragment:
-        raise ValueError(f"tracker URL must not carry a query: {text!r}")
-    return f"{parts.scheme}://{parts.netloc}{path}"
-
-
 def announce_query(
     task: TaskId, progress: Progress, event: str, secret: bytes | None = None
 ) -> str:
@@ -196,8 +179,8 @@ def announce_query(
 def parse_announce_answer(body: bytes) -> AnnounceAnswer:
     """Decode a bencoded announce answer; TrackerRefused on ``failure reason`` or garbage."""
     try:
-        answer = _BENCODE.decode(body)
-    except Exception as exc:  # bencode.py raises several types on garbage
+        answer = bencoding.decode(body)
+    except bencoding.BencodeError as exc:
         raise TrackerRefused(f"tracker answer is not bencode: {exc}") from exc
     if not isinstance(answer, dict):
         raise TrackerRefused("tracker answer is not a bencoded dictionary")

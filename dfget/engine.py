@@ -36,7 +36,7 @@ from typing import Final
 import aiohttp
 import uvloop
 
-from dfget.coordinator import HttpTracker, ManifestConflict, TaskManifestDoc, TrackerError
+from dfget.coordinator import HttpTracker, TaskManifestDoc, TrackerError
 from dfget.errors import DigestMismatch, DownloadTimeout, NoPeers, OriginChanged
 from dfget.identity import task_id_for
 from dfget.options import DownloadOptions, DownloadResult, ProgressReport
@@ -45,7 +45,7 @@ from dfget.originplan import OriginMeasure
 from dfget.swarmpeer import SharedListener, SwarmPeer
 from peerwire.ids import TaskId
 from peerwire.layout import choose_piece_length
-from peerwire.manifest import Manifest
+from peerwire.manifest import Manifest, ManifestConflict
 from peerwire.ratelimit import AsyncRateLimiter, TokenBucket
 from peerwire.storage import DigestMismatchError, PieceStore
 

@@ -20,12 +20,19 @@ import aiohttp
 import uvloop
 
 from dfget import errors
-from dfget.daemonconfig import default_socket
 from dfget.options import DownloadOptions, DownloadResult, ProgressReport
 
 log = logging.getLogger(__name__)
 
 SOCKET_ENV = "DFGET_DAEMON_SOCKET"
+
+
+def default_socket() -> Path:
+    """``$XDG_RUNTIME_DIR/dragonfly/dfdaemon.sock``, else ``/tmp/dragonfly-<uid>/dfdaemon.sock``;
+    ``dfget`` looks in the same place (``DFGET_DAEMON_SOCKET`` overrides both)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) / "dragonfly" if runtime else Path(f"/tmp/dragonfly-{os.getuid()}")
+    return base / "dfdaemon.sock"
 
 
 class DaemonUnavailable(Exception):

@@ -43,7 +43,7 @@ class DownloadOptions:
     #: Where this peer accepts other peers' connections (0 = any free port).
     peer_host: str = "0.0.0.0"
     peer_port: int = 0
-    #: The cluster secret (``tracker.auth``): announces and manifest updates are signed with it.
+    #: The cluster secret (``peerwire.auth``): announces and manifest updates are signed with it.
     secret: bytes | None = field(default=None, repr=False)
     #: What the caller already knows of the origin (length, validator, Range support: e.g. a
     #: registry's HEAD of a digest-addressed blob); the origin is then not probed.

@@ -30,7 +30,6 @@ from typing import Any, Final
 from dfget.coordinator import (
     AnnounceAnswer,
     Coordinator,
-    ManifestConflict,
     PeerAddress,
     Progress,
     TaskManifestDoc,
@@ -50,7 +49,7 @@ from dfget.originplan import (
 )
 from peerwire.connection import PeerListener, single_task_router
 from peerwire.ids import PeerId, TaskId
-from peerwire.manifest import Manifest
+from peerwire.manifest import Manifest, ManifestConflict
 from peerwire.ratelimit import TokenBucket
 from peerwire.storage import PieceStore
 from peerwire.task import PeerTask, TaskStats

@@ -40,6 +40,12 @@ _REQUIRED_KEYS = frozenset({"version", "task_id", "total_length", "piece_length"
 _ALL_KEYS = _REQUIRED_KEYS | {"url"}
 
 
+class ManifestConflict(ValueError):
+    """Two accounts of one task's manifest disagree (its geometry, its origin validator, or a
+    piece's digest): the tracker refuses such an update (HTTP 409), and a peer that is told of
+    one learns that its account is not the task's."""
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -169,7 +169,7 @@ class AuthChallenge:
 @dataclass(frozen=True, slots=True)
 class AuthProof:
     """HMAC-SHA256 under the cluster secret over the task, the challenger's nonce and the
-    prover's peer id (``peerwire.task.auth_proof``)."""
+    prover's peer id (``peerwire.auth.auth_proof``)."""
 
     mac: bytes
 

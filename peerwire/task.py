@@ -18,7 +18,6 @@ per peer is a real share of the uplink.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import os
@@ -29,6 +28,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from peerwire import messages as m
+from peerwire.auth import auth_proof
 from peerwire.choker import Choker
 from peerwire.connection import PeerConnection, open_connection
 from peerwire.ids import PeerId, TaskId
@@ -40,13 +40,6 @@ from peerwire.session import PeerSession
 from peerwire.storage import PieceStore
 
 log = logging.getLogger(__name__)
-
-
-def auth_proof(secret: bytes, task_id: TaskId, nonce: bytes, prover: PeerId) -> bytes:
-    """What a peer sends to prove it holds the cluster secret: bound to the task, to the
-    challenger's fresh nonce (no replay) and to the prover's own id (no reflection)."""
-    message = b"peerwire-auth-v1\0" + task_id.raw + nonce + prover.raw
-    return hmac.new(secret, message, hashlib.sha256).digest()
 
 
 #: Free piece buffers kept for reuse (allocating and zeroing megabytes per piece costs time).

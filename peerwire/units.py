@@ -172,3 +172,30 @@ def format_size(size_bytes: int) -> str:
     if size_bytes < 0:
         raise ValueError(f"size_bytes must be >= 0, got {size_bytes}")
     return _format(size_bytes, _SIZE_UNITS, "B")
+
+
+def share_percent(from_peers_bytes: int, from_origin_bytes: int) -> tuple[int, int] | None:
+    """Whole percentages (peers, origin) of the bytes received, summing to 100; None if none."""
+    received = from_peers_bytes + from_origin_bytes
+    if received <= 0:
+        return None
+    peers = round(100 * from_peers_bytes / received)
+    return peers, 100 - peers
+
+
+def format_eta(seconds: float) -> str:
+    """``0:42``, ``12:05``, ``1:02:03``: a clock people read at a glance."""
+    whole = max(0, round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_elapsed(seconds: float) -> str:
+    """``3.2 s`` below a minute, then ``2 min 5 s``, then ``1 h 2 min``."""
+    if seconds < 59.95:
+        return f"{max(seconds, 0.0):.1f} s"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-from dfget.daemonconfig import CONFIG_ENV, DaemonConfig
+from proxy.daemonconfig import CONFIG_ENV, DaemonConfig
 
 ENV_PREFIX: Final = "DFDAEMON_PROXY_"
 ACTIONS: Final = ("swarm", "direct")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from dfget.daemon import Daemon
-from dfget.daemonapi import DaemonCollector, metrics_registry
+from proxy.api import DaemonCollector, metrics_registry
 from proxy.config import ProxyConfig
+from proxy.daemon import Daemon
 from proxy.server import ProxyServer
 
 

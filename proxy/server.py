@@ -28,11 +28,11 @@ from typing import Final
 
 import aiohttp
 
-from dfget.daemon import BlobStream, Daemon, FetchRequest, FileSpan
 from dfget.errors import DownloadError
 from dfget.origin import OriginInfo, validator_of
 from proxy.config import ProxyConfig
 from proxy.connection import READ_BYTES, SWEEP_S, BodyAborted, Connection, Request
+from proxy.daemon import BlobStream, Daemon, FetchRequest, FileSpan
 from proxy.routes import (
     KINDS,
     ConnectRoute,

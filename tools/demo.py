@@ -140,7 +140,7 @@ def main() -> int:
             top = None
             if show_top:
                 top = subprocess.Popen(
-                    [PYTHON, "-m", "dfget.top", "--tracker", tracker_url, "--refresh", "0.5s"],
+                    [PYTHON, "-m", "tracker.top", "--tracker", tracker_url, "--refresh", "0.5s"],
                     stdin=subprocess.DEVNULL,
                     cwd=ROOT,
                 )

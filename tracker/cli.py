@@ -11,7 +11,7 @@ from pathlib import Path
 
 import uvloop
 
-from tracker.auth import load_secret
+from peerwire.auth import load_secret
 from tracker.config import ENV_PREFIX, TrackerConfig, load_config
 from tracker.server import SECRET_ENV, TrackerServer, serve
 

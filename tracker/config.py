@@ -67,7 +67,7 @@ class TrackerConfig:
     max_connections: int = 10_000
     #: A task with no peers left keeps its manifest this long (peers that return find it).
     task_ttl_s: float = 3600.0
-    #: File holding the cluster secret (``tracker.auth``); without it (and without
+    #: File holding the cluster secret (``peerwire.auth``); without it (and without
     #: ``DRAGONFLY_SECRET`` in the environment) announces and manifests are not authenticated.
     secret_file: str | None = None
 

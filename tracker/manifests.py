@@ -21,6 +21,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard
 
+from peerwire.manifest import ManifestConflict
+
 #: Piece lengths are powers of two in this range (16 KiB is the BEP 3 block size).
 MIN_PIECE_LENGTH: Final = 16 * 1024
 MAX_PIECE_LENGTH: Final = 64 * 1024 * 1024
@@ -42,10 +44,6 @@ _MAX_INDEX_DIGITS: Final = 10
 
 class ManifestError(ValueError):
     """The document itself is bad (HTTP 400): not JSON, wrong type, out of range, missing."""
-
-
-class ManifestConflict(ValueError):
-    """The document disagrees with the stored manifest (HTTP 409); nothing of it was applied."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,7 +93,7 @@ class AnnounceRequest:
     can_source: bool = False
     #: ``df_origin``: bytes this peer has fetched from the origin so far (of ``downloaded``).
     origin_bytes: int = 0
-    #: ``df_ts`` and ``df_auth``: the cluster-secret proof (``tracker.auth``), when sent.
+    #: ``df_ts`` and ``df_auth``: the cluster-secret proof (``peerwire.auth``), when sent.
     auth_ts: int | None = None
     auth: bytes | None = None
 

@@ -19,8 +19,7 @@ from collections.abc import Mapping
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Any, Final
 
-import bencode
-
+from peerwire import bencoding
 from tracker.model import ID_BYTES, AnnounceRequest, AnnounceResult, Event, PeerReport, ScrapeCounts
 
 __all__ = [
@@ -378,19 +377,19 @@ def encode_announce(result: AnnounceResult, *, compact: bool, no_peer_id: bool) 
         response[b"df assign ttl"] = result.assignment_ttl_s
     if result.pieces_known is not None:
         response[b"df known"] = result.pieces_known
-    encoded: bytes = bencode.encode(response)
+    encoded: bytes = bencoding.encode(response)
     return encoded
 
 
 def encode_failure(reason: str) -> bytes:
     """BEP 3: a refusal is a dict holding only ``failure reason`` (sent with HTTP 200)."""
-    encoded: bytes = bencode.encode({b"failure reason": reason})
+    encoded: bytes = bencoding.encode({b"failure reason": reason})
     return encoded
 
 
 def encode_scrape(files: Mapping[bytes, ScrapeCounts]) -> bytes:
     """BEP 48: ``{files: {info_hash: {complete, downloaded, incomplete}}}``."""
-    encoded: bytes = bencode.encode(
+    encoded: bytes = bencoding.encode(
         {
             b"files": {
                 info_hash: {

@@ -23,9 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from tracker.auth import check_announce, check_api
+from peerwire.auth import check_announce, check_api
+from peerwire.manifest import ManifestConflict
 from tracker.config import TrackerConfig
-from tracker.manifests import ManifestConflict, ManifestError, parse_manifest_update
+from tracker.manifests import ManifestError, parse_manifest_update
 from tracker.model import ID_BYTES, Event
 from tracker.protocol import (
     AnnounceError,
@@ -84,7 +85,7 @@ class Routes:
         self.config = config
         self.swarm = swarm
         self._clock = clock
-        #: The cluster secret (``tracker.auth``); None: nothing is authenticated.
+        #: The cluster secret (``peerwire.auth``); None: nothing is authenticated.
         self.secret = secret
         self._wall_clock = wall_clock
         self.auth_failures = 0

@@ -27,7 +27,7 @@ from typing import Final, cast
 
 import httptools
 
-from tracker.auth import load_secret
+from peerwire.auth import load_secret
 from tracker.config import TrackerConfig
 from tracker.metrics import make_registry, render
 from tracker.routes import Response, Routes

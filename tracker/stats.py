@@ -1,6 +1,6 @@
 """``GET /stats``: the swarm as JSON for dftop and operators. Pure, read-only.
 
-The document's keys are a contract with ``dftop`` (``dfget/top.py``):
+The document's keys are a contract with ``dftop`` (``tracker/top.py``):
 
 * ``tracker``: uptime, announce interval, the tracker clock;
 * ``totals``: tasks, peers, seeds, aggregate rates, bytes from the origin vs between peers;

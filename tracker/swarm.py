@@ -18,9 +18,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from peerwire.manifest import ManifestConflict
 from tracker.assign import SourcePlanner, bitfield_to_int, full_mask
 from tracker.config import TrackerConfig
-from tracker.manifests import ManifestConflict, ManifestUpdate, TaskManifest
+from tracker.manifests import ManifestUpdate, TaskManifest
 from tracker.model import (
     AnnounceRequest,
     AnnounceResult,

@@ -10,7 +10,6 @@ import pytest
 
 from dfget.coordinator import (
     HttpTracker,
-    ManifestConflict,
     PeerAddress,
     Progress,
     TaskManifestDoc,
@@ -18,12 +17,13 @@ from dfget.coordinator import (
     TrackerUnavailable,
     announce_query,
     parse_announce_answer,
-    tracker_base_url,
 )
 from peerwire.ids import PeerId, TaskId
+from peerwire.manifest import ManifestConflict
 from tests.integration.trackers import free_port
 from tracker.config import TrackerConfig
 from tracker.server import TrackerServer
+from tracker.urls import tracker_base_url
 
 PIECE = 16384
 

@@ -9,13 +9,8 @@ import pytest
 from rich.console import Console
 
 from dfget.options import DownloadResult, ProgressReport
-from dfget.progress import (
-    ProgressDisplay,
-    format_elapsed,
-    format_eta,
-    share_percent,
-    summary_line,
-)
+from dfget.progress import ProgressDisplay, summary_line
+from peerwire.units import format_elapsed, format_eta, share_percent
 
 MIB = 1024 * 1024
 

@@ -60,7 +60,9 @@ def dfdaemon(
         [
             sys.executable,
             "-m",
-            "dfget.daemoncli",
+            "proxy.cli",
+            "--proxy-port",
+            "0",
             "--socket",
             str(socket),
             "--cache-dir",

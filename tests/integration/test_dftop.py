@@ -66,7 +66,7 @@ def run_dftop(*args: str, columns: int = 140) -> subprocess.CompletedProcess[str
     env = {**os.environ, "COLUMNS": str(columns), "LINES": "50"}
     env.pop("DFTOP_TRACKER", None)
     return subprocess.run(
-        [sys.executable, "-m", "dfget.top", *args],
+        [sys.executable, "-m", "tracker.top", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -129,7 +129,7 @@ def dftop_on_a_terminal(tracker_url: str) -> Iterator[Terminal]:
     for name in ("COLUMNS", "LINES", "DFTOP_TRACKER"):
         env.pop(name, None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "dfget.top", "--tracker", tracker_url, "--refresh", "0.2s"],
+        [sys.executable, "-m", "tracker.top", "--tracker", tracker_url, "--refresh", "0.2s"],
         stdin=slave,
         stdout=slave,
         stderr=slave,

@@ -7,10 +7,10 @@ import struct
 import pytest
 
 from peerwire import messages as m
+from peerwire.auth import auth_proof
 from peerwire.decoder import NEED_DATA, Decoder
 from peerwire.errors import LocalProtocolError, ProtocolError
 from peerwire.ids import PeerId, TaskId
-from peerwire.task import auth_proof
 
 
 def decode(data: bytes) -> list[object]:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from dfget.daemon import Daemon
-from dfget.daemonapi import DaemonCollector
-from dfget.daemonconfig import DaemonConfig
+from proxy.api import DaemonCollector
 from proxy.cli import build_parser, main
 from proxy.config import ProxyConfig
+from proxy.daemon import Daemon
+from proxy.daemonconfig import DaemonConfig
 from proxy.run import start_proxy
 from tests.proxy.upstream_server import exchange, get
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dfget.daemonconfig import DaemonConfig
 from proxy.config import ProxyConfig, load_proxy_config, parse_rule
+from proxy.daemonconfig import DaemonConfig
 
 DAEMON = DaemonConfig(proxy_port=7001, registry_mirror="http://127.0.0.1:5000")
 

@@ -30,9 +30,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dfget.daemon import Daemon
-from dfget.daemonconfig import DaemonConfig
 from proxy.config import ProxyConfig, parse_rule
+from proxy.daemon import Daemon
+from proxy.daemonconfig import DaemonConfig
 from proxy.routes import Refused, classify
 from proxy.server import ProxyServer
 from tests.helpers import raw_http

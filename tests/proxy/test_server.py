@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from dfget.daemon import Daemon
-from dfget.daemonconfig import DaemonConfig
 from proxy.config import ProxyConfig, parse_rule
+from proxy.daemon import Daemon
+from proxy.daemonconfig import DaemonConfig
 from proxy.server import ProxyServer
 from tests.proxy.upstream_server import (
     GOOD_AUTH,

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from peerwire.manifest import ManifestConflict
 from tracker.manifests import (
     MAX_URL_BYTES,
-    ManifestConflict,
     ManifestError,
     ManifestUpdate,
     TaskManifest,

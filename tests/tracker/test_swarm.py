@@ -11,8 +11,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from peerwire.manifest import ManifestConflict
 from tracker.config import TrackerConfig
-from tracker.manifests import ManifestConflict, ManifestError, ManifestUpdate
+from tracker.manifests import ManifestError, ManifestUpdate
 from tracker.model import AnnounceRequest, Event, PeerReport, ScrapeCounts
 from tracker.swarm import Swarm, SwarmFull
 

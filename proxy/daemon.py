@@ -3,7 +3,7 @@
 Every download of the host goes through one ``Daemon``: one peer port for all tasks, host-wide
 download and upload limits (each task's limit is a child bucket of the host's), a cache of
 finished tasks that keep seeding, and garbage collection by TTL and size quota. ``dfget`` hands
-its downloads over on the local API (a unix socket, owner-only; ``dfget/daemonapi.py``); the
+its downloads over on the local API (a unix socket, owner-only; ``proxy/api.py``); the
 registry mirror (``proxy/``) fetches blobs through ``Daemon.fetch``.
 """
 
@@ -25,7 +25,15 @@ from typing import Any
 import aiohttp
 
 from dfget import engine
-from dfget.cache import (
+from dfget.identity import task_id_for
+from dfget.options import DownloadOptions, DownloadResult, ProgressReport
+from dfget.origin import OriginInfo
+from dfget.swarmpeer import SharedListener
+from peerwire.auth import load_secret
+from peerwire.ids import TaskId
+from peerwire.ratelimit import TokenBucket
+from peerwire.storage import PieceStore, StoreClosedError
+from proxy.cache import (
     CacheEntry,
     ensure_private_dir,
     entry_dir,
@@ -34,15 +42,7 @@ from dfget.cache import (
     remove_entry,
     write_meta,
 )
-from dfget.daemonconfig import DaemonConfig
-from dfget.identity import task_id_for
-from dfget.options import DownloadOptions, DownloadResult, ProgressReport
-from dfget.origin import OriginInfo
-from dfget.swarmpeer import SharedListener
-from peerwire.ids import TaskId
-from peerwire.ratelimit import TokenBucket
-from peerwire.storage import PieceStore, StoreClosedError
-from tracker.auth import load_secret
+from proxy.daemonconfig import DaemonConfig
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from dfget.cache import ensure_private_dir
-from dfget.daemon import Daemon, FetchRequest
 from dfget.errors import EXIT_ERROR, EXIT_USAGE, DownloadError
 from dfget.options import ProgressReport
+from proxy.cache import ensure_private_dir
+from proxy.daemon import Daemon, FetchRequest
 
 log = logging.getLogger(__name__)
 

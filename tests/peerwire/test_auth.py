@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tracker.auth import (
+from peerwire.auth import (
     MAX_SKEW_S,
     announce_mac,
     api_header,

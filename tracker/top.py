@@ -4,7 +4,7 @@
 
 Every refresh asks the tracker for ``GET /stats?peers=0`` (every task, hottest first, no peers)
 and ``GET /stats?task=<selected>&peers=<rows that fit>`` (the selected task's best peers), so
-the work per refresh stays small however many peers a swarm has. ``dfget.topview`` draws the
+the work per refresh stays small however many peers a swarm has. ``tracker.topview`` draws the
 frame; this module owns the rest: options, the HTTP client, the state between refreshes, the
 keyboard (cbreak mode on the tty, read with ``loop.add_reader``) and the full-screen ``Live``.
 The terminal is given back (termios restored, main screen, cursor) on ``q``, on Ctrl-C and on
@@ -36,8 +36,8 @@ import aiohttp
 from rich.console import Console
 from rich.live import Live
 
-from dfget.coordinator import tracker_base_url
-from dfget.topview import (
+from peerwire.units import parse_duration
+from tracker.topview import (
     Frame,
     Stats,
     StatsFormatError,
@@ -47,7 +47,7 @@ from dfget.topview import (
     render_frame,
     select_neighbour,
 )
-from peerwire.units import parse_duration
+from tracker.urls import tracker_base_url
 
 DEFAULT_TRACKER: Final = "http://127.0.0.1:6969"
 TRACKER_ENV: Final = ("DFTOP_TRACKER", "DFGET_TRACKER")

@@ -1,4 +1,7 @@
-"""The cluster secret: only processes that hold it may announce or change a task's manifest.
+"""The cluster secret's proofs, in one place: announces, the tracker's JSON API, peer handshakes.
+
+Only processes that hold the secret may announce or change a task's manifest, and peers prove it
+to each other before any piece moves (``auth_proof``).
 
 When the tracker is started with a secret (``--secret-file``, or ``DRAGONFLY_SECRET``), every
 announce must carry ``df_ts`` (unix seconds) and ``df_auth`` (raw HMAC-SHA256 bytes,
@@ -18,11 +21,14 @@ import hmac
 import struct
 from typing import Final
 
+from peerwire.ids import PeerId, TaskId
+
 #: How far a request's time may be from the tracker's clock.
 MAX_SKEW_S: Final = 300
 ANNOUNCE_CONTEXT: Final = b"dragonfly-announce-v1\0"
 API_CONTEXT: Final = b"dragonfly-api-v1\0"
 AUTH_HEADER: Final = "X-DF-Auth"
+PEER_CONTEXT: Final = b"peerwire-auth-v1\0"
 
 
 def announce_mac(secret: bytes, info_hash: bytes, peer_id: bytes, port: int, ts: int) -> bytes:
@@ -85,6 +91,13 @@ def check_api(
     if not hmac.compare_digest(mac, api_mac(secret, method, path, ts, body)):
         return f"{AUTH_HEADER} does not match: wrong cluster secret"
     return None
+
+
+def auth_proof(secret: bytes, task_id: TaskId, nonce: bytes, prover: PeerId) -> bytes:
+    """What a peer sends to prove it holds the cluster secret: bound to the task, to the
+    challenger's fresh nonce (no replay) and to the prover's own id (no reflection)."""
+    message = PEER_CONTEXT + task_id.raw + nonce + prover.raw
+    return hmac.new(secret, message, hashlib.sha256).digest()
 
 
 def load_secret(path: str | None, environ_value: str | None) -> bytes | None:

@@ -9,7 +9,7 @@ selected task's peers with a bar of the pieces each holds. Every line is cut to 
 (never wrapped) and the tables get only the rows that fit (``plan_rows``), the rest summarised
 in one line, so a 600-peer task or an 50-column terminal costs no more than a small one.
 
-No I/O, no clock: ``dfget.top`` fetches, keeps the state and says what time it is.
+No I/O, no clock: ``tracker.top`` fetches, keeps the state and says what time it is.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from rich.console import Group, JustifyMethod, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from dfget.progress import format_eta, share_percent
-from peerwire.units import format_rate, format_size
+from peerwire.units import format_eta, format_rate, format_size, share_percent
 
 #: Bounds on what one document may make us hold (the tracker caps ``peers`` at 1000 per task).
 MAX_TASKS: Final = 10_000
@@ -118,7 +117,7 @@ class Stats:
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """Everything one screen shows; ``dfget.top`` builds it from its state."""
+    """Everything one screen shows; ``tracker.top`` builds it from its state."""
 
     tracker_url: str
     refresh_s: float

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from dfget.coordinator import tracker_base_url
+from dfget.handoff import default_socket
 from peerwire.units import parse_duration, parse_rate, parse_size
+from tracker.urls import tracker_base_url
 
 ENV_PREFIX: Final = "DFDAEMON_"
 CONFIG_ENV: Final = "DFDAEMON_CONFIG"
@@ -26,14 +27,6 @@ CONFIG_ENV: Final = "DFDAEMON_CONFIG"
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "dragonfly" / "dfdaemon"
-
-
-def default_socket() -> Path:
-    """``$XDG_RUNTIME_DIR/dragonfly/dfdaemon.sock``, else ``/tmp/dragonfly-<uid>/dfdaemon.sock``;
-    ``dfget`` looks in the same place (``DFGET_DAEMON_SOCKET`` overrides both)."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(runtime) / "dragonfly" if runtime else Path(f"/tmp/dragonfly-{os.getuid()}")
-    return base / "dfdaemon.sock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +53,7 @@ class DaemonConfig:
     #: The local API that ``dfget`` hands downloads to (owner-only permissions).
     socket: Path = field(default_factory=default_socket)
     zone: str = ""
-    #: File holding the cluster secret (else ``DRAGONFLY_SECRET``); see tracker/auth.py.
+    #: File holding the cluster secret (else ``DRAGONFLY_SECRET``); see peerwire/auth.py.
     secret_file: Path | None = None
 
     def __post_init__(self) -> None:

@@ -15,7 +15,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from dfget.top import (
+from tests.integration.trackers import free_port
+from tracker.config import TrackerConfig
+from tracker.manifests import ManifestUpdate
+from tracker.model import AnnounceRequest
+from tracker.swarm import Swarm
+from tracker.top import (
     DEFAULT_TRACKER,
     StatsClient,
     StatsUnavailable,
@@ -25,7 +30,7 @@ from dfget.top import (
     decode_keys,
     parse_args,
 )
-from dfget.topview import (
+from tracker.topview import (
     FIXED_LINES,
     Frame,
     Stats,
@@ -37,11 +42,6 @@ from dfget.topview import (
     select_neighbour,
     sparkline,
 )
-from tests.integration.trackers import free_port
-from tracker.config import TrackerConfig
-from tracker.manifests import ManifestUpdate
-from tracker.model import AnnounceRequest
-from tracker.swarm import Swarm
 
 MIB = 1024 * 1024
 HOT = "ab" * 20
