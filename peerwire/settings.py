@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, NoReturn, TypeVar
 
+from peerwire import settingkinds as kinds
 from peerwire.settingkinds import Kind
 
 T = TypeVar("T")
@@ -91,6 +92,20 @@ class _Given:
     invert: bool = False
     #: A former name was used: the notice to print (it still works).
     notice: str | None = None
+
+
+#: The cluster secret itself, shared by every program (``peerwire.auth``); each checks it at
+#: start (at least 16 bytes), whether it uses it or not, so a weak secret is found at once.
+CLUSTER_SECRET: Final = Setting(
+    "secret",
+    kinds.SECRET,
+    "the cluster secret itself",
+    field=None,
+    flag=None,
+    own_env=False,
+    other_env=("DRAGONFLY_SECRET",),
+    in_file=False,
+)
 
 
 def _quote(raw: object) -> str:
@@ -220,7 +235,7 @@ class Settings:
             noun = "key" if len(unknown) == 1 else "keys"
             raise SettingsError(
                 f"{where}: unknown {noun} {', '.join(map(repr, unknown))} "
-                f"(known: {', '.join(sorted(self._keys))})"
+                f"(known: {', '.join(sorted(s.name for s in self.settings if s.in_file))})"
             )
         return found
 

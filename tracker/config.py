@@ -1,23 +1,26 @@
 """Every option of ``dftracker serve``, its default, and its validation, in one frozen object.
 
-Sources, highest first: command-line flags, ``DFTRACKER_<FIELD>`` environment variables, a TOML
-file (``--config``; top-level keys or a ``[tracker]`` table, field names as below). Durations
-are written ``5s``, ``250ms``, ``2m``; sizes ``16K``, ``8M``.
+``SETTINGS`` declares how users write them (``peerwire.settings``): the setting ``interval`` is
+the flag ``--interval``, the variable ``DFTRACKER_INTERVAL`` and the key ``interval`` of the TOML
+file (``--config`` or ``$DFTRACKER_CONFIG``; top-level keys or a ``[tracker]`` table). Flags win
+over the environment over the file. Durations read ``5s``, ``250ms``, ``2m``; sizes ``16K``,
+``8M`` (``peerwire.units``). The former names with a unit (``interval_s``, ``max_body_bytes``)
+still work, with a notice.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import re
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-ENV_PREFIX = "DFTRACKER_"
+from peerwire import settingkinds as kinds
+from peerwire.settings import CLUSTER_SECRET, Setting, Settings
+
+ENV_PREFIX: Final = "DFTRACKER_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,59 +120,111 @@ class TrackerConfig:
         return self.interval_s * self.peer_timeout_intervals
 
 
-_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h|d|)\s*")
-_DURATION_UNITS = {"ms": 0.001, "": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE = re.compile(r"\s*([0-9]+)\s*(k|m|g|kib|mib|gib|kb|mb|gb|b|)\s*", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_D = TrackerConfig()
 
 
-def parse_duration(text: str) -> float:
-    """``5s``, ``250ms``, ``2m``, ``1h``, ``1d`` or bare seconds; ValueError quoting the text."""
-    match = _DURATION.fullmatch(text.lower())
-    if match is None:
-        raise ValueError(f"not a duration: {text!r} (examples: 5s, 250ms, 2m)")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+def _renamed(name: str, kind: kinds.Kind, help: str, field: str) -> Setting:
+    """A setting whose config field carries its unit; the field's name is the former key."""
+    return Setting(name, kind, help, getattr(_D, field), field=field, aliases=(field,))
 
 
-def parse_size(text: str) -> int:
-    """``16K``, ``8M``, ``1G`` (binary multiples) or bare bytes; ValueError quoting the text."""
-    match = _SIZE.fullmatch(text)
-    if match is None:
-        raise ValueError(f"not a size: {text!r} (examples: 16K, 8M)")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()[:1]]
+def _plain(name: str, kind: kinds.Kind, help: str, **extra: Any) -> Setting:
+    return Setting(name, kind, help, getattr(_D, name), **extra)
 
 
-def _convert(name: str, kind: type, value: Any) -> Any:
-    """One option from text (flags, environment) or TOML into its field's type."""
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{name}: expected true or false, not {value!r}")
-    if kind is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        return parse_duration(str(value))
-    if kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if name.endswith("_bytes"):
-            return parse_size(str(value))
-        try:
-            return int(str(value).strip())
-        except ValueError:
-            raise ValueError(f"{name}: expected an integer, not {value!r}") from None
-    return str(value)
+_SECRET_FILE: Final = kinds.Kind(
+    lambda raw: str(kinds.parse_secret_file(raw)), kinds.show_plain, "FILE"
+)
 
-
-_FIELD_TYPES: dict[str, type] = {
-    f.name: {"bool": bool, "float": float, "int": int}.get(str(f.type), str)
-    for f in fields(TrackerConfig)
-}
+SETTINGS: Final = Settings(
+    "dftracker",
+    ENV_PREFIX,
+    [
+        _plain(
+            "host", kinds.TEXT, "address to listen on (0.0.0.0: every interface)", metavar="ADDRESS"
+        ),
+        _plain("port", kinds.INT, "TCP port; 0 picks a free one"),
+        _renamed("interval", kinds.DURATION, "announce interval told to peers", "interval_s"),
+        _renamed("min_interval", kinds.DURATION, "BEP 3 min interval", "min_interval_s"),
+        _plain(
+            "peer_timeout_intervals", kinds.NUMBER, "a peer silent this many intervals is dropped"
+        ),
+        _plain("numwant_default", kinds.INT, "peers in an answer when the client does not ask"),
+        _plain("numwant_max", kinds.INT, "most peers in one answer"),
+        _plain("max_tasks", kinds.INT, "tasks tracked at most"),
+        _plain("max_peers_per_task", kinds.INT, "peers stored per task at most"),
+        _plain(
+            "trust_ip_param",
+            kinds.BOOL,
+            "use the ip/ipv4/ipv6 announce parameters (only behind a trusted NAT or proxy)",
+            action="switch",
+        ),
+        _plain(
+            "origin_budget",
+            kinds.INT,
+            "peers of one task fetching from the origin at once; about origin bandwidth / peer "
+            "bandwidth",
+        ),
+        _plain("assign_max_pieces", kinds.INT, "most pieces in one origin assignment"),
+        _renamed(
+            "assign_ttl",
+            kinds.DURATION,
+            "take back origin assignments not done within",
+            "assign_ttl_s",
+        ),
+        _renamed(
+            "bad_peer_ttl",
+            kinds.DURATION,
+            "a peer reported bad is ranked last this long",
+            "bad_peer_ttl_s",
+        ),
+        _plain(
+            "bad_peer_exclude_reports",
+            kinds.INT,
+            "reported bad by this many distinct peers: not handed out at all",
+        ),
+        _plain(
+            "full_scrape",
+            kinds.BOOL,
+            "answer /scrape without info_hash with every task (up to max_scrape_hashes)",
+            action="switch",
+        ),
+        _plain("max_scrape_hashes", kinds.INT, "most info_hash in one /scrape"),
+        _renamed(
+            "max_head", kinds.SIZE, "request line and headers, at most (431/414)", "max_head_bytes"
+        ),
+        _renamed(
+            "max_body", kinds.SIZE, "request body (manifests), at most (413)", "max_body_bytes"
+        ),
+        _renamed(
+            "head_timeout",
+            kinds.DURATION,
+            "headers must arrive within this of the first byte",
+            "head_timeout_s",
+        ),
+        _renamed(
+            "keepalive_timeout",
+            kinds.DURATION,
+            "idle kept-alive connections closed after",
+            "keepalive_timeout_s",
+        ),
+        _plain("max_connections", kinds.INT, "open connections at most (then 503)"),
+        _renamed(
+            "task_ttl",
+            kinds.DURATION,
+            "a task with no peers keeps its manifest this long",
+            "task_ttl_s",
+        ),
+        Setting(
+            "secret_file",
+            _SECRET_FILE,
+            "the cluster secret (else DRAGONFLY_SECRET): announces and manifest updates must "
+            "prove they hold it; see SECURITY.md",
+        ),
+        CLUSTER_SECRET,
+    ],
+    tables=("tracker",),
+)
 
 
 def load_config(
@@ -177,29 +232,9 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     config_file: Path | None = None,
 ) -> TrackerConfig:
-    """Merge file < environment < flags into a validated config; ValueError names the source."""
+    """Merge file < environment < flags (by setting name) into a validated config.
+
+    ``peerwire.settings.SettingsError`` (a ValueError) names the source of a bad value.
+    """
     environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        try:
-            document = tomllib.loads(config_file.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ValueError(f"config file {config_file}: {exc}") from exc
-        table = document.get("tracker", document)
-        if not isinstance(table, dict):
-            raise ValueError(f"config file {config_file}: [tracker] must be a table")
-        for key, raw in table.items():
-            if key not in _FIELD_TYPES:
-                raise ValueError(f"config file {config_file}: unknown option {key!r}")
-            values[key] = _convert(f"{config_file}: {key}", _FIELD_TYPES[key], raw)
-    for key, kind in _FIELD_TYPES.items():
-        raw_env = environ.get(ENV_PREFIX + key.upper())
-        if raw_env is not None:
-            values[key] = _convert(ENV_PREFIX + key.upper(), kind, raw_env)
-    for key, raw in flags.items():
-        if raw is None:
-            continue
-        if key not in _FIELD_TYPES:
-            raise ValueError(f"unknown option {key!r}")
-        values[key] = _convert(f"--{key.replace('_', '-')}", _FIELD_TYPES[key], raw)
-    return dataclasses.replace(TrackerConfig(), **values)
+    return SETTINGS.load(flags, environ, config_file).build(TrackerConfig)

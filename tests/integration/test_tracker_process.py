@@ -27,7 +27,7 @@ def test_signal_shuts_the_tracker_down_cleanly(signum: signal.Signals) -> None:
 
 def test_config_file_and_environment_reach_the_tracker(tmp_path: Path) -> None:
     config = tmp_path / "tracker.toml"
-    config.write_text('[tracker]\ninterval_s = "7s"\n')
+    config.write_text('[tracker]\ninterval = "7s"\n')
     with tracker_process("--config", str(config)) as tracker:
         assert tracker.stats()["tracker"]["interval_s"] == 7.0
 
@@ -40,7 +40,7 @@ def test_bad_option_is_a_clear_usage_error() -> None:
         timeout=30,
     )
     assert done.returncode == 2
-    assert "not a duration: 'soon'" in done.stderr
+    assert "--interval='soon': duration 'soon' is not a number" in done.stderr
 
 
 def test_port_in_use_is_a_clear_error() -> None:

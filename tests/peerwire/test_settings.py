@@ -131,7 +131,7 @@ def test_the_same_bad_value_gives_the_same_message_from_every_source(tmp_path: P
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ("prot = 1\n", "unknown key 'prot' (known: back_to_source, cache_size, cache_size_bytes"),
+        ("prot = 1\n", "unknown key 'prot' (known: cache_size, interval, min_interval, no_back"),
         ("a = 1\n[prog]\nb = 2\n", "unknown keys 'a', 'prog.b'"),
         ("[proxy]\nport = 1\nhost = 'x'\n", "unknown key 'proxy.host'"),
         ("interval = \n", "not valid TOML: "),

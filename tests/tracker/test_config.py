@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tracker.config import TrackerConfig, load_config, parse_duration, parse_size
+from tracker.config import SETTINGS, TrackerConfig, load_config
 
 
 def test_defaults_listen_on_loopback_port_6969() -> None:
@@ -15,31 +15,41 @@ def test_defaults_listen_on_loopback_port_6969() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("5s", 5.0), ("250ms", 0.25), ("2m", 120.0), ("1h", 3600.0), ("1d", 86400.0), ("7", 7.0)],
+    ("variable", "text", "field", "value"),
+    [
+        ("DFTRACKER_MIN_INTERVAL", "250ms", "min_interval_s", 0.25),
+        ("DFTRACKER_ASSIGN_TTL", "1.5m", "assign_ttl_s", 90.0),
+        ("DFTRACKER_TASK_TTL", "1d", "task_ttl_s", 86400.0),
+        ("DFTRACKER_MAX_BODY", "1.5M", "max_body_bytes", 3 << 19),
+        ("DFTRACKER_MAX_HEAD", "16KiB", "max_head_bytes", 16384),
+        ("DFTRACKER_MAX_HEAD", "2048", "max_head_bytes", 2048),
+    ],
 )
-def test_parse_duration_units(text: str, seconds: float) -> None:
-    assert parse_duration(text) == seconds
+def test_sizes_and_durations_use_the_one_grammar(
+    variable: str, text: str, field: str, value: float
+) -> None:
+    assert getattr(load_config({}, environ={variable: text}), field) == value
 
 
-@pytest.mark.parametrize("text", ["", "5x", "-1s", "1h30m", "s"])
-def test_parse_duration_rejects_garbage(text: str) -> None:
-    with pytest.raises(ValueError, match="not a duration"):
-        parse_duration(text)
+@pytest.mark.parametrize("text", ["5x", "-1s", "1h30m", "s", "banana"])
+def test_a_bad_duration_is_refused_naming_the_variable(text: str) -> None:
+    with pytest.raises(ValueError, match=f"^DFTRACKER_INTERVAL='{text}': duration"):
+        load_config({}, environ={"DFTRACKER_INTERVAL": text})
 
 
-def test_parse_size_binary_multiples() -> None:
-    assert parse_size("16K") == 16384
-    assert parse_size("8M") == 8 << 20
-    assert parse_size("100") == 100
-    with pytest.raises(ValueError, match="not a size"):
-        parse_size("8Q")
+def test_the_example_of_a_bad_interval() -> None:
+    with pytest.raises(ValueError) as caught:
+        load_config({}, environ={"DFTRACKER_INTERVAL": "banana"})
+    assert str(caught.value) == (
+        "DFTRACKER_INTERVAL='banana': duration 'banana' is not a number with an optional unit "
+        "(e.g. '20M')"
+    )
 
 
 def test_flags_win_over_environment_over_file(tmp_path: Path) -> None:
     file = tmp_path / "tracker.toml"
-    file.write_text('[tracker]\nport = 7000\ninterval_s = "10s"\norigin_budget = 3\n')
-    environ = {"DFTRACKER_INTERVAL_S": "20s", "DFTRACKER_ORIGIN_BUDGET": "4"}
+    file.write_text('[tracker]\nport = 7000\ninterval = "10s"\norigin_budget = 3\n')
+    environ = {"DFTRACKER_INTERVAL": "20s", "DFTRACKER_ORIGIN_BUDGET": "4"}
     config = load_config({"origin_budget": "5", "port": None}, environ=environ, config_file=file)
     assert config.port == 7000  # file only
     assert config.interval_s == 20.0  # environment over file
@@ -48,22 +58,51 @@ def test_flags_win_over_environment_over_file(tmp_path: Path) -> None:
 
 def test_file_top_level_keys_and_sizes(tmp_path: Path) -> None:
     file = tmp_path / "t.toml"
-    file.write_text('max_body_bytes = "1M"\ntrust_ip_param = true\n')
+    file.write_text('max_body = "1M"\ntrust_ip_param = true\nmax_head = 2048\n')
     config = load_config({}, environ={}, config_file=file)
     assert config.max_body_bytes == 1 << 20
     assert config.trust_ip_param is True
+    assert config.max_head_bytes == 2048  # a TOML number is bytes
+
+
+def test_empty_variable_is_unset(tmp_path: Path) -> None:
+    file = tmp_path / "t.toml"
+    file.write_text('interval = "9s"\n')
+    config = load_config({}, environ={"DFTRACKER_INTERVAL": ""}, config_file=file)
+    assert config.interval_s == 9.0
+
+
+def test_former_names_with_units_still_work(tmp_path: Path) -> None:
+    file = tmp_path / "t.toml"
+    file.write_text('[tracker]\ninterval_s = "7s"\nhead_timeout_s = 3\nmax_body_bytes = "1M"\n')
+    config = load_config({}, environ={"DFTRACKER_TASK_TTL_S": "2m"}, config_file=file)
+    assert (config.interval_s, config.head_timeout_s) == (7.0, 3.0)
+    assert (config.max_body_bytes, config.task_ttl_s) == (1 << 20, 120.0)
+    loaded = SETTINGS.load({}, {"DFTRACKER_INTERVAL_S": "8s"}, None)
+    assert loaded.notices == ("DFTRACKER_INTERVAL_S is deprecated, use DFTRACKER_INTERVAL",)
 
 
 def test_unknown_option_in_file_is_named(tmp_path: Path) -> None:
     file = tmp_path / "t.toml"
     file.write_text("prot = 1\n")
-    with pytest.raises(ValueError, match="unknown option 'prot'"):
+    with pytest.raises(ValueError, match=r"t\.toml: unknown key 'prot' \(known: .*interval"):
         load_config({}, environ={}, config_file=file)
 
 
 def test_bad_environment_value_names_the_variable() -> None:
-    with pytest.raises(ValueError, match="DFTRACKER_TRUST_IP_PARAM"):
+    with pytest.raises(ValueError, match=r"^DFTRACKER_TRUST_IP_PARAM='maybe': expected true"):
         load_config({}, environ={"DFTRACKER_TRUST_IP_PARAM": "maybe"})
+
+
+def test_a_short_cluster_secret_is_refused_without_quoting_it() -> None:
+    with pytest.raises(ValueError) as caught:
+        load_config({}, environ={"DRAGONFLY_SECRET": "short"})
+    assert str(caught.value) == "DRAGONFLY_SECRET: the cluster secret must be at least 16 bytes"
+
+
+def test_a_validation_error_names_the_flag() -> None:
+    with pytest.raises(ValueError, match=r"^--port='70000': port 70000 is not in 0\.\.65535"):
+        load_config({"port": "70000"}, environ={})
 
 
 @pytest.mark.parametrize(
