@@ -11,13 +11,12 @@ The terminal is given back (termios restored, main screen, cursor) on ``q``, on 
 errors. A tracker that cannot be reached is a status line and a retry at the next refresh,
 never a traceback; ``--once`` prints one frame and exits 1 in that case.
 
-Options also come from the environment: ``DFTOP_TRACKER`` (then ``DFGET_TRACKER``) and
-``DFTOP_REFRESH``. Trackers are base or announce URLs, comma-separated, tried in turn.
+Options come from flags, ``DFTOP_*`` variables and a TOML file (``tracker.topconfig``).
+Trackers are base or announce URLs, comma-separated, tried in turn.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import contextlib
@@ -29,14 +28,14 @@ import termios
 import time
 import tty
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
 from rich.console import Console
 from rich.live import Live
 
-from peerwire.units import parse_duration
+from peerwire.settings import SettingsError
+from tracker.topconfig import TopConfig, load
 from tracker.topview import (
     Frame,
     Stats,
@@ -47,16 +46,7 @@ from tracker.topview import (
     render_frame,
     select_neighbour,
 )
-from tracker.urls import tracker_base_url
 
-DEFAULT_TRACKER: Final = "http://127.0.0.1:6969"
-TRACKER_ENV: Final = ("DFTOP_TRACKER", "DFGET_TRACKER")
-REFRESH_ENV: Final = "DFTOP_REFRESH"
-#: Trackers re-read their peers' announces every few seconds: refreshing faster shows nothing new.
-DEFAULT_REFRESH_S: Final = 0.5
-MIN_REFRESH_S: Final = 0.1
-MAX_REFRESH_S: Final = 3600.0
-MAX_TRACKERS: Final = 16
 FETCH_TIMEOUT_S: Final = 5.0
 #: Largest ``/stats`` answer read (1000 tasks or 1000 peers with bitfields stay well below).
 MAX_ANSWER_BYTES: Final = 32 * 1024 * 1024
@@ -75,60 +65,6 @@ KEYS: Final[Mapping[bytes, str]] = {
     b"q": "quit",
     b"Q": "quit",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class TopConfig:
-    """Every option of dftop, validated in one place."""
-
-    trackers: tuple[str, ...] = (DEFAULT_TRACKER,)
-    refresh_s: float = DEFAULT_REFRESH_S
-    once: bool = False
-
-    def __post_init__(self) -> None:
-        if not 1 <= len(self.trackers) <= MAX_TRACKERS:
-            raise ValueError(f"give 1 to {MAX_TRACKERS} trackers, not {len(self.trackers)}")
-        if not MIN_REFRESH_S <= self.refresh_s <= MAX_REFRESH_S:
-            raise ValueError(
-                f"refresh must be from {MIN_REFRESH_S:g}s to {MAX_REFRESH_S:g}s, "
-                f"not {self.refresh_s:g}s"
-            )
-
-
-def parse_trackers(text: str) -> tuple[str, ...]:
-    """``a,b/announce`` -> base URLs, deduplicated, in order; ValueError names a bad one."""
-    bases = [tracker_base_url(part) for part in text.split(",") if part.strip()]
-    if not bases:
-        raise ValueError(f"no tracker URL in {text!r}")
-    return tuple(dict.fromkeys(bases))
-
-
-def parse_args(argv: list[str] | None, environ: Mapping[str, str]) -> TopConfig:
-    """The config from flags, then the environment, then defaults; usage errors exit 2."""
-    parser = argparse.ArgumentParser(
-        prog="dftop", description="Live view of a dftracker's swarms: tasks, peers, traffic."
-    )
-    default_tracker = next((environ[k] for k in TRACKER_ENV if environ.get(k)), DEFAULT_TRACKER)
-    parser.add_argument(
-        "--tracker",
-        default=default_tracker,
-        help="tracker base or announce URL(s), comma-separated "
-        f"(default {DEFAULT_TRACKER}; env {' or '.join(TRACKER_ENV)})",
-    )
-    parser.add_argument(
-        "--refresh",
-        default=environ.get(REFRESH_ENV, f"{DEFAULT_REFRESH_S:g}s"),
-        help=f"time between refreshes, e.g. 0.5s, 2s (default {DEFAULT_REFRESH_S:g}s; "
-        f"env {REFRESH_ENV})",
-    )
-    parser.add_argument(
-        "--once", action="store_true", help="print one frame and exit (for scripts)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        return TopConfig(parse_trackers(args.tracker), parse_duration(args.refresh), args.once)
-    except ValueError as exc:
-        parser.error(str(exc))
 
 
 class StatsUnavailable(Exception):
@@ -412,7 +348,16 @@ async def _run(config: TopConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv, os.environ)
+    try:
+        config, loaded, print_config = load(argv, os.environ)
+    except SettingsError as exc:
+        print(f"dftop: {exc}", file=sys.stderr)
+        return 2
+    for notice in loaded.notices:
+        print(f"dftop: {notice}", file=sys.stderr)
+    if print_config:
+        print("\n".join(loaded.describe({"": config})))
+        return 0
     try:
         return asyncio.run(_run(config))
     except KeyboardInterrupt:

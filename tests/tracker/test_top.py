@@ -7,7 +7,9 @@ import io
 import json
 import os
 import pty
+import re
 import termios
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,21 +17,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
+from peerwire.settings import SettingsError
 from tests.integration.trackers import free_port
 from tracker.config import TrackerConfig
 from tracker.manifests import ManifestUpdate
 from tracker.model import AnnounceRequest
 from tracker.swarm import Swarm
 from tracker.top import (
-    DEFAULT_TRACKER,
     StatsClient,
     StatsUnavailable,
     TopApp,
-    TopConfig,
     cbreak_keys,
     decode_keys,
-    parse_args,
+    main,
 )
+from tracker.topconfig import DEFAULT_TRACKER, TopConfig, parse_args
 from tracker.topview import (
     FIXED_LINES,
     Frame,
@@ -432,14 +434,33 @@ def test_options_come_from_flags_then_environment_then_defaults() -> None:
     assert parse_args(flags, env) == TopConfig(("http://x:2",), 2.0, True)
 
 
+def test_options_come_from_a_file_below_the_environment(tmp_path: Path) -> None:
+    file = tmp_path / "dftop.toml"
+    file.write_text('[dftop]\ntracker = ["http://f1:1", "http://f2:2"]\nrefresh = 3\n')
+    config = parse_args(["--config", str(file)], {"DFTOP_REFRESH": ""})
+    assert config == TopConfig(("http://f1:1", "http://f2:2"), 3.0)
+    config = parse_args([], {"DFTOP_CONFIG": str(file), "DFTOP_REFRESH": "1s"})
+    assert config.refresh_s == 1.0
+
+
 @pytest.mark.parametrize(
-    "argv", [["--refresh", "10ms"], ["--refresh", "soon"], ["--tracker", "udp://t:1"]]
+    ("argv", "message"),
+    [
+        (["--refresh", "10ms"], "--refresh='10ms': refresh must be from 0.1s to 3600s, not 0.01s"),
+        (["--refresh", "soon"], "--refresh='soon': duration 'soon' is not a number"),
+        (["--tracker", "udp://t:1"], "--tracker='udp://t:1': tracker must be an http:// URL"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
 )
-def test_bad_options_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
+def test_bad_options_are_one_line_usage_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SettingsError, match="^" + re.escape(message)):
         parse_args(argv, {})
-    assert exit_info.value.code == 2
-    assert "dftop: error:" in capsys.readouterr().err
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dftop: {message}")
+    assert err.count("\n") == 1
 
 
 # --- helpers --------------------------------------------------------------------------------
