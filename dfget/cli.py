@@ -17,17 +17,16 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from types import FrameType
-from typing import NoReturn
 
 from rich.console import Console
 from rich.logging import RichHandler
 
 from dfget import errors
-from dfget.config import CONFIG_ENV, UiOptions, build_options, find_config_file
-from dfget.options import DEFAULT_SEED_TIME_S, DownloadOptions, DownloadResult, ProgressReport
+from dfget.config import SETTINGS, UiOptions, find_config_file, load, options_from
+from dfget.options import DownloadOptions, DownloadResult, ProgressReport
 from dfget.progress import ProgressDisplay, summary_line
+from peerwire.settings import ArgumentParser, SettingsError
 
 INTERRUPTED_MESSAGE = (
     "dfget: interrupted; verified pieces kept beside the output, run the same command to resume"
@@ -44,30 +43,19 @@ exit codes:
   {errors.EXIT_NO_PEERS:<3}  the swarm cannot deliver and --no-back-to-source was given
   {errors.EXIT_INTERRUPTED:<3}  interrupted (Ctrl-C, SIGTERM); the same command resumes
 
-Every option is also read from the environment (DFGET_TRACKER, DFGET_RATE, DFGET_UPLOAD_RATE,
-DFGET_DIGEST, DFGET_HEADER with one header per line, DFGET_FILTER, DFGET_TAG, DFGET_ZONE,
-DFGET_SEED_TIME, DFGET_NO_BACK_TO_SOURCE=1, DFGET_TIMEOUT, DFGET_QUIET=1, DFGET_PEER_PORT) and
-from a TOML file (--config, else ${CONFIG_ENV}, else ~/.config/dfget/config.toml) with the keys
-tracker, rate, upload_rate, digest, headers (a list), filter, tag, zone, seed_time,
-back_to_source (true/false), timeout, quiet, peer_port. Flags win over the environment over
-the file.
+Each option --some-name is also the environment variable DFGET_SOME_NAME and the key
+some_name of a TOML file (--config, else $DFGET_CONFIG, else ~/.config/dfget/config.toml;
+top-level keys or a [dfget] table). Flags win over the environment over the file; an empty
+variable is unset. The former keys headers and back_to_source (now no_back_to_source, the
+opposite) still work. --print-config shows every setting and where it came from.
 
 example:
   dfget https://example.com/model.bin -O model.bin --tracker http://tracker:6969 --rate 50M
 """
 
 
-class _UsageError(Exception):
-    """argparse found bad arguments; main() prints one line and exits with EXIT_USAGE."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="dfget",
         description=(
             "Download one URL through the P2P swarm: peers trade verified pieces, the origin\n"
@@ -79,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
-    add("url", metavar="URL", help="http:// or https:// URL to download")
+    add("url", metavar="URL", nargs="?", help="http:// or https:// URL to download")
     add(
         "-O",
         "--output",
@@ -88,95 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the last segment of the URL's path in the current directory, index.html "
         "when it is empty)",
     )
-    add(
-        "--tracker",
-        action="append",
-        metavar="URL[,URL...]",
-        help="tracker base or announce URL, tried in turn, e.g. --tracker "
-        "http://t1:6969,http://t2:6969/announce (repeatable; default: none, straight from the "
-        "origin)",
-    )
-    add(
-        "--rate",
-        metavar="RATE",
-        help="download limit of this task, peers and origin together, e.g. --rate 20M "
-        "(20 MiB/s) or --rate 160mbit (default: unlimited)",
-    )
-    add(
-        "--upload-rate",
-        metavar="RATE",
-        help="upload limit to other peers, e.g. --upload-rate 10M (default: unlimited)",
-    )
-    add(
-        "--digest",
-        metavar="sha256:HEX",
-        help="expected sha256 of the whole file, checked before PATH appears; also the task's "
-        "identity, e.g. --digest sha256:9f86d0...0a08",
-    )
-    add(
-        "-H",
-        "--header",
-        action="append",
-        metavar="'Name: value'",
-        help="header sent to the origin, never part of the task identity, e.g. "
-        "-H 'Authorization: Bearer TOKEN' (repeatable)",
-    )
-    add(
-        "--filter",
-        action="append",
-        metavar="PARAM[,PARAM...]",
-        help="query parameters left out of the task identity (signatures, expiries), e.g. "
-        "--filter Signature,Expires (repeatable)",
-    )
-    add(
-        "--tag",
-        metavar="TAG",
-        help="part of the task identity: the same URL with another tag is another task, "
-        "e.g. --tag v2",
-    )
-    add(
-        "--zone",
-        metavar="LABEL",
-        help="where this host is (rack, datacenter); the tracker prefers peers of the same "
-        "zone, e.g. --zone rack-12",
-    )
-    add(
-        "--seed-time",
-        metavar="DURATION",
-        help="keep uploading this long after the download, e.g. --seed-time 5m; 0 leaves at "
-        f"once (default: {DEFAULT_SEED_TIME_S:g}s, a burst of hosts arrives within a minute)",
-    )
-    add(
-        "--no-back-to-source",
-        action="store_const",
-        const=True,
-        help="never download from the origin directly when the tracker or the swarm fails; "
-        "fail with exit code 6 instead",
-    )
-    add(
-        "--timeout",
-        metavar="DURATION",
-        help="give up after this long, seeding excluded, e.g. --timeout 10m (default: none)",
-    )
-    add(
-        "--peer-port",
-        metavar="N",
-        help="TCP port other peers connect to, e.g. --peer-port 65000 (default: 0, any free port)",
-    )
-    add(
-        "--secret-file",
-        metavar="FILE",
-        help="the cluster secret (at least 16 bytes) when the swarm uses one; also "
-        "DRAGONFLY_SECRET (the secret itself) or DFGET_SECRET_FILE",
-    )
-    add("--config", type=Path, metavar="FILE", help="TOML file with any option above")
-    add(
-        "-q",
-        "--quiet",
-        action="store_const",
-        const=True,
-        help="no progress display (errors and the summary line are still printed)",
-    )
+    SETTINGS.add_arguments(parser)
     add("-v", "--verbose", action="count", default=0, help="more logging: -v info, -vv debug")
     return parser
 
@@ -268,13 +168,18 @@ def run(options: DownloadOptions, ui: UiOptions, console: Console | None = None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    environ = os.environ
     try:
-        args = parser.parse_args(argv)
-        config_file = find_config_file(args.config, os.environ)
-        options, ui = build_options(args, os.environ, config_file)
-    except (_UsageError, ValueError) as exc:
-        print(f"dfget: {exc} (see dfget --help)", file=sys.stderr)
+        args = build_parser().parse_args(argv)
+        loaded, flags = load(args, environ, find_config_file(args.config, environ))
+        for notice in loaded.notices:
+            print(f"dfget: {notice}", file=sys.stderr)
+        if args.print_config:
+            print("\n".join(loaded.describe({})))
+            return errors.EXIT_OK
+        options, ui = options_from(loaded, flags)
+    except SettingsError as exc:
+        print(f"dfget: {exc}", file=sys.stderr)
         return errors.EXIT_USAGE
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else errors.EXIT_USAGE

@@ -1,34 +1,36 @@
 """Flags, ``DFGET_*`` environment variables and a TOML file -> one ``DownloadOptions``.
 
-Every option can be set in three places; the first that sets it wins (DESIGN.md):
+Every option can be set in three places; the first that sets it wins (``peerwire.settings``):
 
 1. the command-line flag (``--rate 20M``);
 2. the environment variable ``DFGET_<NAME>`` (``DFGET_RATE=20M``); an empty variable is unset;
 3. the TOML file: ``--config FILE``, else ``$DFGET_CONFIG``, else
-   ``$XDG_CONFIG_HOME/dfget/config.toml`` (``~/.config/dfget/config.toml``) when it exists.
+   ``$XDG_CONFIG_HOME/dfget/config.toml`` (``~/.config/dfget/config.toml``) when it exists;
+   top-level keys (or a ``[dfget]`` table) named like the flags (``rate``, ``header``,
+   ``no_back_to_source``).
 
 A source replaces, it never merges: ``-H`` on the command line replaces every header of the
 file. Rates read like ``20M`` (MiB/s) or ``160mbit``, durations like ``30s`` or ``5m``
 (``peerwire.units``); in TOML a bare number is bytes/s or seconds. ``--rate unlimited`` and
-``--timeout none`` lift a limit the file or the environment set.
+``--timeout none`` lift a limit the file or the environment set. The former keys ``headers``
+and ``back_to_source`` (the opposite of ``no_back_to_source``) still work, with a notice.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import re
-import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from dfget.identity import normalize_url, parse_digest
-from dfget.options import DownloadOptions
-from peerwire.auth import load_secret as _load_secret
-from peerwire.units import parse_duration, parse_rate
+from dfget.options import DEFAULT_SEED_TIME_S, DownloadOptions
+from peerwire import settingkinds as kinds
+from peerwire.auth import load_secret
+from peerwire.settings import CLUSTER_SECRET, Loaded, Setting, Settings, SettingsError
 from tracker.urls import tracker_base_url
 
 ENV_PREFIX: Final = "DFGET_"
@@ -48,8 +50,6 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _RESERVED_HEADERS: Final = frozenset(
     {"range", "if-range", "content-length", "transfer-encoding", "connection", "upgrade", "te"}
 )
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"0", "false", "no", "off"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,36 +88,9 @@ def _filters(value: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_comma_list(value, "query parameter name")))
 
 
-def _rate(value: object) -> float | None:
-    """``20M``, ``160mbit``, ``unlimited`` (None); a TOML number is bytes/s."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"rate must be a positive number of bytes/s, not {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError(f"expected a rate such as '20M', not {value!r:.100}")
-    if value.strip().lower() == "unlimited":
-        return None
-    return parse_rate(value)
-
-
-def _seconds(value: object) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        seconds = parse_duration(value)
-    else:
-        raise ValueError(f"expected a duration such as '30s', not {value!r:.100}")
-    if not (math.isfinite(seconds) and seconds >= 0):
-        raise ValueError(f"duration must be a finite number of seconds >= 0, not {value!r}")
-    return seconds
-
-
-def _timeout(value: object) -> float | None:
-    """A positive duration, or ``none`` for no limit."""
-    if isinstance(value, str) and value.strip().lower() == "none":
-        return None
-    seconds = _seconds(value)
+def _timeout(value: object) -> float:
+    """A positive duration (``none``, no limit, is ``optional``'s)."""
+    seconds = kinds.parse_duration_value(value)
     if seconds <= 0:
         raise ValueError("timeout must be positive (or 'none' for no limit)")
     return seconds
@@ -172,113 +145,168 @@ def _label(value: object) -> str:
     return value
 
 
-def _bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ValueError(f"expected true or false, not {value!r:.100}")
+def _show_headers(value: Any) -> str:
+    """Header names only: their values often carry credentials."""
+    return ", ".join(f"{name}: <hidden>" for name, _ in value)
 
 
-def _secret_file(value: object) -> bytes:
-    """The cluster secret from a file (peerwire.auth.load_secret's rules)."""
-    return _load_secret(str(value), None) or b""
+def _show_digest(value: Any) -> str:
+    return "" if value is None else "sha256:" + value.hex()
 
 
-def _port(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"expected a port number, not {value!r:.100}")
-    try:
-        port = int(value)
-    except ValueError:
-        raise ValueError(f"expected a port number, not {value!r:.100}") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} is not in 0..65535 (0 = any free port)")
-    return port
+def _user_file(environ: Mapping[str, str]) -> Path:
+    config_home = environ.get("XDG_CONFIG_HOME")
+    if not config_home:
+        home = environ.get("HOME")
+        config_home = str((Path(home) if home else Path.home()) / ".config")
+    return Path(config_home) / "dfget" / "config.toml"
 
 
-@dataclass(frozen=True, slots=True)
-class _Setting:
-    #: Field of ``DownloadOptions`` or ``UiOptions``.
-    target: str
-    #: argparse ``dest`` and how the flag is spelled in messages.
-    dest: str
-    flag: str
-    env: str
-    key: str
-    convert: Callable[[object], Any]
-    #: The flag and the variable say "no" (``--no-back-to-source``); the TOML key says "yes".
-    negated: bool = False
-
-
-_SETTINGS: Final = (
-    _Setting("trackers", "tracker", "--tracker", "DFGET_TRACKER", "tracker", _trackers),
-    _Setting("rate_bps", "rate", "--rate", "DFGET_RATE", "rate", _rate),
-    _Setting(
-        "upload_rate_bps", "upload_rate", "--upload-rate", "DFGET_UPLOAD_RATE", "upload_rate", _rate
-    ),
-    _Setting("digest_sha256", "digest", "--digest", "DFGET_DIGEST", "digest", _digest),
-    _Setting("headers", "header", "-H/--header", "DFGET_HEADER", "headers", _headers),
-    _Setting("filters", "filter", "--filter", "DFGET_FILTER", "filter", _filters),
-    _Setting("tag", "tag", "--tag", "DFGET_TAG", "tag", _label),
-    _Setting("zone", "zone", "--zone", "DFGET_ZONE", "zone", _label),
-    _Setting("seed_time_s", "seed_time", "--seed-time", "DFGET_SEED_TIME", "seed_time", _seconds),
-    _Setting(
-        "back_to_source",
-        "no_back_to_source",
-        "--no-back-to-source",
-        "DFGET_NO_BACK_TO_SOURCE",
-        "back_to_source",
-        _bool,
-        negated=True,
-    ),
-    _Setting("timeout_s", "timeout", "--timeout", "DFGET_TIMEOUT", "timeout", _timeout),
-    _Setting("quiet", "quiet", "--quiet", "DFGET_QUIET", "quiet", _bool),
-    _Setting("peer_port", "peer_port", "--peer-port", "DFGET_PEER_PORT", "peer_port", _port),
-    _Setting(
-        "secret", "secret_file", "--secret-file", "DFGET_SECRET_FILE", "secret_file", _secret_file
-    ),
+_D = "download"
+_LIST = "URL[,URL...]"
+SETTINGS: Final = Settings(
+    "dfget",
+    ENV_PREFIX,
+    [
+        Setting(
+            "tracker",
+            kinds.Kind(_trackers, ",".join, _LIST),
+            "tracker base or announce URL, tried in turn, e.g. --tracker "
+            "http://t1:6969,http://t2:6969/announce (repeatable)",
+            (),
+            default_text="none: straight from the origin",
+            field="trackers",
+            group=_D,
+            action="append",
+        ),
+        Setting(
+            "rate",
+            kinds.optional(kinds.RATE, "unlimited"),
+            "download limit of this task, peers and origin together, e.g. --rate 20M "
+            "(20 MiB/s) or --rate 160mbit",
+            field="rate_bps",
+            group=_D,
+        ),
+        Setting(
+            "upload_rate",
+            kinds.optional(kinds.RATE, "unlimited"),
+            "upload limit to other peers, e.g. --upload-rate 10M",
+            field="upload_rate_bps",
+            group=_D,
+        ),
+        Setting(
+            "digest",
+            kinds.Kind(_digest, _show_digest, "sha256:HEX"),
+            "expected sha256 of the whole file, checked before PATH appears; also the task's "
+            "identity, e.g. --digest sha256:9f86d0...0a08",
+            field="digest_sha256",
+            group=_D,
+        ),
+        Setting(
+            "header",
+            kinds.Kind(_headers, _show_headers, "'Name: value'"),
+            "header sent to the origin, never part of the task identity, e.g. "
+            "-H 'Authorization: Bearer TOKEN' (repeatable; the variable takes one per line)",
+            (),
+            field="headers",
+            group=_D,
+            short="-H",
+            action="append",
+            aliases=("headers",),
+        ),
+        Setting(
+            "filter",
+            kinds.Kind(_filters, ",".join, "PARAM[,PARAM...]"),
+            "query parameters left out of the task identity (signatures, expiries), e.g. "
+            "--filter Signature,Expires (repeatable)",
+            (),
+            field="filters",
+            group=_D,
+            action="append",
+        ),
+        Setting(
+            "tag",
+            kinds.Kind(_label, str, "TAG"),
+            "part of the task identity: the same URL with another tag is another task, "
+            "e.g. --tag v2",
+            "",
+            group=_D,
+        ),
+        Setting(
+            "zone",
+            kinds.Kind(_label, str, "LABEL"),
+            "where this host is (rack, datacenter); the tracker prefers peers of the same "
+            "zone, e.g. --zone rack-12",
+            "",
+            group=_D,
+        ),
+        Setting(
+            "seed_time",
+            kinds.DURATION,
+            "keep uploading this long after the download, e.g. --seed-time 5m; 0 leaves at "
+            "once (a burst of hosts arrives within a minute)",
+            DEFAULT_SEED_TIME_S,
+            field="seed_time_s",
+            group=_D,
+        ),
+        Setting(
+            "no_back_to_source",
+            kinds.BOOL,
+            "never download from the origin directly when the tracker or the swarm fails; "
+            "fail with exit code 6 instead",
+            False,
+            field="back_to_source",
+            group=_D,
+            action="switch",
+            negate=True,
+            inverse_aliases=("back_to_source",),
+        ),
+        Setting(
+            "timeout",
+            kinds.optional(kinds.Kind(_timeout, kinds.show_duration, "DURATION"), "none"),
+            "give up after this long, seeding excluded, e.g. --timeout 10m",
+            field="timeout_s",
+            group=_D,
+        ),
+        Setting(
+            "peer_port",
+            kinds.PORT,
+            "TCP port other peers connect to, e.g. --peer-port 65000 (0: any free port)",
+            0,
+            group=_D,
+        ),
+        Setting(
+            "secret_file",
+            kinds.SECRET_FILE,
+            f"the cluster secret (at least 16 bytes) when the swarm uses one; else {SECRET_ENV} "
+            "(the secret itself)",
+            field=None,
+        ),
+        Setting(
+            "quiet",
+            kinds.BOOL,
+            "no progress display (errors and the summary line are still printed)",
+            False,
+            group="ui",
+            short="-q",
+            action="switch",
+        ),
+        CLUSTER_SECRET,
+    ],
+    tables=("dfget",),
+    user_file=_user_file,
+    user_file_text="~/.config/dfget/config.toml",
 )
-_TOML_KEYS: Final = frozenset(setting.key for setting in _SETTINGS)
-_FLAG_KEYS: Final = frozenset(setting.dest for setting in _SETTINGS) | {
-    "url",
-    "output",
-    "config",
-    "verbose",
-}
-_UI_FIELDS: Final = frozenset({"quiet"})
+#: Flags that are not settings: the download's URL and output, and the command's own.
+_OTHER_FLAGS: Final = frozenset({"url", "output", "config", "print_config", "verbose"})
 
 
 def find_config_file(flag: Path | None, environ: Mapping[str, str]) -> Path | None:
     """``--config``, else ``$DFGET_CONFIG``, else the per-user file when it exists, else None.
 
-    A file named explicitly must exist (``build_options`` says so); the per-user default is
-    optional.
+    A file named explicitly must exist (``load`` says so); the per-user default is optional.
     """
-    if flag is not None:
-        return flag
-    if environ.get(CONFIG_ENV):
-        return Path(environ[CONFIG_ENV])
-    config_home = environ.get("XDG_CONFIG_HOME")
-    if not config_home:
-        home = environ.get("HOME")
-        config_home = str((Path(home) if home else Path.home()) / ".config")
-    default = Path(config_home) / "dfget" / "config.toml"
-    return default if default.is_file() else None
-
-
-def _read_file(path: Path) -> dict[str, Any]:
-    try:
-        document = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"config file {path}: {exc}") from exc
-    unknown = sorted(set(document) - _TOML_KEYS)
-    if unknown:
-        raise ValueError(
-            f"config file {path}: unknown keys {', '.join(map(repr, unknown))} "
-            f"(known: {', '.join(sorted(_TOML_KEYS))})"
-        )
-    return document
+    return SETTINGS.find_config_file(flag, environ)
 
 
 def default_output(url: str) -> Path:
@@ -293,12 +321,47 @@ def default_output(url: str) -> Path:
     return Path(name)
 
 
-def _convert(setting: _Setting, raw: object, source: str) -> Any:
+def load(
+    args: argparse.Namespace | Mapping[str, Any],
+    environ: Mapping[str, str],
+    config_file: Path | None,
+) -> tuple[Loaded, dict[str, Any]]:
+    """Merge flags > environment > file; the merge and the flags (by argparse ``dest``)."""
+    flags = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
+    unknown = sorted(set(flags) - set(SETTINGS.by_name) - _OTHER_FLAGS)
+    if unknown:
+        raise SettingsError(f"unknown options: {', '.join(unknown)}")
+    return SETTINGS.load(flags, environ, config_file), flags
+
+
+def options_from(loaded: Loaded, flags: Mapping[str, Any]) -> tuple[DownloadOptions, UiOptions]:
+    """The download's options and the UI's from a merge and the flags ``url``, ``output`` and
+    ``verbose``; SettingsError names the source of a bad value."""
+    url = flags.get("url")
+    if not isinstance(url, str):
+        raise SettingsError("the following arguments are required: URL")
+    secret: bytes | None = loaded.values["secret"]
+    if loaded.is_set("secret_file"):
+        try:
+            secret = load_secret(str(loaded.values["secret_file"]), None)
+        except (OSError, ValueError) as exc:
+            raise loaded.error("secret_file", str(exc)) from None
     try:
-        value = setting.convert(raw)
+        normalize_url(url, loaded.values["filter"])
     except ValueError as exc:
-        raise ValueError(f"{source}: {exc}") from None
-    return value
+        raise SettingsError(f"URL={url!r}: {exc}") from None
+    output = flags.get("output")
+    if output is None:
+        output_path = default_output(url)
+    else:
+        output_path = Path(output)
+        if str(output).endswith("/") or output_path.is_dir():
+            output_path = output_path / default_output(url)
+    verbose = flags.get("verbose") or 0
+    if not isinstance(verbose, int) or verbose < 0:
+        raise SettingsError(f"verbose must be a count >= 0, not {verbose!r}")
+    download = loaded.build(DownloadOptions, "download", url=url, output=output_path, secret=secret)
+    return download, loaded.build(UiOptions, "ui", verbose=verbose)
 
 
 def build_options(
@@ -309,42 +372,8 @@ def build_options(
     """Merge flags > environment > file into the download's options and the UI's.
 
     ``args`` holds flags by argparse ``dest`` (``url``, ``output``, ``rate``, ``header``, ...);
-    None means "not given". ValueError names the source and the option of any bad value.
+    None means "not given". SettingsError (a ValueError) names the source and the value of any
+    bad setting.
     """
-    flags = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
-    unknown = sorted(set(flags) - _FLAG_KEYS)
-    if unknown:
-        raise ValueError(f"unknown options: {', '.join(unknown)}")
-    url = flags.get("url")
-    if not isinstance(url, str):
-        raise ValueError("a URL to download is required")
-    document = _read_file(config_file) if config_file is not None else {}
-    values: dict[str, Any] = {}
-    for setting in _SETTINGS:
-        if flags.get(setting.dest) is not None:
-            value = _convert(setting, flags[setting.dest], setting.flag)
-            values[setting.target] = not value if setting.negated else value
-        elif environ.get(setting.env):
-            value = _convert(setting, environ[setting.env], setting.env)
-            values[setting.target] = not value if setting.negated else value
-        elif setting.key in document:
-            source = f"config file {config_file}: {setting.key}"
-            values[setting.target] = _convert(setting, document[setting.key], source)
-    if "secret" not in values and environ.get(SECRET_ENV):
-        values["secret"] = _load_secret(None, environ[SECRET_ENV])
-    ui_values = {name: values.pop(name) for name in _UI_FIELDS if name in values}
-    normalize_url(url, values.get("filters", ()))
-    output = flags.get("output")
-    if output is None:
-        output_path = default_output(url)
-    else:
-        output_path = Path(output)
-        if str(output).endswith("/") or output_path.is_dir():
-            output_path = output_path / default_output(url)
-    verbose = flags.get("verbose") or 0
-    if not isinstance(verbose, int) or verbose < 0:
-        raise ValueError(f"verbose must be a count >= 0, not {verbose!r}")
-    return (
-        DownloadOptions(url=url, output=output_path, **values),
-        UiOptions(verbose=verbose, **ui_values),
-    )
+    loaded, flags = load(args, environ, config_file)
+    return options_from(loaded, flags)

@@ -108,8 +108,9 @@ CLUSTER_SECRET: Final = Setting(
 )
 
 
-def _quote(raw: object) -> str:
-    if isinstance(raw, list) and len(raw) == 1:
+def _quote(raw: object, flag: bool) -> str:
+    """The value as an error quotes it; a repeatable flag given once quotes that one value."""
+    if flag and isinstance(raw, list) and len(raw) == 1:
         raw = raw[0]
     text = repr(raw)
     return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED] + "..."
@@ -227,7 +228,7 @@ class Settings:
         for table in self.tables:
             inner = document.get(table)
             if table in document and not isinstance(inner, dict):
-                raise SettingsError(f"{where}: [{table}] must be a table, not {_quote(inner)}")
+                raise SettingsError(f"{where}: [{table}] must be a table, not {inner!r:.100}")
         own = [(f"{table}.", document.pop(table)) for table in self.tables if table in document]
         for dotted, table_values in [("", document), *own]:
             self._walk(path, table_values, dotted, "", found, unknown)
@@ -339,7 +340,8 @@ class Settings:
 def _error(setting: Setting, found: _Given, message: str) -> SettingsError:
     if setting.kind.sensitive:
         return SettingsError(f"{found.label}: {message}")
-    return SettingsError(f"{found.label}={_quote(found.raw)}: {message}")
+    shown = _quote(found.raw, found.source.startswith("flag "))
+    return SettingsError(f"{found.label}={shown}: {message}")
 
 
 class Loaded:

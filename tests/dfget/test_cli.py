@@ -185,7 +185,7 @@ def test_arguments_reach_the_engine_as_options(
         ([], "required: URL"),
         ([URL, "--bogus"], "unrecognized arguments: --bogus"),
         (["ftp://h/x"], "only http:// and https://"),
-        ([URL, "--rate", "fast"], "--rate"),
+        ([URL, "--rate", "fast"], "--rate='fast': rate 'fast' is not a number"),
         ([URL, "-H", "Bad"], "'Name: value'"),
         ([URL, "--digest", "md5:00"], "only sha256 is supported"),
         ([URL, "--config", "/nonexistent/dfget.toml"], "config file /nonexistent/dfget.toml"),
@@ -236,6 +236,28 @@ def test_help_explains_every_flag_with_an_example_and_lists_exit_codes(
     for code in (0, 1, 2, 3, 4, 5, 6, 130):
         assert f"\n  {code:<3}  " in text
     assert "DFGET_NO_BACK_TO_SOURCE" in text
+
+
+def test_print_config_shows_every_setting_and_its_source(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    clean_env: None,
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "dfget.toml"
+    config.write_text('zone = "rack-1"\nrate = "1M"\n')
+    monkeypatch.setenv("DFGET_RATE", "2M")
+    monkeypatch.setenv("DRAGONFLY_SECRET", "x" * 16)
+    stand_in = install(monkeypatch)
+    assert cli.main(["--config", str(config), "--tag", "v1", "--print-config"]) == 0
+    assert stand_in.calls == []
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    assert lines["tag"][2:] == ["v1", "#", "flag", "--tag"]
+    assert lines["rate"][2:] == ["2M", "#", "env", "DFGET_RATE"]
+    assert lines["zone"][2:] == ["rack-1", "#", "file", str(config)]
+    assert lines["seed_time"][2:] == ["1m", "#", "default"]
+    assert lines["secret"][2:] == ["<set>", "#", "env", "DRAGONFLY_SECRET"]
+    assert "x" * 16 not in str(lines)
 
 
 def terminal() -> Console:

@@ -14,6 +14,8 @@ from dfget.config import (
     build_options,
     default_output,
     find_config_file,
+    load,
+    options_from,
     parse_header,
 )
 from dfget.options import DEFAULT_SEED_TIME_S, DownloadOptions
@@ -60,7 +62,7 @@ def test_empty_environment_variable_is_unset(tmp_path: Path) -> None:
 
 
 def test_a_source_replaces_lists_rather_than_merging(tmp_path: Path) -> None:
-    toml = 'headers = ["A: 1", "B: 2"]\nfilter = ["sig"]\n'
+    toml = 'header = ["A: 1", "B: 2"]\nfilter = ["sig"]\n'
     download, _ = options({"header": ["C: 3"]}, {"DFGET_FILTER": "exp"}, toml, tmp_path)
     assert download.headers == (("C", "3"),)
     assert download.filters == ("exp",)
@@ -102,6 +104,7 @@ def test_quiet_from_environment_flag_and_file(tmp_path: Path) -> None:
 def test_no_back_to_source_flag_environment_and_file(tmp_path: Path) -> None:
     assert options({"no_back_to_source": True})[0].back_to_source is False
     assert options({}, {}, "back_to_source = false\n", tmp_path)[0].back_to_source is False
+    assert options({}, {}, "no_back_to_source = true\n", tmp_path)[0].back_to_source is False
     # The environment says "no" = false, which re-enables what the file disabled.
     environ = {"DFGET_NO_BACK_TO_SOURCE": "false"}
     assert options({}, environ, "back_to_source = false\n", tmp_path)[0].back_to_source is True
@@ -113,12 +116,12 @@ tracker = ["http://t1:6969", "http://t2:6969/announce"]
 rate = "20M"
 upload_rate = 1048576
 digest = "sha256:{HEX}"
-headers = ["Cookie: a=b"]
+header = ["Cookie: a=b"]
 filter = "sig,exp"
 tag = "t"
 zone = "z"
 seed_time = 0
-back_to_source = false
+no_back_to_source = true
 timeout = "2h"
 quiet = true
 peer_port = 7001
@@ -162,22 +165,25 @@ def test_limits_can_be_lifted_over_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        ({"tracker": ["udp://t:1"]}, "--tracker: tracker must be an http:// URL"),
-        ({"tracker": ["http://t:1/announce?x=1"]}, "--tracker: .*query"),
-        ({"rate": "0"}, "--rate: .*positive"),
-        ({"rate": "fast"}, "--rate"),
-        ({"upload_rate": "5Q"}, "--upload-rate"),
-        ({"digest": "md5:00"}, "--digest: .*only sha256"),
-        ({"header": ["NoColon"]}, "-H/--header: .*'Name: value'"),
-        ({"seed_time": "-1s"}, "--seed-time"),
-        ({"timeout": "0"}, "--timeout: timeout must be positive"),
-        ({"peer_port": "70000"}, "--peer-port: port 70000"),
-        ({"peer_port": "http"}, "--peer-port: expected a port"),
-        ({"tag": "a\nb"}, "--tag: must be printable"),
-        ({"zone": "z" * 300}, "--zone: longer than"),
-        ({"filter": [",".join(f"p{i}" for i in range(65))]}, "--filter: more than 64"),
-        ({"url": "ftp://h/x"}, "only http:// and https://"),
-        ({"url": None}, "URL to download is required"),
+        ({"tracker": ["udp://t:1"]}, r"^--tracker='udp://t:1': tracker must be an http:// URL"),
+        (
+            {"tracker": ["http://t:1/announce?x=1"]},
+            r"^--tracker='http://t:1/announce\?x=1': .*query",
+        ),
+        ({"rate": "0"}, r"^--rate='0': rate '0' must be positive"),
+        ({"rate": "fast"}, r"^--rate='fast': rate 'fast' is not a number"),
+        ({"upload_rate": "5Q"}, r"^--upload-rate='5Q': rate '5Q' has unknown unit"),
+        ({"digest": "md5:00"}, r"^--digest='md5:00': .*only sha256"),
+        ({"header": ["NoColon"]}, r"^--header='NoColon': .*'Name: value'"),
+        ({"seed_time": "-1s"}, r"^--seed-time='-1s': duration '-1s' is negative"),
+        ({"timeout": "0"}, r"^--timeout='0': timeout must be positive"),
+        ({"peer_port": "70000"}, r"^--peer-port='70000': port 70000"),
+        ({"peer_port": "http"}, r"^--peer-port='http': expected a port"),
+        ({"tag": "a\nb"}, r"^--tag='a\\nb': must be printable"),
+        ({"zone": "z" * 300}, r"^--zone='z+\.\.\.: longer than"),
+        ({"filter": [",".join(f"p{i}" for i in range(65))]}, r"^--filter='p0,.*: more than 64"),
+        ({"url": "ftp://h/x"}, r"^URL='ftp://h/x': only http:// and https://"),
+        ({"url": None}, "required: URL"),
         ({"rte": "1M"}, "unknown options: rte"),
     ],
 )
@@ -187,10 +193,62 @@ def test_bad_flags_are_named(flags: dict[str, Any], message: str) -> None:
 
 
 def test_bad_environment_values_name_the_variable() -> None:
-    with pytest.raises(ValueError, match="DFGET_QUIET: expected true or false"):
+    with pytest.raises(ValueError, match=r"^DFGET_QUIET='maybe': expected true or false"):
         options({}, {"DFGET_QUIET": "maybe"})
-    with pytest.raises(ValueError, match="DFGET_TIMEOUT"):
+    with pytest.raises(ValueError, match=r"^DFGET_TIMEOUT='soon': duration 'soon' is not"):
         options({}, {"DFGET_TIMEOUT": "soon"})
+
+
+@pytest.mark.parametrize(
+    ("flag", "variable", "key", "text"),
+    [
+        ("rate", "DFGET_RATE", "rate", "fast"),
+        ("seed_time", "DFGET_SEED_TIME", "seed_time", "soon"),
+        ("peer_port", "DFGET_PEER_PORT", "peer_port", "99999"),
+        ("digest", "DFGET_DIGEST", "digest", "md5:00"),
+    ],
+)
+def test_a_bad_value_reads_the_same_from_every_source(
+    tmp_path: Path, flag: str, variable: str, key: str, text: str
+) -> None:
+    bodies = []
+    for flags, environ, toml in [
+        ({flag: text}, {}, None),
+        ({}, {variable: text}, None),
+        ({}, {}, f'{key} = "{text}"\n'),
+    ]:
+        with pytest.raises(ValueError) as caught:
+            options(flags, environ, toml, tmp_path)
+        _, _, body = str(caught.value).partition(f"={text!r}: ")
+        assert body, str(caught.value)
+        bodies.append(body)
+    assert bodies[0] == bodies[1] == bodies[2]
+
+
+def test_former_keys_still_work_with_a_notice(tmp_path: Path) -> None:
+    file = tmp_path / "config.toml"
+    file.write_text('headers = ["A: 1"]\nback_to_source = false\n')
+    loaded, flags = load({"url": URL}, {}, file)
+    download, _ = options_from(loaded, flags)
+    assert download.headers == (("A", "1"),)
+    assert download.back_to_source is False
+    assert [notice.split(": ", 1)[1] for notice in loaded.notices] == [
+        "key headers is deprecated, use header",
+        "key back_to_source is deprecated, use no_back_to_source (the opposite)",
+    ]
+
+
+def test_a_secret_file_wins_over_the_variable_and_a_short_one_is_refused(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("f" * 20 + "\n")
+    environ = {"DRAGONFLY_SECRET": "e" * 16}
+    assert options({}, environ)[0].secret == b"e" * 16
+    assert options({"secret_file": str(secret_file)}, environ)[0].secret == b"f" * 20
+    with pytest.raises(ValueError) as caught:
+        options({}, {"DRAGONFLY_SECRET": "short"})
+    assert str(caught.value) == "DRAGONFLY_SECRET: the cluster secret must be at least 16 bytes"
+    with pytest.raises(ValueError, match=r"^--secret-file='/nonexistent': cannot read"):
+        options({"secret_file": "/nonexistent"})
 
 
 def test_unknown_toml_keys_are_all_named(tmp_path: Path) -> None:
@@ -206,18 +264,20 @@ def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ("quiet = 1\n", "quiet: expected true or false"),
-        ("peer_port = true\n", "peer_port: expected a port"),
-        ("headers = [1]\n", "headers: expected headers as a string or a list"),
-        ("tag = 5\n", "tag: expected a string"),
-        ("rate = -5\n", "rate: rate must be a positive"),
-        ("seed_time = [1]\n", "seed_time: expected a duration"),
-        ("digest = 1\n", "digest: expected a digest"),
+        ("quiet = 1\n", "quiet=1: expected true or false"),
+        ("peer_port = true\n", "peer_port=True: expected a port"),
+        ("header = [1]\n", "header=[1]: expected headers as a string or a list"),
+        ("headers = [1]\n", "headers=[1]: expected headers as a string or a list"),
+        ("tag = 5\n", "tag=5: expected a string"),
+        ("rate = -5\n", "rate=-5: rate -5 must be positive"),
+        ("seed_time = [1]\n", "seed_time=[1]: expected a duration"),
+        ("digest = 1\n", "digest=1: expected a digest"),
     ],
 )
 def test_toml_values_of_the_wrong_type_are_named(tmp_path: Path, toml: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError) as caught:
         options({}, {}, toml, tmp_path)
+    assert str(caught.value).startswith(f"config file {tmp_path / 'config.toml'}: {message}")
 
 
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
