@@ -1,35 +1,44 @@
-"""The proxy's options: the daemon's (address, upstream registry) plus its own ``[proxy]`` table.
+"""dfdaemon's configuration: the node daemon's options (``DaemonConfig``) and its registry
+mirror / HTTP proxy's (``ProxyConfig``), from flags > ``DFDAEMON_*`` variables > a TOML file.
 
-Where they come from, weakest first: the TOML file of ``dfdaemon`` (``--config`` or
-``$DFDAEMON_CONFIG``; daemon options under ``[dfdaemon]``, these under ``[proxy]``), then
-``DFDAEMON_PROXY_<KEY>`` environment variables, then flags (``--registry``, ``--proxy-rule``).
+``SETTINGS`` declares them (``peerwire.settings``): the setting ``cache_size`` is the flag
+``--cache-size``, the variable ``DFDAEMON_CACHE_SIZE`` and the key ``cache_size`` of the file
+(``--config``, else ``$DFDAEMON_CONFIG``; top-level keys or a ``[dfdaemon]`` table). The proxy's
+settings are named ``proxy_*`` and may sit in a ``[proxy]`` table (``[proxy] head_timeout`` is
+``proxy_head_timeout``, ``DFDAEMON_PROXY_HEAD_TIMEOUT``). Sizes read like ``10G``, rates like
+``20M`` or ``160mbit``, durations like ``24h``; a TOML number is bytes, bytes/s or seconds.
+The former names with a unit (``cache_size_bytes``, ``[proxy] head_timeout_s``, ...) still
+work, with a notice.
 
-* ``registries``: which upstream a containerd ``?ns=<registry host>`` names. TOML:
+* ``proxy_registries``: which upstream a containerd ``?ns=<registry host>`` names. TOML:
   ``[proxy.registries]`` with ``"docker.io" = "https://registry-1.docker.io"``; environment: a
   JSON object; flag: ``--registry HOST=URL`` (repeatable). The host of ``registry_mirror`` is
   always allowed. Any other ``ns`` is refused (403): the proxy is not an open relay.
-* ``rules``: HTTP proxy mode (absolute-form requests and CONNECT). Each is a regex searched in the
-  request URL and an action, ``swarm`` (GET bodies come through the daemon) or ``direct``
+* ``proxy_rules``: HTTP proxy mode (absolute-form requests and CONNECT). Each is a regex searched
+  in the request URL and an action, ``swarm`` (GET bodies come through the daemon) or ``direct``
   (passed through). The first match decides; no match is refused (403). TOML:
-  ``rules = [{regex = "...", action = "swarm"}]``; environment: the same as a JSON list; flag:
-  ``--proxy-rule ACTION=REGEX`` (repeatable).
+  ``rules = [{regex = "...", action = "swarm"}]`` in ``[proxy]``; environment: the same as a
+  JSON list; flag: ``--proxy-rule ACTION=REGEX`` (repeatable).
 """
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import re
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-from proxy.daemonconfig import CONFIG_ENV, DaemonConfig
+from dfget.handoff import default_socket
+from peerwire import settingkinds as kinds
+from peerwire.settings import CLUSTER_SECRET, Loaded, Setting, Settings
+from tracker.urls import tracker_base_url
 
-ENV_PREFIX: Final = "DFDAEMON_PROXY_"
+ENV_PREFIX: Final = "DFDAEMON_"
+CONFIG_ENV: Final = "DFDAEMON_CONFIG"
 ACTIONS: Final = ("swarm", "direct")
 #: A registry host as containerd names it in ``ns``: DNS name or IPv4, or [IPv6], then a port.
 HOST_RE: Final = re.compile(
@@ -39,6 +48,60 @@ HOST_RE: Final = re.compile(
 #: Most rules and registries accepted: the table is searched for every request.
 MAX_RULES: Final = 256
 MAX_REGISTRIES: Final = 256
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dragonfly" / "dfdaemon"
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """The node daemon's options (peer, cache, limits, local API), validated in one place."""
+
+    #: Tracker base URLs, tried in turn; none: every download goes to the origin directly.
+    tracker: tuple[str, ...] = ()
+    #: The registry mirror / HTTP proxy (loopback by default: exposing it is a choice).
+    proxy_host: str = "127.0.0.1"
+    proxy_port: int = 65001
+    #: The one peer port of this host, shared by every task; other hosts must reach it.
+    peer_host: str = "0.0.0.0"
+    peer_port: int = 0
+    #: Upstream registry of the mirror (``https://registry-1.docker.io``, ``http://127.0.0.1:5000``).
+    registry_mirror: str | None = None
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    #: Garbage collection: least recently used finished tasks go first above this size, and
+    #: any finished task unused for ``cache_ttl_s``. Tasks being written or read never go.
+    cache_size_bytes: int = 10 << 30
+    cache_ttl_s: float = 24 * 3600.0
+    gc_interval_s: float = 60.0
+    #: Host-wide limits (bytes/s) shared by every task; None = unlimited.
+    host_rate_bps: float | None = None
+    upload_rate_bps: float | None = None
+    #: The local API that ``dfget`` hands downloads to (owner-only permissions).
+    socket: Path = field(default_factory=default_socket)
+    zone: str = ""
+    #: File holding the cluster secret (else ``DRAGONFLY_SECRET``); see peerwire/auth.py.
+    secret_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("proxy_port", "peer_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                problems.append(f"{name} must be in 0..65535")
+        if self.cache_size_bytes <= 0:
+            problems.append("cache_size_bytes must be positive")
+        for name in ("cache_ttl_s", "gc_interval_s"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                problems.append(f"{name} must be a positive duration")
+        for name in ("host_rate_bps", "upload_rate_bps"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                problems.append(f"{name} must be positive")
+        if problems:
+            raise ValueError("; ".join(problems))
+
 
 Action = Literal["swarm", "direct"]
 
@@ -51,6 +114,9 @@ class ProxyRule:
 
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
+    """The registry mirror / HTTP proxy's options, validated in one place; ``host``, ``port``
+    and ``upstream`` come from the daemon's ``proxy_host``, ``proxy_port``, ``registry_mirror``."""
+
     host: str = "127.0.0.1"
     port: int = 65001
     #: The default upstream registry of origin-form ``/v2/`` requests (``registry_mirror``).
@@ -178,84 +244,140 @@ def _registries(raw: Any) -> tuple[tuple[str, str], ...]:
     return tuple(result)
 
 
-_NUMBERS: Final = {
-    "max_head_bytes": int,
-    "max_connections": int,
-    "body_buffer_bytes": int,
-    "upstream_connections": int,
-    "head_timeout_s": float,
-    "keepalive_timeout_s": float,
-    "send_timeout_s": float,
-    "upstream_connect_timeout_s": float,
-    "upstream_read_timeout_s": float,
-    "tunnel_idle_timeout_s": float,
-}
-KEYS: Final = ("rules", "registries", *_NUMBERS)
+def _trackers(raw: object) -> tuple[str, ...]:
+    """Comma-separated text or a TOML list of tracker base or announce URLs."""
+    items = raw if isinstance(raw, list) else kinds.parse_text(raw).split(",")
+    return tuple(tracker_base_url(kinds.parse_text(item)) for item in items if item.strip())
 
 
-def _convert(key: str, raw: Any) -> Any:
-    if key == "rules":
-        return _rules(raw)
-    if key == "registries":
-        return _registries(raw)
-    if isinstance(raw, bool):
-        raise ValueError("must be a number")
-    return _NUMBERS[key](raw)
+def _upstream(raw: object) -> str:
+    return registry_url(kinds.parse_text(raw))
 
 
-def _checked(key: str, raw: Any, source: str) -> Any:
-    try:
-        return _convert(key, raw)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{source}: {exc}") from None
+def _show_rules(value: Any) -> str:
+    return ", ".join(f"{rule.action}={rule.pattern.pattern}" for rule in value)
 
 
-def load_proxy_config(
-    daemon: DaemonConfig,
-    flags: Mapping[str, Any],
-    environ: Mapping[str, str],
-    config_file: Path | None,
-) -> ProxyConfig:
-    """The proxy's options: file < environment < flags (each key replaced as a whole).
+def _show_registries(value: Any) -> str:
+    return ", ".join(f"{host}={url}" for host, url in value)
 
-    ``flags`` holds ``rules`` and ``registries`` as lists of ``ACTION=REGEX`` / ``HOST=URL``
-    (None or empty: not given). ValueError names the source of a bad value.
-    """
-    values: dict[str, Any] = {}
-    path = config_file or (Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV) else None)
-    if path is not None:
-        try:
-            document = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ValueError(f"config file {path}: {exc}") from exc
-        table = document.get("proxy", {})
-        if not isinstance(table, dict):
-            raise ValueError(f"config file {path}: [proxy] must be a table")
-        for key, raw in table.items():
-            if key not in KEYS:
-                raise ValueError(f"config file {path}: unknown proxy option {key!r}")
-            values[key] = _checked(key, raw, f"{path}: proxy.{key}")
-    for key in KEYS:
-        name = ENV_PREFIX + key.upper()
-        text = environ.get(name)
-        if not text:
-            continue
-        if key in ("rules", "registries"):
-            try:
-                raw_env: Any = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{name}: not JSON: {exc}") from None
-        else:
-            raw_env = text
-        values[key] = _checked(key, raw_env, name)
-    for key in ("rules", "registries"):
-        raw_flag = flags.get(key)
-        if raw_flag:
-            values[key] = _checked(key, list(raw_flag), "--" + _FLAG_NAMES[key])
-    base = ProxyConfig(
-        host=daemon.proxy_host, port=daemon.proxy_port, upstream=daemon.registry_mirror
+
+_D = DaemonConfig()
+_P = ProxyConfig()
+_UNLIMITED = kinds.optional(kinds.RATE, "unlimited", "none", "")
+
+
+def _daemon(name: str, kind: kinds.Kind, help: str, field: str = "", **extra: Any) -> Setting:
+    """A daemon setting; a field with a unit (``cache_size_bytes``) is also its former name."""
+    target = field or name
+    aliases = (field,) if field else ()
+    return Setting(name, kind, help, getattr(_D, target), field=target, aliases=aliases, **extra)
+
+
+def _proxy(name: str, kind: kinds.Kind, help: str, field: str, **extra: Any) -> Setting:
+    """A ``proxy_*`` setting of ``ProxyConfig.<field>``; a field with a unit is a former name."""
+    aliases = () if field == name else ("proxy_" + field,)
+    return Setting(
+        "proxy_" + name, kind, help, getattr(_P, field), field=field, group="proxy",
+        aliases=aliases, **extra,
+    )  # fmt: skip
+
+
+SETTINGS: Final = Settings(
+    "dfdaemon",
+    ENV_PREFIX,
+    [
+        _daemon(
+            "tracker", kinds.Kind(_trackers, ",".join, "URL[,URL...]"),
+            "tracker base or announce URLs, tried in turn (none: straight from the origin)",
+        ),
+        _daemon("proxy_host", kinds.TEXT, "registry mirror / HTTP proxy address",
+                metavar="ADDRESS"),
+        _daemon("proxy_port", kinds.INT, "registry mirror / HTTP proxy port"),
+        _daemon("peer_host", kinds.TEXT, "address of the host's peer port", metavar="ADDRESS"),
+        _daemon("peer_port", kinds.INT, "the host's peer port (0: any free port)"),
+        _daemon(
+            "registry_mirror", kinds.Kind(_upstream, kinds.show_plain, "URL"),
+            "upstream registry of the mirror, e.g. https://registry-1.docker.io",
+        ),
+        _daemon(
+            "cache_dir", kinds.PATH, "cache directory (owner-only)",
+            default_text="$XDG_CACHE_HOME/dragonfly/dfdaemon",
+        ),
+        _daemon("cache_size", kinds.SIZE, "cache quota, e.g. 20G", "cache_size_bytes"),
+        _daemon("cache_ttl", kinds.DURATION, "drop tasks unused this long, e.g. 24h",
+                "cache_ttl_s"),
+        _daemon("gc_interval", kinds.DURATION, "time between garbage collections", "gc_interval_s"),
+        _daemon(
+            "host_rate", _UNLIMITED, "download limit of the whole host, e.g. 100M",
+            "host_rate_bps",
+        ),
+        _daemon(
+            "upload_rate", _UNLIMITED, "upload limit of the whole host, e.g. 50M",
+            "upload_rate_bps",
+        ),
+        _daemon(
+            "socket", kinds.PATH, "local API socket that dfget hands downloads to",
+            default_text=str(default_socket()),
+        ),
+        _daemon("zone", kinds.TEXT, "this host's zone (rack, datacenter) for peer selection"),
+        _daemon(
+            "secret_file", kinds.SECRET_FILE,
+            "the cluster secret (else DRAGONFLY_SECRET); see SECURITY.md",
+        ),
+        _proxy(
+            "registries", kinds.Kind(_registries, _show_registries, "HOST=URL"),
+            "a registry containerd may name with ?ns=HOST, and its URL (repeatable; the "
+            "variable is a JSON object)",
+            "registries", flag="--registry", action="append", json_env=True,
+        ),
+        _proxy(
+            "rules", kinds.Kind(_rules, _show_rules, "ACTION=REGEX"),
+            "HTTP proxy mode: URLs matching REGEX go 'swarm' or 'direct' (repeatable, first "
+            "match wins, no match is refused; the variable is a JSON list)",
+            "rules", flag="--proxy-rule", action="append", json_env=True,
+        ),
+        _proxy("max_head", kinds.SIZE, "request line and headers, at most (414/431)",
+               "max_head_bytes"),
+        _proxy("head_timeout", kinds.DURATION, "a request's head must arrive within",
+               "head_timeout_s"),
+        _proxy("keepalive_timeout", kinds.DURATION,
+               "idle kept-alive connections and stalled request bodies closed after",
+               "keepalive_timeout_s"),
+        _proxy("send_timeout", kinds.DURATION, "a client that reads nothing is dropped after",
+               "send_timeout_s"),
+        _proxy("max_connections", kinds.INT, "open connections at most (then 503)",
+               "max_connections"),
+        _proxy("body_buffer", kinds.SIZE, "request body buffered per push before reading pauses",
+               "body_buffer_bytes"),
+        _proxy("upstream_connect_timeout", kinds.DURATION, "connecting to an upstream, at most",
+               "upstream_connect_timeout_s"),
+        _proxy("upstream_read_timeout", kinds.DURATION,
+               "longest silence of an upstream sending a response", "upstream_read_timeout_s"),
+        _proxy("tunnel_idle_timeout", kinds.DURATION,
+               "a CONNECT tunnel idle this long is closed", "tunnel_idle_timeout_s"),
+        _proxy("upstream_connections", kinds.INT, "connections to upstreams, at most",
+               "upstream_connections"),
+        CLUSTER_SECRET,
+    ],
+    tables=("dfdaemon",),
+)  # fmt: skip
+
+
+def load_config(
+    flags: Mapping[str, Any], environ: Mapping[str, str], config_file: Path | None
+) -> tuple[DaemonConfig, ProxyConfig, Loaded]:
+    """The daemon's and the proxy's options: flags (by setting name) > ``environ`` > the file
+    (``config_file``, else ``$DFDAEMON_CONFIG``), and the merge they came from.
+
+    ``peerwire.settings.SettingsError`` (a ValueError) names the source of a bad value."""
+    loaded = SETTINGS.load(flags, environ, SETTINGS.find_config_file(config_file, environ))
+    daemon = loaded.build(DaemonConfig)
+    proxy = loaded.build(
+        ProxyConfig,
+        "proxy",
+        host=daemon.proxy_host,
+        port=daemon.proxy_port,
+        upstream=daemon.registry_mirror,
     )
-    return replace(base, **values)
-
-
-_FLAG_NAMES: Final = {"rules": "proxy-rule", "registries": "registry"}
+    return daemon, proxy, loaded

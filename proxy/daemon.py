@@ -42,7 +42,7 @@ from proxy.cache import (
     remove_entry,
     write_meta,
 )
-from proxy.daemonconfig import DaemonConfig
+from proxy.config import DaemonConfig
 
 log = logging.getLogger(__name__)
 

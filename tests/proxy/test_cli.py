@@ -9,9 +9,8 @@ import pytest
 
 from proxy.api import DaemonCollector
 from proxy.cli import build_parser, main
-from proxy.config import ProxyConfig
+from proxy.config import DaemonConfig, ProxyConfig
 from proxy.daemon import Daemon
-from proxy.daemonconfig import DaemonConfig
 from proxy.run import start_proxy
 from tests.proxy.upstream_server import exchange, get
 
@@ -31,16 +30,17 @@ def test_parser_takes_the_daemon_options_and_the_proxy_ones() -> None:
             "direct=.",
         ]
     )
-    assert args.registries == ["docker.io=https://registry-1.docker.io"]
-    assert args.rules == [r"swarm=^http://files\.example/", "direct=."]
+    assert args.proxy_registries == ["docker.io=https://registry-1.docker.io"]
+    assert args.proxy_rules == [r"swarm=^http://files\.example/", "direct=."]
     assert args.registry_mirror == "http://127.0.0.1:5000"
 
 
-def test_a_bad_rule_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--proxy-rule", "sometimes=.*"])
-    assert exit_info.value.code == 2
-    assert "--proxy-rule" in capsys.readouterr().err
+def test_a_bad_rule_is_a_one_line_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--proxy-rule", "sometimes=.*"]) == 2
+    assert capsys.readouterr().err == (
+        "dfdaemon: --proxy-rule='sometimes=.*': rule action must be one of swarm, direct, "
+        "not 'sometimes'\n"
+    )
 
 
 def test_start_proxy_serves_the_daemon_metrics_with_the_proxy_counters(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ import asyncio
 import hashlib
 from pathlib import Path
 
+from proxy.config import DaemonConfig
 from proxy.daemon import Daemon, FetchRequest
-from proxy.daemonconfig import DaemonConfig
 from tests.helpers.origin_server import origin_process
 from tests.integration.peers import random_file
 

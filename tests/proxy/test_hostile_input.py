@@ -30,9 +30,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.config import ProxyConfig, parse_rule
+from proxy.config import DaemonConfig, ProxyConfig, parse_rule
 from proxy.daemon import Daemon
-from proxy.daemonconfig import DaemonConfig
 from proxy.routes import Refused, classify
 from proxy.server import ProxyServer
 from tests.helpers import raw_http

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import ProxyConfig, parse_rule
+from proxy.config import DaemonConfig, ProxyConfig, parse_rule
 from proxy.daemon import Daemon
-from proxy.daemonconfig import DaemonConfig
 from proxy.server import ProxyServer
 from tests.proxy.upstream_server import (
     GOOD_AUTH,
