@@ -246,8 +246,9 @@ def _registries(raw: Any) -> tuple[tuple[str, str], ...]:
 
 def _trackers(raw: object) -> tuple[str, ...]:
     """Comma-separated text or a TOML list of tracker base or announce URLs."""
-    items = raw if isinstance(raw, list) else kinds.parse_text(raw).split(",")
-    return tuple(tracker_base_url(kinds.parse_text(item)) for item in items if item.strip())
+    items = [kinds.parse_text(item) for item in raw] if isinstance(raw, list) else [raw]
+    urls = [url for item in items for url in kinds.parse_text(item).split(",") if url.strip()]
+    return tuple(tracker_base_url(url) for url in urls)
 
 
 def _upstream(raw: object) -> str:
