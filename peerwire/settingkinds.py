@@ -88,7 +88,10 @@ def parse_text(raw: object) -> str:
 def parse_path(raw: object) -> Path:
     if not isinstance(raw, str) or not raw.strip():
         raise ValueError(f"expected a path, not {_what(raw) if raw != '' else 'nothing'}")
-    return Path(raw).expanduser()
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError:  # ~name of no user, or no home directory
+        raise ValueError("cannot expand '~': no such user or home directory") from None
 
 
 def _unit_number(raw: object, what: str, example: str, positive: bool) -> float:

@@ -301,6 +301,7 @@ def test_toml_numbers_are_bytes_rates_and_seconds() -> None:
         (kinds.parse_text, 5, "expected text, not a number"),
         (kinds.parse_port, "70000", "port 70000 is not in 0..65535"),
         (kinds.parse_path, "", "expected a path"),
+        (kinds.parse_path, "~no-such-user-here/x", "cannot expand '~'"),
     ],
 )
 def test_bad_values_say_what_was_expected(parse: Any, raw: object, message: str) -> None:
