@@ -1,6 +1,6 @@
 """CPU used by ``dftop`` watching a 500-peer swarm at 2 refreshes per second (issue #6).
 
-A ``dftracker serve`` process is fed by this script over HTTP (``dfget.coordinator.HttpTracker``,
+A ``dftracker serve`` process is fed by this script over HTTP (``dfget.coordinators.http.HttpTracker``,
 real announces with ``df_have``, zones and growing byte counters, plus a manifest ``PUT``): one
 task with 500 peers and a few small tasks; every peer re-announces every few seconds with more
 pieces, so the numbers dftop shows keep changing. ``dftop --refresh 0.5s`` runs as a process
@@ -35,7 +35,8 @@ from typing import Any
 
 import psutil
 
-from dfget.coordinator import HttpTracker, Progress, TaskManifestDoc
+from dfget.coordinators.http import HttpTracker
+from peerwire.coordination import Progress, TaskManifestDoc
 from peerwire.ids import PeerId, TaskId
 from peerwire.units import parse_duration
 

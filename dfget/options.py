@@ -10,12 +10,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from dfget.origin import OriginInfo
 from peerwire.manifest import Manifest
 
 #: How long a finished download keeps seeding by default. A burst of hosts pulling the same
 #: file arrives within seconds to a minute; a peer that leaves at once gives nothing back to it.
 DEFAULT_SEED_TIME_S: Final = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class OriginInfo:
+    """What is known of the origin (its probe, or a registry's HEAD): later requests go to
+    ``url`` and are checked against the rest."""
+
+    #: The final URL after redirects.
+    url: str
+    total_length: int
+    #: A strong ETag (quoted, as sent) if any, else Last-Modified, else None.
+    validator: str | None
+    #: The probe got a 206 with a Content-Range.
+    accepts_ranges: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,13 +24,13 @@ import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Final, TypeVar
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from dfget.errors import OriginChanged, OriginError
+from dfget.options import OriginInfo
 from peerwire.ratelimit import AsyncRateLimiter
 
 logger = logging.getLogger(__name__)
@@ -46,19 +46,6 @@ _CONTENT_RANGE_RE: Final = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE_RE: Final = re.compile(r"bytes \*/(\d+)")
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class OriginInfo:
-    """What the probe learnt; later requests go to ``url`` and are checked against the rest."""
-
-    #: The final URL after redirects.
-    url: str
-    total_length: int
-    #: A strong ETag (quoted, as sent) if any, else Last-Modified, else None.
-    validator: str | None
-    #: The probe got a 206 with a Content-Range.
-    accepts_ranges: bool
 
 
 class _Transient(Exception):

@@ -1,8 +1,8 @@
 """How an origin fetcher plans its Range requests (pure: no I/O).
 
-A fetcher works through the pieces the tracker assigned it in *runs*: consecutive queued pieces
-fetched with one Range request and stored as they arrive (``SwarmPeer``). How long a run is and
-how many are in flight at once follow what the host measured of that origin (``OriginMeasure``,
+A fetcher (``dfget.originfetch``) works through the pieces it was assigned in *runs*: consecutive
+queued pieces fetched with one Range request and stored as they arrive. How long a run is and how
+many are in flight at once follow what the host measured of that origin (``OriginMeasure``,
 shared by a daemon's tasks): its rate and how soon it answers a request.
 """
 

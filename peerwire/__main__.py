@@ -22,13 +22,15 @@ from pathlib import Path
 import uvloop
 
 from peerwire.connection import PeerListener, single_task_router
+from peerwire.digests import DigestBook
 from peerwire.ids import PeerId
 from peerwire.layout import block_bytes_for_rate, choose_piece_length
 from peerwire.manifest import Manifest, build_manifest
 from peerwire.ratelimit import TokenBucket
+from peerwire.shell import TaskShell, open_task
 from peerwire.storage import PieceStore
-from peerwire.task import PeerTask, WireConfig
 from peerwire.units import format_rate, format_size, parse_duration, parse_rate, parse_size
+from peerwire.wireconfig import WireConfig
 
 log = logging.getLogger("peerwire")
 
@@ -203,10 +205,11 @@ def _start_task(
     *,
     download_rate_bps: float | None = None,
     upload_rate_bps: float | None = None,
-) -> PeerTask:
+) -> TaskShell:
     clock = asyncio.get_running_loop().time
-    task = PeerTask(
+    task = open_task(
         store,
+        DigestBook(store.manifest.num_pieces, store.manifest.piece_sha256),
         peer_id=PeerId.generate(),
         executor=executor,
         config=_wire_config(args),
@@ -252,7 +255,7 @@ async def seed(args: argparse.Namespace, executor: ThreadPoolExecutor) -> int:
         await listener.close()
         await task.close()
         store.close()
-    log.info("uploaded %s", format_size(task.stats.uploaded_bytes))
+    log.info("uploaded %s", format_size(task.core.stats.uploaded_bytes))
     return EXIT_OK
 
 
@@ -300,7 +303,7 @@ async def fetch(args: argparse.Namespace, executor: ThreadPoolExecutor) -> int:
         store.close()
     if not ok:
         elapsed_s = time.monotonic() - started
-    stats = task.stats
+    stats = task.core.stats
     summary = {
         "ok": ok,
         "peer_id": str(task.peer_id),

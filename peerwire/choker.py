@@ -5,7 +5,7 @@ unchoked longest makes way for the one that has waited longest, as long as someo
 (a round-robin form of BitTorrent's optimistic unchoke: in a cooperative swarm there is no
 tit-for-tat to enforce, only starvation to avoid).
 
-How many slots is the task's choice (``peerwire.task.WireConfig.max_unchoked``). BEP 3 clients
+How many slots is the task's choice (``peerwire.wireconfig.WireConfig.max_unchoked``). BEP 3 clients
 use about four, so that each requester gets a useful share of a slow uplink. In our swarms
 four slots out of twelve connections starved some peers: one that became interested late (an
 origin fetcher, busy with its own pieces first) queued behind every neighbour's waiting list

@@ -4,7 +4,7 @@
 decoder's buffer, and block payloads straight into the piece buffer (``Decoder`` asks the task for
 it). It does I/O only: handshake exchange, framed reads, writes with backpressure, keep-alive and
 idle bookkeeping, a clean close with a reason. What the messages mean is decided by the task it is
-attached to (``PeerTask``), through the small ``ConnectionOwner`` interface.
+attached to (``peerwire.shell.TaskShell``), through the small ``ConnectionOwner`` interface.
 """
 
 from __future__ import annotations
@@ -28,11 +28,14 @@ WRITE_LOW_WATER_BYTES = 512 * 1024
 
 
 class ConnectionOwner(Protocol):
-    """The task side of a connection (implemented by ``PeerTask``)."""
+    """The task side of a connection (implemented by ``peerwire.shell.TaskShell``)."""
 
     task_id: TaskId
     peer_id: PeerId
     reserved: bytes
+
+    def opened(self, conn: PeerConnection) -> None:
+        """An outgoing connection is up and our handshake went out."""
 
     def attach(self, conn: PeerConnection, handshake: m.Handshake) -> bool:
         """The remote handshake arrived; False refuses the peer (the connection is closed)."""
@@ -43,7 +46,10 @@ class ConnectionOwner(Protocol):
         """Where the payload of an arriving block goes (None: scratch, dropped)."""
 
     def on_message(self, conn: PeerConnection, message: m.Message) -> None:
-        """A validated message from an attached peer."""
+        """A decoded message from an attached peer (the owner checks it in context)."""
+
+    def read_done(self, conn: PeerConnection) -> None:
+        """Every message of the bytes just read was handed over (a point to act on them)."""
 
     def on_closed(self, conn: PeerConnection, reason: str) -> None:
         """The connection is gone (called once, only for attached connections)."""
@@ -108,6 +114,7 @@ class PeerConnection(asyncio.BufferedProtocol):
         self.connected_s = self.last_received_s = self.last_sent_s = self._loop.time()
         if self.owner is not None:
             self._send_handshake()
+            self.owner.opened(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.decoder.get_buffer()
@@ -126,6 +133,8 @@ class PeerConnection(asyncio.BufferedProtocol):
                     self.owner.on_message(self, event)
         except ProtocolError as exc:
             self.close(f"protocol error: {exc}")
+        if self.attached and self.owner is not None:
+            self.owner.read_done(self)
 
     def eof_received(self) -> bool:
         self.close("peer closed the connection")

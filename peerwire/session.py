@@ -1,8 +1,8 @@
 """Per-peer session state: choke and interest on both sides, what the peer has, its requests.
 
-Sans-IO. ``receive`` checks each decoded message against the session's context and applies it;
-anything the remote side may not send now raises ``ProtocolError``. The ``send_*``/state methods
-return the messages to put on the wire, so the shell only encodes and writes.
+Sans-IO. The ``receive_*`` methods check a decoded message against the session's context and
+apply it; anything the remote side may not send now raises ``ProtocolError``. The state methods
+(``choke``, ``interested``, ...) return the messages to put on the wire.
 """
 
 from __future__ import annotations
@@ -49,44 +49,51 @@ class PeerSession:
 
     # -- receiving ----------------------------------------------------------------------------
 
-    def receive(self, message: m.Message) -> list[m.Message]:
-        """Validate ``message`` in context, apply it, and return any immediate replies."""
-        if isinstance(message, m.KeepAlive):
-            return []
-        first, self._first_message = self._first_message, False
-        if isinstance(message, m.Piece):
-            self._check_block(Block(message.index, message.begin, len(message.data)), "piece")
-        elif isinstance(message, m.Request):
-            return self._receive_request(Block(message.index, message.begin, message.length))
-        elif isinstance(message, m.Have):
-            self.receive_have(message.index)
-        elif isinstance(message, m.Cancel):
-            block = Block(message.index, message.begin, message.length)
-            if block in self.queued:
-                # BEP 6: with the fast extension every request gets exactly one answer, so a
-                # cancelled one is rejected; without it, it is silently dropped.
-                return self.reject(block)
-        elif isinstance(message, m.Choke):
-            self.peer_choking = True
-        elif isinstance(message, m.Unchoke):
-            self.peer_choking = False
-        elif isinstance(message, m.Interested):
-            self.peer_interested = True
-        elif isinstance(message, m.NotInterested):
-            self.peer_interested = False
-        elif isinstance(message, m.Bitfield | m.HaveAll | m.HaveNone):
-            self._receive_availability(message, first)
-        elif isinstance(message, m.RejectRequest):
-            self._require_fast("reject request")
-            self._check_block(Block(message.index, message.begin, message.length), "reject")
-        return []
+    # Each ``receive_*`` checks one kind of message in context and applies it; the task core
+    # dispatches a message once, by its type, to the one that handles it.
 
     def receive_have(self, index: int) -> None:
-        """``receive`` for a ``have`` (the most frequent message), without the dispatch."""
         self._first_message = False
         if not 0 <= index < self.layout.num_pieces:
             raise ProtocolError(f"have for piece {index} out of range")
         self.peer_has.add(index)
+
+    def receive_piece(self, block: Block) -> None:
+        """A ``piece`` message's header (its payload went where the core said)."""
+        self._first_message = False
+        self._check_block(block, "piece")
+
+    def receive_request(self, block: Block) -> list[m.Message]:
+        """Queue the request; returns a reject when it is refused (BEP 6), else nothing."""
+        self._first_message = False
+        return self._receive_request(block)
+
+    def receive_cancel(self, block: Block) -> list[m.Message]:
+        self._first_message = False
+        if block in self.queued:
+            # BEP 6: with the fast extension every request gets exactly one answer, so a
+            # cancelled one is rejected; without it, it is silently dropped.
+            return self.reject(block)
+        return []
+
+    def receive_choke(self, choking: bool) -> None:
+        """``choke`` (True) or ``unchoke`` (False)."""
+        self._first_message = False
+        self.peer_choking = choking
+
+    def receive_interested(self, interested: bool) -> None:
+        """``interested`` (True) or ``not interested`` (False)."""
+        self._first_message = False
+        self.peer_interested = interested
+
+    def receive_availability(self, message: m.Bitfield | m.HaveAll | m.HaveNone) -> None:
+        first, self._first_message = self._first_message, False
+        self._receive_availability(message, first)
+
+    def receive_reject(self, block: Block) -> None:
+        self._first_message = False
+        self._require_fast("reject request")
+        self._check_block(block, "reject")
 
     def _receive_availability(
         self, message: m.Bitfield | m.HaveAll | m.HaveNone, first: bool

@@ -2,11 +2,12 @@
 
 A download goes to ``<output>.dfpart`` (sparse, or preallocated on request) and a small record
 ``<output>.dfpart.pieces`` (``peerwire.piecerecord``) lists the pieces verified so far.
-DESIGN.md, step 5: the output path only ever holds the complete, verified file; ``finalize``
+The output path only ever holds the complete, verified file; ``finalize``
 checks the optional whole-file digest, fsyncs and renames the partial file into place. A failed
 download never leaves data there. Pieces are not fsynced one by one, so a crash may keep a
 record entry whose data never reached the disk: every recorded piece is therefore re-verified
-when a download resumes.
+when a download resumes. The store keeps no digest list of its own: each commit is handed the
+piece's expected digest (``peerwire.digests`` holds the list).
 
 Threads: ``verify`` and ``commit_piece`` may run in worker threads (``run_in_executor``) while the
 event loop reads blocks for uploads. Hashing and ``pwrite`` release the GIL and run unlocked;
@@ -105,14 +106,8 @@ class PieceStore:
         data_fd: int,
         record_fd: int | None,
         have: Bitfield,
-        digests: list[bytes | None] | None = None,
     ) -> None:
         self._manifest = manifest
-        #: The digest of each piece, or None while unknown (open manifests learn them).
-        self._digests: list[bytes | None] = (
-            list(manifest.piece_sha256) if digests is None else digests
-        )
-        self._known = sum(d is not None for d in self._digests)
         self._layout = manifest.layout
         self._data_path = data_path
         self._output_path = output_path
@@ -138,6 +133,7 @@ class PieceStore:
         resume: bool = True,
         preallocate: bool = False,
         open_digests: bool = False,
+        digests: Sequence[bytes | None] | None = None,
     ) -> PieceStore:
         """Start (or, with ``resume``, continue) downloading ``manifest`` towards ``output_path``.
 
@@ -152,15 +148,18 @@ class PieceStore:
         (``flock``) so a second downloader of the same output fails fast with EWOULDBLOCK.
 
         ``open_digests``: the manifest's digests may be unknown (None) and are learned during the
-        download (``learn_digest``, ``commit_piece(..., learn=True)``); the resume record is then
-        tied to the task id and geometry, and a recorded piece whose digest is not known (yet)
-        on resume is fetched again. Without it the manifest must be complete.
+        download (``peerwire.digests``; each commit is handed its piece's digest); the resume
+        record is then tied to the task id and geometry, and a recorded piece whose digest is
+        not in ``digests`` (default: the manifest's) on resume is fetched again. Without it the
+        manifest must be complete.
         """
         if not open_digests and not manifest.is_complete:
             raise ValueError("manifest has unknown digests: use open_digests=True")
         output = Path(output_path)
         header = record_header(manifest, open_digests=open_digests)
-        digests = list(manifest.piece_sha256)
+        digests = list(manifest.piece_sha256 if digests is None else digests)
+        if len(digests) != manifest.num_pieces:
+            raise ValueError(f"{len(digests)} digests for {manifest.num_pieces} pieces")
         partial = output.with_name(output.name + PARTIAL_SUFFIX)
         record = output.with_name(output.name + RECORD_SUFFIX)
         try:
@@ -197,7 +196,7 @@ class PieceStore:
                 partial.unlink(missing_ok=True)
                 record.unlink(missing_ok=True)
             raise
-        return cls(manifest, partial, output, fd, record_fd, have, digests)
+        return cls(manifest, partial, output, fd, record_fd, have)
 
     @classmethod
     def open_complete(
@@ -261,55 +260,26 @@ class PieceStore:
 
     # -- verification and writing -------------------------------------------------------------
 
-    def verify(self, index: int, data: Buffer) -> bool:
-        """True when ``data`` is exactly piece ``index`` (its size, and its sha256).
+    def verify(self, index: int, data: Buffer, expected: bytes) -> bool:
+        """True when ``data`` is exactly piece ``index``: its size, and ``expected`` sha256.
 
         Thread-safe; hashes the caller's buffer once, in place (no copy). IndexError for an
         index outside the task; a buffer must be C-contiguous.
         """
+        return self._hash(index, data) == expected
+
+    def _hash(self, index: int, data: Buffer) -> bytes | None:
+        """sha256 of ``data`` when it has piece ``index``'s size, else None."""
         size = self._layout.piece_size(index)
-        expected = self._digests[index]
-        if expected is None:
-            return False
         with memoryview(data) as view:
             if view.nbytes != size:
-                return False
-            return hashlib.sha256(view).digest() == expected
-
-    def digest(self, index: int) -> bytes | None:
-        """The sha256 of piece ``index``, or None while unknown."""
-        return self._digests[index]
-
-    @property
-    def digests(self) -> tuple[bytes | None, ...]:
-        """Every piece's digest as known now (a snapshot)."""
-        with self._state:
-            return tuple(self._digests)
-
-    @property
-    def known_digests(self) -> int:
-        """How many pieces' digests are known."""
-        return self._known
+                return None
+            return hashlib.sha256(view).digest()
 
     @property
     def is_finalized(self) -> bool:
         """The file is complete and at its output path (``finalize`` ran, or ``open_complete``)."""
         return self._record_fd is None
-
-    def learn_digest(self, index: int, digest: bytes) -> bool:
-        """Record the digest of piece ``index`` (from the tracker's manifest). True when it was
-        new; ValueError when it contradicts the one known (the caller decides whom to trust)."""
-        if len(digest) != hashlib.sha256().digest_size:
-            raise ValueError(f"digest must be 32 bytes, got {len(digest)}")
-        with self._state:
-            known = self._digests[index]
-            if known == digest:
-                return False
-            if known is not None:
-                raise ValueError(f"piece {index}: digest {digest.hex()} contradicts {known.hex()}")
-            self._digests[index] = digest
-            self._known += 1
-            return True
 
     def write_piece(self, index: int, data: Buffer) -> None:
         """Write the whole piece at its offset, unverified and unrecorded (``commit_piece`` does
@@ -319,37 +289,27 @@ class PieceStore:
             raise ValueError(f"piece {index} is verified; refusing to overwrite it")
         self._write(index, data)
 
-    def commit_piece(self, index: int, data: Buffer, *, learn: bool = False) -> bool:
-        """Verify, write, record. False when ``data`` is not piece ``index`` (nothing written).
+    def commit_piece(self, index: int, data: Buffer, expected: bytes | None) -> bytes | None:
+        """Verify, write, record; returns the piece's digest, or None when ``data`` is not
+        piece ``index`` (nothing written).
 
-        Thread-safe (meant for a worker thread). A piece already verified is not written again.
-        StorageError when the write or the record append fails; the piece is then not verified.
-        ``learn``: the data comes from a source we trust (the origin); when the piece's digest
-        is unknown it is computed from ``data`` and learned (``digest(index)`` then has it).
+        Thread-safe (meant for a worker thread). ``expected`` is the piece's known sha256; None
+        means ``data`` comes from a source trusted as it is (this peer's own origin read): its
+        digest is computed and returned, for the caller to learn. A piece already verified is
+        not written again. StorageError when the write or the record append fails; the piece is
+        then not verified.
         """
-        computed: bytes | None = None
-        if learn and self._digests[index] is None:
-            with memoryview(data) as view:
-                if view.nbytes != self._layout.piece_size(index):
-                    return False
-                computed = hashlib.sha256(view).digest()
-            with self._state:
-                if self._digests[index] is None:
-                    self._digests[index] = computed
-                    self._known += 1
-        # A digest just learned from ``data`` needs no second pass over it.
-        if (computed is None or computed != self._digests[index]) and not self.verify(index, data):
-            return False
+        digest = self._hash(index, data)
+        if digest is None or (expected is not None and digest != expected):
+            return None
         if self.has_piece(index):
-            return True
+            return digest
         self._check_writable()
         self._write(index, data)
-        digest = self._digests[index]
-        assert digest is not None  # verify() passed
         entry = record_entry(index, digest)
         with self._using_fd(), self._state:
             if index in self._have:
-                return True
+                return digest
             assert self._record_fd is not None
             try:
                 os.write(self._record_fd, entry)  # O_APPEND, 8 bytes: one atomic append
@@ -357,7 +317,7 @@ class PieceStore:
                 raise _wrap(exc, f"record piece {index}", self._record_path) from exc
             self._have.add(index)
         self._advance_file_digest(index, data)
-        return True
+        return digest
 
     def _write(self, index: int, data: Buffer) -> None:
         offset = self._layout.piece_offset(index)

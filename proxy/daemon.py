@@ -25,13 +25,14 @@ from typing import Any
 import aiohttp
 
 from dfget import engine
+from dfget.host import Host
 from dfget.identity import task_id_for
-from dfget.options import DownloadOptions, DownloadResult, ProgressReport
-from dfget.origin import OriginInfo
-from dfget.swarmpeer import SharedListener
+from dfget.options import DownloadOptions, DownloadResult, OriginInfo, ProgressReport
+from dfget.seeding import seed_file
 from peerwire.auth import load_secret
 from peerwire.ids import TaskId
 from peerwire.ratelimit import TokenBucket
+from peerwire.shell import SharedListener
 from peerwire.storage import PieceStore, StoreClosedError
 from proxy.cache import (
     CacheEntry,
@@ -264,7 +265,7 @@ class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         loop_clock = time.monotonic
-        self.host = engine.Host(
+        self.host = Host(
             download=TokenBucket(config.host_rate_bps, clock=loop_clock),
             upload=TokenBucket(config.upload_rate_bps, clock=loop_clock),
             listener=SharedListener(),
@@ -503,7 +504,7 @@ class Daemon:
             zone=self.config.zone,
         )
         self._seeding[entry.task_id] = asyncio.create_task(
-            engine.seed_file(
+            seed_file(
                 options,
                 entry.manifest,
                 validator=entry.validator,

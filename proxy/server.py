@@ -29,7 +29,8 @@ from typing import Final
 import aiohttp
 
 from dfget.errors import DownloadError
-from dfget.origin import OriginInfo, validator_of
+from dfget.options import OriginInfo
+from dfget.origin import validator_of
 from proxy.config import ProxyConfig
 from proxy.connection import READ_BYTES, SWEEP_S, BodyAborted, Connection, Request
 from proxy.daemon import BlobStream, Daemon, FetchRequest, FileSpan

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from dfget.engine import _close_all
+from dfget.host import close_all as _close_all
 
 
 def test_every_closer_runs_and_the_first_error_is_raised_at_the_end() -> None:

@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 
 from dfget.errors import OriginChanged, OriginError
-from dfget.origin import Origin, OriginInfo
+from dfget.options import OriginInfo
+from dfget.origin import Origin
 from peerwire.layout import PieceLayout
 from peerwire.ratelimit import AsyncRateLimiter, TokenBucket
 from tests.helpers.origin_server import OriginServer, origin_process, parse_range

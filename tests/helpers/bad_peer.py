@@ -24,15 +24,17 @@ from pathlib import Path
 
 import uvloop
 
-from dfget.coordinator import HttpTracker, Progress
+from dfget.coordinators.http import HttpTracker
 from dfget.identity import task_id_for
 from peerwire.bitfield import Bitfield
 from peerwire.connection import PeerListener, single_task_router
+from peerwire.coordination import Progress
+from peerwire.digests import DigestBook
 from peerwire.ids import PeerId
 from peerwire.manifest import Manifest
 from peerwire.ratelimit import TokenBucket
+from peerwire.shell import open_task
 from peerwire.storage import PieceStore
-from peerwire.task import PeerTask
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -58,8 +60,12 @@ async def run(args: argparse.Namespace) -> None:
         peer_id = PeerId.generate(b"-BAD001-")
         loop = asyncio.get_running_loop()
         upload = TokenBucket(2048, clock=loop.time) if args.mode == "trickle" else None
-        task = PeerTask(
-            store, peer_id=peer_id, executor=ThreadPoolExecutor(1), upload_bucket=upload
+        task = open_task(
+            store,
+            DigestBook(manifest.num_pieces, manifest.piece_sha256),
+            peer_id=peer_id,
+            executor=ThreadPoolExecutor(1),
+            upload_bucket=upload,
         )
         listener = PeerListener(single_task_router(task))
         _, port = await listener.start("127.0.0.1", 0)

@@ -19,7 +19,7 @@ import pytest
 
 from dfget.identity import task_id_for
 from peerwire.layout import choose_piece_length
-from peerwire.task import WireConfig
+from peerwire.wireconfig import WireConfig
 from tests.helpers.origin_server import OriginServer, origin_process
 from tests.integration.peers import random_file
 from tests.integration.trackers import Tracker, free_port, tracker_process

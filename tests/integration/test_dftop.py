@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dfget.coordinator import HttpTracker, Progress, TaskManifestDoc
+from dfget.coordinators.http import HttpTracker
+from peerwire.coordination import Progress, TaskManifestDoc
 from peerwire.ids import PeerId, TaskId
 from tests.integration.trackers import free_port, tracker_process
 

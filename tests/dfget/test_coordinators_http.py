@@ -8,15 +8,13 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from dfget.coordinator import (
-    HttpTracker,
+from dfget.coordinators.http import HttpTracker, announce_query, parse_announce_answer
+from peerwire.coordination import (
     PeerAddress,
     Progress,
     TaskManifestDoc,
     TrackerRefused,
     TrackerUnavailable,
-    announce_query,
-    parse_announce_answer,
 )
 from peerwire.ids import PeerId, TaskId
 from peerwire.manifest import ManifestConflict

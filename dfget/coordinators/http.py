@@ -1,17 +1,10 @@
-"""The peer's side of the tracker interface (DESIGN.md), and its HTTP implementation.
+"""``HttpTracker``: the tracker interface (``peerwire.coordination``) over HTTP to ``dftracker``.
 
-The download engine talks to its coordinator only through ``Coordinator``:
-
-    announce(task, progress)          -> peers, back-to-source assignment, manifest news
-    get_manifest / put_manifest       -> the task's piece digests (report_piece is a partial put)
-    report_error(task, peer, reason)  -> a bad piece, a refused connection
-    service_down(task, progress)      -> leaving the swarm (``event=stopped``)
-
-so that another coordinator (gossip membership, no central tracker) can replace ``HttpTracker``
-without touching the engine. ``HttpTracker`` speaks to one or more ``dftracker`` instances, tried
-in turn: a tracker that cannot be reached (connection refused, timeout, HTTP 5xx) is skipped and
-the next one asked; the last one that answered is asked first next time. A tracker that answers
-with a bencoded ``failure reason`` has answered: that is ``TrackerRefused``, not a failover.
+One or more trackers, tried in turn: a tracker that cannot be reached (connection refused,
+timeout, HTTP 5xx) is skipped and the next one asked; the last one that answered is asked first
+next time. A tracker that answers with a bencoded ``failure reason`` has answered: that is
+``TrackerRefused``, not a failover. Announces are BEP 3 queries with our ``df_*`` parameters;
+manifests and reports go to the tracker's JSON API.
 """
 
 from __future__ import annotations
@@ -21,8 +14,7 @@ import json
 import logging
 import struct
 import time
-from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final
 from urllib.parse import quote_from_bytes
 
 import aiohttp
@@ -30,6 +22,14 @@ import yarl
 
 from peerwire import bencoding
 from peerwire.auth import AUTH_HEADER, announce_mac, api_header
+from peerwire.coordination import (
+    AnnounceAnswer,
+    PeerAddress,
+    Progress,
+    TaskManifestDoc,
+    TrackerRefused,
+    TrackerUnavailable,
+)
 from peerwire.ids import PeerId, TaskId
 from peerwire.manifest import ManifestConflict
 from tracker.urls import tracker_base_url
@@ -42,105 +42,6 @@ DEFAULT_TIMEOUT_S: Final = 10.0
 MAX_ANSWER_BYTES: Final = 64 * 1024 * 1024
 #: BEP 23 compact IPv4 peer: four address bytes, then the port (big-endian).
 _COMPACT4: Final = struct.Struct(">BBBBH")
-
-
-class TrackerError(Exception):
-    """Base of coordinator errors."""
-
-
-class TrackerUnavailable(TrackerError):
-    """No tracker in the list could be reached; the message says what each one did."""
-
-
-class TrackerRefused(TrackerError):
-    """A tracker answered with a ``failure reason`` (or a 4xx for the JSON API)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """What a peer says about itself in an announce (BEP 3 fields plus our ``df_*`` ones)."""
-
-    peer_id: PeerId
-    port: int
-    uploaded_bytes: int = 0
-    downloaded_bytes: int = 0
-    left_bytes: int | None = None
-    #: BEP 3 bitfield of the pieces held; None for a peer that does not know the layout yet.
-    have: bytes | None = None
-    load: int = 0
-    zone: str = ""
-    can_source: bool = True
-    origin_bytes: int = 0
-    numwant: int = 50
-
-
-@dataclass(frozen=True, slots=True)
-class PeerAddress:
-    host: str
-    port: int
-    peer_id: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AnnounceAnswer:
-    interval_s: float
-    min_interval_s: float
-    complete: int
-    incomplete: int
-    peers: tuple[PeerAddress, ...]
-    #: Pieces to fetch from the origin now (ascending); () when none.
-    assignment: tuple[int, ...] = ()
-    assignment_ttl_s: float = 0.0
-    #: Digests the tracker's manifest holds (None: the tracker has no manifest for the task).
-    pieces_known: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TaskManifestDoc:
-    """The tracker's view of a task: geometry and the digests known so far (None = unknown)."""
-
-    url: str
-    total_length: int
-    piece_length: int
-    piece_sha256: tuple[bytes | None, ...] = field(default=())
-    #: The origin's ETag or Last-Modified when the task began (None: it sent neither).
-    validator: str | None = None
-    #: Whether the origin honours Range requests.
-    ranges: bool = True
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "total_length": self.total_length,
-            "piece_length": self.piece_length,
-            "piece_sha256": [d.hex() if d is not None else None for d in self.piece_sha256],
-            "validator": self.validator,
-            "ranges": self.ranges,
-        }
-
-
-class Coordinator(Protocol):
-    """The narrow interface between a peer and whatever coordinates its swarm."""
-
-    async def announce(
-        self, task: TaskId, progress: Progress, event: str = ""
-    ) -> AnnounceAnswer: ...
-
-    async def get_manifest(self, task: TaskId) -> TaskManifestDoc | None: ...
-
-    async def put_manifest(self, task: TaskId, manifest: TaskManifestDoc) -> TaskManifestDoc: ...
-
-    async def report_piece(self, task: TaskId, piece_index: int, sha256: bytes) -> None: ...
-
-    async def report_pieces(self, task: TaskId, digests: dict[int, bytes]) -> None: ...
-
-    async def report_error(
-        self, task: TaskId, reporter: PeerId, peer: PeerAddress, reason: str
-    ) -> None: ...
-
-    async def service_down(self, task: TaskId, progress: Progress) -> None: ...
-
-    async def close(self) -> None: ...
 
 
 def announce_query(

@@ -1,0 +1,2 @@
+"""The coordinators a download can have: implementations of the tracker interface
+(``peerwire.coordination.Coordinator``). ``http`` speaks to one or more ``dftracker``s."""
