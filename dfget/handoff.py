@@ -90,17 +90,7 @@ async def download_via_daemon(
                     if on_progress is not None:
                         on_progress(last)
                 elif "result" in message:
-                    result = message["result"]
-                    return DownloadResult(
-                        output=options.output,
-                        size_bytes=int(result["size_bytes"]),
-                        elapsed_s=time.monotonic() - started,
-                        from_peers_bytes=last.from_peers_bytes if last else 0,
-                        from_origin_bytes=last.from_origin_bytes if last else 0,
-                        uploaded_bytes=0,
-                        fell_back=False,
-                        task_id=str(result["task_id"]),
-                    )
+                    return _result(message["result"], options, time.monotonic() - started, last)
                 elif "error" in message:
                     error_class = _ERRORS.get(int(message["exit_code"]), errors.DownloadError)
                     error = error_class(f"(dfdaemon) {message['error']}")
@@ -119,3 +109,30 @@ def download_sync_via_daemon(
     on_progress: Callable[[ProgressReport], None] | None = None,
 ) -> DownloadResult:
     return uvloop.run(download_via_daemon(socket, options, on_progress))
+
+
+def _result(
+    document: dict[str, Any],
+    options: DownloadOptions,
+    elapsed_s: float,
+    last: ProgressReport | None,
+) -> DownloadResult:
+    """The daemon's account of the download (a daemon too old to give its byte counts: the
+    last progress report's)."""
+    reason = document.get("fallback_reason")
+    return DownloadResult(
+        output=options.output,
+        size_bytes=int(document["size_bytes"]),
+        elapsed_s=elapsed_s,
+        from_peers_bytes=int(
+            document.get("from_peers_bytes", last.from_peers_bytes if last else 0)
+        ),
+        from_origin_bytes=int(
+            document.get("from_origin_bytes", last.from_origin_bytes if last else 0)
+        ),
+        uploaded_bytes=int(document.get("uploaded_bytes", 0)),
+        fell_back=reason is not None,
+        fallback_reason=None if reason is None else str(reason),
+        task_id=str(document["task_id"]),
+        from_cache=bool(document.get("from_cache", False)),
+    )

@@ -98,3 +98,5 @@ class DownloadResult:
     manifest: Manifest | None = None
     validator: str | None = None
     ranges: bool = True
+    #: The file came whole from dfdaemon's cache (a download handed to the daemon).
+    from_cache: bool = False

@@ -135,12 +135,15 @@ def summary_line(result: DownloadResult) -> str:
     line += format_elapsed(result.elapsed_s)
     if result.elapsed_s > 0:
         line += f", {format_rate(result.size_bytes / result.elapsed_s)}"
-    share = share_percent(result.from_peers_bytes, result.from_origin_bytes) or (0, 0)
-    line += (
-        f"; from peers {format_size(result.from_peers_bytes)} ({share[0]}%), "
-        f"from origin {format_size(result.from_origin_bytes)} ({share[1]}%), "
-        f"uploaded {format_size(result.uploaded_bytes)}"
-    )
+    if result.from_cache:
+        line += "; from dfdaemon's cache"
+    else:
+        share = share_percent(result.from_peers_bytes, result.from_origin_bytes) or (0, 0)
+        line += (
+            f"; from peers {format_size(result.from_peers_bytes)} ({share[0]}%), "
+            f"from origin {format_size(result.from_origin_bytes)} ({share[1]}%), "
+            f"uploaded {format_size(result.uploaded_bytes)}"
+        )
     if result.peers_banned:
         count = len(result.peers_banned)
         line += f", banned {count} peer{'s' if count != 1 else ''}"

@@ -199,7 +199,7 @@ class DaemonApi:
 
         pumping = asyncio.create_task(pump())
         try:
-            entry = await self.daemon.fetch(fetch, progress)
+            entry, result = await self.daemon.fetch(fetch, progress)
             try:
                 await self.daemon.export(entry, output)
             finally:
@@ -209,6 +209,11 @@ class DaemonApi:
                     "output": str(output),
                     "size_bytes": entry.size_bytes,
                     "task_id": entry.task_id.hex(),
+                    "from_cache": result is None,
+                    "from_peers_bytes": result.from_peers_bytes if result else 0,
+                    "from_origin_bytes": result.from_origin_bytes if result else 0,
+                    "uploaded_bytes": result.uploaded_bytes if result else 0,
+                    "fallback_reason": result.fallback_reason if result else None,
                 }
             }
         except DownloadError as exc:

@@ -334,17 +334,18 @@ class Daemon:
         self,
         request: FetchRequest,
         on_progress: Callable[[ProgressReport], None] | None = None,
-    ) -> CacheEntry:
-        """The finished cache entry of ``request``'s task: from the cache, from a download of
-        it already running, or from a new download. The entry is returned *busy* (one more
-        reader): the caller must call ``release`` when it is done reading it."""
+    ) -> tuple[CacheEntry, DownloadResult | None]:
+        """The finished cache entry of ``request``'s task: from the cache (with no result),
+        from a download of it already running, or from a new download (with that download's
+        result). The entry is returned *busy* (one more reader): the caller must call
+        ``release`` when it is done reading it."""
         task_id = self._task_id(request)
         entry = self.entries.get(task_id)
         if entry is not None and entry.complete:
             self.counters.cache_hits += 1
             entry.busy += 1
             entry.last_access_s = time.time()
-            return entry
+            return entry, None
         running = self._running.get(task_id) or self._start(task_id, request)
         running.entry.busy += 1
         try:
@@ -353,11 +354,11 @@ class Daemon:
                     await asyncio.wait_for(asyncio.shield(running.done), 0.25)
                 if on_progress is not None and running.progress is not None:
                     on_progress(running.progress)
-            running.done.result()
+            result = running.done.result()
         except BaseException:
             running.entry.busy -= 1
             raise
-        return running.entry
+        return running.entry, result
 
     async def open_stream(
         self, request: FetchRequest, *, start: int = 0, end: int | None = None

@@ -197,3 +197,9 @@ def test_summary_line_counts_banned_peers_and_survives_zero_elapsed() -> None:
 def test_summary_line_of_a_resumed_download_with_nothing_received() -> None:
     line = summary_line(result(from_peers_bytes=0, from_origin_bytes=0, uploaded_bytes=0))
     assert "from peers 0 B (0%), from origin 0 B (0%)" in line
+
+
+def test_summary_line_of_a_copy_from_the_daemons_cache() -> None:
+    line = summary_line(result(from_peers_bytes=0, from_origin_bytes=0, from_cache=True))
+    assert line.endswith("; from dfdaemon's cache")
+    assert "from peers" not in line

@@ -112,10 +112,15 @@ def test_dfget_hands_off_and_the_cache_serves_the_second_download(
     with dfdaemon(tmp_path, "d1", "--tracker", tracker.base_url) as daemon:
         assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o600
         assert stat.S_IMODE(daemon.cache.stat().st_mode) == 0o700
+        summaries = []
         for name in ("first.bin", "second.bin"):
             code, err = finish(dfget(url, tmp_path / name, daemon_socket=daemon.socket), 120)
             assert code == 0, err
             assert sha256(tmp_path / name) == sha256(source)
+            summaries.append(err.strip().splitlines()[-1])
+        # The hand-off keeps the daemon's account of where the bytes came from.
+        assert "from origin 8.0 MiB" in summaries[0], summaries[0]
+        assert "from dfdaemon's cache" in summaries[1], summaries[1]
         # One download from the origin; the second copy came out of the cache.
         assert server.stats()["bytes_sent"] <= source.stat().st_size + 1
         tasks = daemon.api("/v1/tasks")["tasks"]
