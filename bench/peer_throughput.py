@@ -129,7 +129,7 @@ class Side:
 
 
 def size_arg(text: str) -> int:
-    """A size flag: K, M, G, T are binary multiples (DESIGN.md), as peerwire.units reads them."""
+    """A size flag: K, M, G, T are binary multiples, as peerwire.units reads them."""
     try:
         size_bytes = parse_size(text)
     except ValueError as exc:

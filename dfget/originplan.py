@@ -14,8 +14,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 #: Most bytes fetched from the origin in one Range request (a run of consecutive pieces; its
-#: pieces are stored as they arrive). Each request costs a registry ~3 ms of CPU (measured with
-#: docker-registry here: 4 MiB requests tripled its CPU per byte against one GET).
+#: pieces are stored as they arrive): each request costs the origin some CPU, so runs are long.
 RUN_BYTES: Final = 32 * 1024 * 1024
 #: A run of origin pieces is sized to arrive in about this long.
 RUN_SECONDS: Final = 0.5
@@ -24,8 +23,7 @@ LONG_ASSIGNMENT: Final = 32
 #: An origin that answers a Range request this soon (a registry next door) gets one request at
 #: a time: its round trip is nothing next to a run, and one stream in order lets the whole-file
 #: digest be hashed from the bytes as they arrive, where a second stream's pieces are read back
-#: later. (mirror_pull.py, cold pulls in 512 KiB pieces, three alternating pairs of medians of
-#: 3: 0.95 / 0.94 / 0.93 s with one request, 0.98 / 0.94 / 0.95 s with two.)
+#: later.
 NEAR_ORIGIN_S: Final = 0.02
 #: Otherwise two, so that the round trip is not paid between runs; from this rate on,
 #: ``FAST_ORIGIN_WORKERS`` (a fast origin far away: parallel streams against its latency).

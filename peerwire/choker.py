@@ -5,13 +5,10 @@ unchoked longest makes way for the one that has waited longest, as long as someo
 (a round-robin form of BitTorrent's optimistic unchoke: in a cooperative swarm there is no
 tit-for-tat to enforce, only starvation to avoid).
 
-How many slots is the task's choice (``peerwire.wireconfig.WireConfig.max_unchoked``). BEP 3 clients
-use about four, so that each requester gets a useful share of a slow uplink. In our swarms
-four slots out of twelve connections starved some peers: one that became interested late (an
-origin fetcher, busy with its own pieces first) queued behind every neighbour's waiting list
-and stayed choked by all of them for seconds, while its own uplink was full. Unchoking every
-interested connection lets TCP share the uplink instead (bench/run.py, 50 clients: the last
-one done after 30-33 s with four slots, 25 s with twelve).
+How many slots is the task's choice (``peerwire.wireconfig.WireConfig.max_unchoked``). BEP 3
+clients use about four, so that each requester gets a useful share of a slow uplink; our peers
+unchoke every interested connection by default and let TCP share the uplink, because a peer that
+became interested late otherwise waits behind every neighbour's queue.
 
 Sans-IO: the shell reports interest and departures, asks ``rotate(now)`` on its tick and sends
 the chokes and unchokes it is told to.

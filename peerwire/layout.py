@@ -79,10 +79,8 @@ class PieceLayout:
 
 #: From this file size on, pieces are at least ``MID_PIECE_BYTES``.
 MID_FILE_BYTES: Final = 32 * MIB
-#: A download pays a fixed cost per piece (a digest, a write, events, a span sent to a reader):
-#: the 50 MiB layers of ``bench/mirror_pull.py`` in 128 KiB pieces made a cold pull through
-#: dfdaemon 1.37x as long as one from the registry and a pull from a peer 1.47x; in 512 KiB
-#: pieces 1.32x and 1.32x (256 KiB: 1.36x / 1.40x; 1 MiB: 1.30x / 1.80x, a slower peer pull).
+#: A download pays a fixed cost per piece (a digest, a write, events, a span sent to a reader),
+#: so larger files get fewer, larger pieces (bench/README.md, "Where the defaults come from").
 MID_PIECE_BYTES: Final = 512 * KIB
 
 

@@ -1,6 +1,6 @@
 """The task manifest: the piece geometry of a file and the sha256 of every piece.
 
-DESIGN.md, data flow step 3: whoever fetches a piece from the origin reports its sha256; the list
+Whoever fetches a piece from the origin reports its sha256; the list
 of digests is how every peer verifies every piece it receives. This module holds that list as a
 frozen value, its JSON form (what the tracker serves), and a builder that hashes a local file.
 """
@@ -219,7 +219,7 @@ def local_task_id(piece_sha256: tuple[bytes | None, ...]) -> TaskId:
 
     Two hosts that build a manifest of the same bytes with the same piece length agree on it, so
     seeding a local file needs no coordination. (Files fetched by URL use the URL-derived id of
-    DESIGN.md instead; this is only the fallback of ``build_manifest``.)
+    ``dfget.identity`` instead; this is only the fallback of ``build_manifest``.)
     """
     hasher = hashlib.sha256()
     for digest in piece_sha256:

@@ -16,9 +16,8 @@ the policy, then, once every missing block is requested somewhere (endgame), dup
 blocks in flight at other peers, cancelled when the first copy arrives. A duplicate waits until
 the block is overdue: its request is ``OVERDUE_FACTOR`` times as old as its holder should take for
 what it was asked (``expected_wait``, from the shell's rate estimate; rate estimates run high), or
-``endgame_patience_s`` old at most. On slow links a request normally waits its turn at the sender
-for a second or more, and duplicating every block of the tail at once wasted 4-6% of the swarm's
-uploads (bench/run.py at 50 clients).
+``endgame_patience_s`` old at most: on slow links a request normally waits its turn at the sender
+for a second or more, and duplicating every block of the tail at once wastes uploads.
 
 Per-call cost stays near the number of blocks returned: started pieces with open blocks are
 kept in their own index, a new piece costs one pass over the unstarted pieces the peer has,
@@ -40,8 +39,7 @@ from peerwire.requests import RequestManager
 
 P = TypeVar("P", bound=Hashable)
 
-#: A request is overdue at this many times what its holder should take (see the docstring):
-#: at 2, bench/run.py (50 clients) threw away 3% of the peer uploads, at 4 about 1%.
+#: A request is overdue at this many times what its holder should take (see the docstring).
 OVERDUE_FACTOR = 4
 #: An endgame scan that found nothing to duplicate for a peer is not repeated for it before the
 #: first of its candidates falls due, nor before this long (holders' rates, and with them the

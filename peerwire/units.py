@@ -1,6 +1,6 @@
 """Human spellings of rates, sizes and durations, as operators type them on the command line.
 
-DESIGN.md fixes the conventions; this module is their one implementation:
+The project's one implementation of these conventions:
 
 * Rates (``parse_rate``, bytes per second): ``20M`` is 20 MiB/s. ``K``, ``M``, ``G``, ``T`` are
   binary multiples (1024) of bytes per second; ``KB``/``KiB``, ``MB``/``MiB``, ... are accepted as

@@ -4,8 +4,7 @@ While some pieces exist nowhere in the swarm, someone has to fetch them from the
 every peer did, the origin would send each byte once per peer; if one peer did, the origin's
 bandwidth would be used through one connection. The planner hands *disjoint* sets of missing
 pieces to at most ``budget`` peers at once, so the origin sends each piece about once while
-several fetchers pull in parallel (DESIGN.md, "Data flow", step 2; this is what Dragonfly's
-supernode does).
+several fetchers pull in parallel (this is what Dragonfly's supernode does).
 
 Piece sets are Python ints in BEP 3 bitfield order: the bitfield bytes read big-endian, so
 piece ``i`` of an ``n``-piece task is bit ``8 * ceil(n / 8) - 1 - i``. A peer's ``df_have`` is

@@ -1,12 +1,12 @@
 """The task manifest: which URL a task is, how it is cut into pieces, and each piece's sha256.
 
 Whoever fetches a piece from the origin reports its digest (``PUT /tasks/<id>``); every other
-peer verifies the pieces it receives against this list (DESIGN.md, "Data flow", step 3). The
+peer verifies the pieces it receives against this list (ARCHITECTURE.md, "One download"). The
 tracker is the one place the digests meet, so it refuses anything that disagrees with what it
 already holds: a second, different digest for a piece means someone is wrong or lying, and
 taking either silently would let a bad piece spread.
 
-The JSON document (TRACKER.md, "Manifest JSON")::
+The JSON document (README.md, the tracker's routes)::
 
     {"task_id": "<40 hex>", "url": "http://...", "total_length": 123, "piece_length": 16384,
      "piece_sha256": ["<64 hex>" or null, ...]}

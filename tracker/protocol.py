@@ -35,7 +35,7 @@ __all__ = [
 
 #: Integers in a query are ASCII digits only, at most this many (2**64 has 20 digits).
 MAX_INT_DIGITS: Final = 20
-#: ``df_have`` bitfield: one bit per piece, 1,048,576 pieces at most (see TRACKER.md).
+#: ``df_have`` bitfield: one bit per piece, 1,048,576 pieces at most.
 MAX_HAVE_BYTES: Final = 131_072
 #: ``df_zone``: a short locality label, in UTF-8 bytes.
 MAX_ZONE_BYTES: Final = 64
@@ -347,7 +347,7 @@ def encode_announce(result: AnnounceResult, *, compact: bool, no_peer_id: bool) 
     Compact (BEP 23): ``peers`` is the concatenated 6-byte IPv4 entries (present even when
     empty) and ``peers6`` (BEP 7) the 18-byte IPv6 entries, only when there are any. Otherwise
     (BEP 3) ``peers`` is a list of ``{ip, port, peer id}`` dicts, one per address of a peer,
-    ``peer id`` omitted when the client said ``no_peer_id``. ``df *`` keys as in TRACKER.md.
+    ``peer id`` omitted when the client said ``no_peer_id``. ``df *`` keys as the README lists them.
     """
     response: dict[bytes, Any] = {
         b"interval": result.interval_s,

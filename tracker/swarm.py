@@ -264,7 +264,7 @@ class Swarm:
 
     @staticmethod
     def _have_of(task: _Task, req: AnnounceRequest) -> int | None:
-        """The peer's pieces as a set int, or None when unknown (see TRACKER.md ``df_have``)."""
+        """The peer's pieces as a set int, or None when unknown (``df_have``)."""
         if task.manifest is None:
             return None
         if req.have is not None and len(req.have) == task.have_bytes:

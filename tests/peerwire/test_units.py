@@ -1,4 +1,4 @@
-"""Parsing and formatting of rates, sizes and durations (DESIGN.md: names and conventions)."""
+"""Parsing and formatting of rates, sizes and durations."""
 
 from __future__ import annotations
 

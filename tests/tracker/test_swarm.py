@@ -1,4 +1,4 @@
-"""Swarm semantics (TRACKER.md / the swarm brief), one behaviour per test, with a fake clock."""
+"""Swarm semantics, one behaviour per test, with a fake clock."""
 
 from __future__ import annotations
 
