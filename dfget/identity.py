@@ -1,4 +1,4 @@
-"""Task identity: which downloads are the same task, and so share one swarm (ARCHITECTURE.md, step 1).
+"""Task identity: which downloads are the same task, and so share one swarm (step 1 of a download).
 
 Two ``dfget`` runs join the same swarm exactly when their task ids are equal, so the id must be
 stable across hosts and blind to what differs between them without changing the bytes:
