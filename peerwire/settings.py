@@ -312,9 +312,8 @@ class Settings:
                 return _Given(environ[name], name, f"env {name}")
         if not setting.own_env:
             return None
-        for alias, invert in [(a, False) for a in setting.aliases] + [
-            (a, True) for a in setting.inverse_aliases
-        ]:
+        former = [(a, False) for a in setting.aliases]
+        for alias, invert in former + [(a, True) for a in setting.inverse_aliases]:
             name = self.prefix + alias.upper()
             if environ.get(name):
                 new = self.prefix + setting.name.upper()
@@ -413,7 +412,7 @@ class Loaded:
                 value = not value if setting.negate else value
             else:
                 value = self.values[setting.name]
-            text = setting.kind.show(value)
-            rows.append((f"{setting.name} = {text if text else chr(34) * 2}", setting.name))
+            text = setting.kind.show(value) or '""'
+            rows.append((f"{setting.name} = {text}", setting.name))
         width = max(len(left) for left, _ in rows)
         return [f"{left:<{width}}  # {self.source(name)}" for left, name in rows]
