@@ -266,7 +266,7 @@ class PieceStore:
         Thread-safe; hashes the caller's buffer once, in place (no copy). IndexError for an
         index outside the task; a buffer must be C-contiguous.
         """
-        return self._hash(index, data) == expected
+        return (digest := self._hash(index, data)) is not None and digest == expected
 
     def _hash(self, index: int, data: Buffer) -> bytes | None:
         """sha256 of ``data`` when it has piece ``index``'s size, else None."""

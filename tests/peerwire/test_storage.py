@@ -1,4 +1,8 @@
-"""PieceStore: verified writes at offsets, resume, finalize by rename, reads for upload."""
+"""PieceStore: verified writes at offsets, resume, finalize by rename, reads for upload.
+
+The store keeps no digest list: each ``verify``/``commit_piece`` is handed the piece's expected
+sha256 (here, the manifest's), and resuming re-verifies against the digests given to ``create``.
+"""
 
 from __future__ import annotations
 
@@ -56,13 +60,23 @@ def record_of(output: Path) -> Path:
     return output.with_name(output.name + RECORD_SUFFIX)
 
 
+def expected(manifest: Manifest, index: int) -> bytes:
+    """The digest of piece ``index`` in a complete manifest."""
+    digest = manifest.piece_sha256[index]
+    assert digest is not None
+    return digest
+
+
 DATA = content(5 * PIECE + 100)  # six pieces, the last 100 bytes
 MANIFEST = manifest_of(DATA)
+DIGESTS = tuple(expected(MANIFEST, index) for index in range(MANIFEST.num_pieces))
 
 
 def commit(store: PieceStore, *indices: int, data: bytes = DATA) -> None:
+    """Commit pieces of ``data`` against the store's manifest digests, each one accepted."""
     for index in indices:
-        assert store.commit_piece(index, piece(data, index))
+        digest = expected(store.manifest, index)
+        assert store.commit_piece(index, piece(data, index), digest) == digest
 
 
 def test_pieces_committed_out_of_order_finalize_to_the_exact_bytes(tmp_path: Path) -> None:
@@ -71,8 +85,8 @@ def test_pieces_committed_out_of_order_finalize_to_the_exact_bytes(tmp_path: Pat
         assert partial_of(output).stat().st_size == len(DATA)  # preallocated
         commit(store, 5, 2, 0, 4)
         # the buffer types a caller might hold, unchanged by the store
-        assert store.commit_piece(1, bytearray(piece(DATA, 1)))
-        assert store.commit_piece(3, memoryview(piece(DATA, 3)))
+        assert store.commit_piece(1, bytearray(piece(DATA, 1)), DIGESTS[1]) == DIGESTS[1]
+        assert store.commit_piece(3, memoryview(piece(DATA, 3)), DIGESTS[3]) == DIGESTS[3]
         assert not output.exists()
         assert store.have == Bitfield.full(6)
         assert store.finalize(hashlib.sha256(DATA).digest()) == output
@@ -88,14 +102,33 @@ def test_verify_rejects_a_single_flipped_bit_and_wrong_sizes(tmp_path: Path) -> 
     flipped = bytearray(good)
     flipped[517] ^= 0x10
     with PieceStore.create(tmp_path / "out", MANIFEST) as store:
-        assert store.verify(2, good)
-        assert store.verify(2, memoryview(good))
-        assert not store.verify(2, flipped)
-        assert not store.verify(2, good[:-1])
-        assert not store.verify(2, good + b"\0")
-        assert not store.verify(1, good)
+        assert store.verify(2, good, DIGESTS[2])
+        assert store.verify(2, memoryview(good), DIGESTS[2])
+        assert not store.verify(2, flipped, DIGESTS[2])
+        assert not store.verify(2, good[:-1], DIGESTS[2])
+        assert not store.verify(2, good + b"\0", DIGESTS[2])
+        assert not store.verify(1, good, DIGESTS[1])
         with pytest.raises(IndexError):
-            store.verify(6, good)
+            store.verify(6, good, DIGESTS[2])
+        assert not store.has_piece(2)  # verifying writes nothing
+
+
+def test_verify_checks_the_size_of_the_piece_at_the_index_and_the_given_digest(
+    tmp_path: Path,
+) -> None:
+    last = piece(DATA, 5)  # 100 bytes
+    with PieceStore.create(tmp_path / "out", MANIFEST) as store:
+        assert store.verify(5, last, DIGESTS[5])
+        assert not store.verify(5, last, DIGESTS[4])  # the digest handed in decides
+        # The right digest, but the buffer is not the size of the piece at that index.
+        assert not store.verify(4, last, DIGESTS[5])
+        assert not store.verify(5, piece(DATA, 4), DIGESTS[4])
+
+
+def test_verify_without_a_known_digest_never_accepts(tmp_path: Path) -> None:
+    with PieceStore.create(tmp_path / "out", MANIFEST) as store:
+        for data in (piece(DATA, 2), piece(DATA, 2)[:-1], b""):
+            assert not store.verify(2, data, None)  # type: ignore[arg-type]
 
 
 def test_commit_of_a_corrupt_piece_writes_nothing(tmp_path: Path) -> None:
@@ -103,10 +136,55 @@ def test_commit_of_a_corrupt_piece_writes_nothing(tmp_path: Path) -> None:
     flipped = bytearray(piece(DATA, 2))
     flipped[0] ^= 1
     with PieceStore.create(output, MANIFEST) as store:
-        assert not store.commit_piece(2, flipped)
+        record_before = record_of(output).read_bytes()
+        assert store.commit_piece(2, flipped, DIGESTS[2]) is None
         assert not store.has_piece(2)
         on_disk = partial_of(output).read_bytes()[2 * PIECE : 3 * PIECE]
         assert on_disk == bytes(PIECE)
+        assert record_of(output).read_bytes() == record_before
+
+
+def test_commit_against_another_pieces_digest_writes_nothing(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    with PieceStore.create(output, MANIFEST) as store:
+        assert store.commit_piece(2, piece(DATA, 2), DIGESTS[3]) is None
+        assert store.commit_piece(2, piece(DATA, 2)[:-1], DIGESTS[2]) is None  # short
+        assert store.commit_piece(5, piece(DATA, 4), DIGESTS[4]) is None  # too long for 5
+        assert len(store.have) == 0
+        assert partial_of(output).read_bytes() == bytes(len(DATA))
+
+
+def test_commit_of_trusted_bytes_computes_records_and_returns_their_digest(
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "out"
+    with PieceStore.create(output, MANIFEST) as store:
+        assert store.commit_piece(4, piece(DATA, 4), None) == DIGESTS[4]
+        assert store.commit_piece(5, bytearray(piece(DATA, 5)), None) == DIGESTS[5]
+        assert list(store.have) == [4, 5]
+        assert store.read_block(4, 0, PIECE) == piece(DATA, 4)
+    with PieceStore.create(output, MANIFEST) as resumed:  # recorded under their digests
+        assert list(resumed.have) == [4, 5]
+
+
+def test_commit_of_trusted_bytes_of_the_wrong_size_writes_nothing(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    with PieceStore.create(output, MANIFEST) as store:
+        assert store.commit_piece(0, piece(DATA, 0)[:-1], None) is None
+        assert store.commit_piece(5, piece(DATA, 4), None) is None  # a full piece for the last
+        assert len(store.have) == 0
+        assert partial_of(output).read_bytes() == bytes(len(DATA))
+
+
+def test_commit_of_a_piece_already_verified_keeps_its_bytes(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    with PieceStore.create(output, MANIFEST) as store:
+        commit(store, 1)
+        assert store.commit_piece(1, piece(DATA, 1), DIGESTS[1]) == DIGESTS[1]  # a second copy
+        assert store.commit_piece(1, piece(DATA, 2), DIGESTS[1]) is None
+        store.commit_piece(1, piece(DATA, 2), None)  # trusted bytes: still not written over
+        assert store.read_block(1, 0, PIECE) == piece(DATA, 1)
+    assert record_of(output).stat().st_size == 40 + 8  # recorded once
 
 
 def test_interrupted_download_resumes_with_its_verified_pieces(tmp_path: Path) -> None:
@@ -222,12 +300,16 @@ def test_file_digest_follows_the_verified_prefix_whatever_the_commit_order(
 def test_file_digest_of_commits_from_many_threads(tmp_path: Path) -> None:
     data = content(64 * PIECE + 1, seed=5)
     manifest = manifest_of(data)
-    jobs = [(index, piece(data, index)) for index in range(manifest.num_pieces)] * 2
+    jobs = [
+        (index, piece(data, index), expected(manifest, index))
+        for index in range(manifest.num_pieces)
+    ] * 2
     random.Random(6).shuffle(jobs)
     with PieceStore.create(tmp_path / "out", manifest) as store:
         store.track_file_digest()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            assert all(pool.map(lambda job: store.commit_piece(*job), jobs))
+            results = list(pool.map(lambda job: store.commit_piece(*job), jobs))
+        assert results == [digest for _, _, digest in jobs]
         assert store.file_digest() == hashlib.sha256(data).digest()
 
 
@@ -350,13 +432,18 @@ def test_concurrent_commits_from_many_threads_all_land(tmp_path: Path) -> None:
     output = tmp_path / "out"
     corrupt = bytearray(piece(data, 7))
     corrupt[3] ^= 0x80
-    jobs = [(index, piece(data, index)) for index in range(manifest.num_pieces)] * 2
-    jobs += [(7, bytes(corrupt))] * 5
+    jobs = [
+        (index, piece(data, index), expected(manifest, index))
+        for index in range(manifest.num_pieces)
+    ] * 2
+    jobs += [(7, bytes(corrupt), expected(manifest, 7))] * 5
     random.Random(4).shuffle(jobs)
     with PieceStore.create(output, manifest) as store:
         with ThreadPoolExecutor(max_workers=8) as pool:
             results = list(pool.map(lambda job: store.commit_piece(*job), jobs))
-        assert results.count(False) == 5
+        assert results.count(None) == 5
+        accepted = [(job, digest) for job, digest in zip(jobs, results, strict=True) if digest]
+        assert all(digest == job[2] for job, digest in accepted)
         assert store.have.is_complete()
     record_size = record_of(output).stat().st_size
     assert record_size == 40 + 8 * manifest.num_pieces  # each piece recorded exactly once
@@ -381,7 +468,9 @@ def test_open_complete_seeds_a_finished_file_read_only(tmp_path: Path) -> None:
     with PieceStore.open_complete(path, MANIFEST, verify=True) as store:
         assert store.have.is_complete()
         assert store.read_block(4, 10, 20) == DATA[4 * PIECE + 10 : 4 * PIECE + 30]
-        assert store.commit_piece(4, piece(DATA, 4))  # already there: nothing to do
+        # already there: nothing to do, nothing written
+        assert store.commit_piece(4, piece(DATA, 4), DIGESTS[4]) == DIGESTS[4]
+        assert store.is_finalized
         with pytest.raises(ValueError, match="read-only"):
             store.write_piece(4, piece(DATA, 4))
         with pytest.raises(ValueError, match="read-only"):
@@ -407,6 +496,26 @@ def test_open_complete_checks_size_and_optionally_every_piece(tmp_path: Path) ->
     assert missing.value.errno == errno.ENOENT
 
 
+def test_create_refuses_a_digest_list_of_another_length(tmp_path: Path) -> None:
+    for digests in (DIGESTS[:-1], (*DIGESTS, DIGESTS[0]), ()):
+        with pytest.raises(ValueError, match="digests for 6 pieces"):
+            PieceStore.create(tmp_path / "out", MANIFEST, digests=digests)
+    assert list(tmp_path.iterdir()) == []  # refused before any file was made
+
+
+def test_resume_reverifies_against_the_digests_given_to_create(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    with PieceStore.create(output, MANIFEST) as store:
+        commit(store, 0, 1, 2)
+    # The caller's list decides which recorded pieces are re-verified and kept.
+    changed = list(DIGESTS)
+    changed[1] = hashlib.sha256(b"not piece 1").digest()
+    with PieceStore.create(output, MANIFEST, digests=changed) as store:
+        assert list(store.have) == [0, 2]
+    with PieceStore.create(output, MANIFEST, digests=DIGESTS) as store:
+        assert list(store.have) == [0, 2]  # the record was rewritten without piece 1
+
+
 def test_output_in_missing_directory_is_a_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError) as caught:
         PieceStore.create(tmp_path / "nope" / "out", MANIFEST)
@@ -427,7 +536,7 @@ result = {"committed": []}
 try:
     store = PieceStore.create(output, manifest)
     for index, hex_data in pieces:
-        store.commit_piece(index, bytes.fromhex(hex_data))
+        store.commit_piece(index, bytes.fromhex(hex_data), manifest.piece_sha256[index])
         result["committed"].append(index)
 except StorageError as exc:
     result.update(errno=exc.errno, disk_full=exc.is_disk_full, path=str(exc.path))
