@@ -25,74 +25,50 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from peerwire.bitfield import Bitfield
-from peerwire.layout import MIB, Block, PieceLayout
+from peerwire.layout import MIB, Block
 from peerwire.manifest import Manifest
 from peerwire.piecerecord import read_record, record_entry, record_header, write_record
+from peerwire.storagefile import (
+    DigestMismatchError,
+    IncompleteError,
+    InOrderDigest,
+    PieceMissingError,
+    StorageError,
+    StoreClosedError,
+    file_sha256,
+    fsync_directory,
+    pread_exactly,
+    reverify,
+    set_length,
+    wrap,
+)
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "PARTIAL_SUFFIX",
+    "RECORD_SUFFIX",
+    "Buffer",
+    "DigestMismatchError",
+    "IncompleteError",
+    "PieceMissingError",
+    "PieceStore",
+    "StorageError",
+    "StoreClosedError",
+]
 
 PARTIAL_SUFFIX = ".dfpart"
 RECORD_SUFFIX = ".dfpart.pieces"
 #: Read size for the whole-file digest in ``finalize``.
 _HASH_READ_BYTES = 4 * MIB
-_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 #: What piece data may arrive in; nothing is copied (``collections.abc.Buffer`` needs 3.12).
 Buffer = bytes | bytearray | memoryview
-
-
-class StorageError(OSError):
-    """An I/O operation on a task's files failed; ``errno``, ``path`` and the operation are kept.
-
-    A subclass of OSError so ``except OSError`` still catches it; ``is_disk_full`` tells the
-    caller to report "disk full at <path>" rather than a generic failure.
-    """
-
-    def __init__(self, error_number: int, message: str, path: str | os.PathLike[str]) -> None:
-        super().__init__(error_number, message, os.fspath(path))
-
-    @property
-    def path(self) -> Path:
-        return Path(self.filename)
-
-    @property
-    def is_disk_full(self) -> bool:
-        return self.errno in _DISK_FULL_ERRNOS
-
-
-class PieceMissingError(LookupError):
-    """A block of a piece that is not verified here was asked for (a bug: never serve those)."""
-
-
-class IncompleteError(RuntimeError):
-    """``finalize`` was called before every piece was verified."""
-
-
-class StoreClosedError(ValueError):
-    """The store was closed (after ``finalize``, its file is at the output path)."""
-
-
-class DigestMismatchError(ValueError):
-    """Data on disk does not hash to what was expected: the whole file, or one piece."""
-
-    def __init__(
-        self, path: Path, expected: bytes, actual: bytes, piece_index: int | None = None
-    ) -> None:
-        what = "file" if piece_index is None else f"piece {piece_index}"
-        super().__init__(f"{path}: {what} sha256 is {actual.hex()}, expected {expected.hex()}")
-        self.path = path
-        self.expected = expected
-        self.actual = actual
-        self.piece_index = piece_index
-
-
-def _wrap(exc: OSError, operation: str, path: Path) -> StorageError:
-    return StorageError(exc.errno or errno.EIO, f"{operation}: {exc.strerror or exc}", path)
 
 
 class PieceStore:
@@ -118,9 +94,7 @@ class PieceStore:
         self._in_flight = 0
         self._closed = False
         # The whole file's sha256, advanced in order as pieces are verified (``track_file_digest``).
-        self._file_hasher: hashlib._Hash | None = None
-        self._hashed_pieces = 0
-        self._digest_lock = threading.Lock()
+        self._file_digest: InOrderDigest | None = None
 
     # -- construction -------------------------------------------------------------------------
 
@@ -165,31 +139,29 @@ class PieceStore:
         try:
             fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as exc:
-            raise _wrap(exc, "open partial file", partial) from exc
+            raise wrap(exc, "open partial file", partial) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
-            raise _wrap(
-                exc, "lock partial file (another download of it running?)", partial
-            ) from exc
+            raise wrap(exc, "lock partial file (another download of it running?)", partial) from exc
         recorded: set[int] | None = None
         try:
             try:
                 recorded = read_record(record, header, digests) if resume else None
             except OSError as exc:
-                raise _wrap(exc, "read piece record", record) from exc
+                raise wrap(exc, "read piece record", record) from exc
             if recorded is None:
                 have = Bitfield(manifest.num_pieces)
-                _set_length(fd, 0, partial, preallocate=False)
+                set_length(fd, 0, partial, preallocate=False)
             else:
-                have = _reverify(fd, partial, manifest.layout, digests, recorded)
+                have = reverify(fd, partial, manifest.layout, digests, recorded)
                 log.info("resuming %s: %d of %d pieces verified", output, len(have), len(recorded))
-            _set_length(fd, manifest.total_length, partial, preallocate=preallocate)
+            set_length(fd, manifest.total_length, partial, preallocate=preallocate)
             try:
                 record_fd = write_record(record, header, digests, have)
             except OSError as exc:
-                raise _wrap(exc, "write piece record", record) from exc
+                raise wrap(exc, "write piece record", record) from exc
         except BaseException:
             os.close(fd)
             if recorded is None:  # nothing worth keeping: leave no debris behind
@@ -212,7 +184,7 @@ class PieceStore:
         try:
             fd = os.open(data_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            raise _wrap(exc, "open complete file", data_path) from exc
+            raise wrap(exc, "open complete file", data_path) from exc
         try:
             size = os.fstat(fd).st_size
             if size != manifest.total_length:
@@ -220,7 +192,7 @@ class PieceStore:
                     f"{data_path}: {size} bytes, manifest says {manifest.total_length}"
                 )
             if verify:
-                _reverify(
+                reverify(
                     fd,
                     data_path,
                     manifest.layout,
@@ -314,7 +286,7 @@ class PieceStore:
             try:
                 os.write(self._record_fd, entry)  # O_APPEND, 8 bytes: one atomic append
             except OSError as exc:
-                raise _wrap(exc, f"record piece {index}", self._record_path) from exc
+                raise wrap(exc, f"record piece {index}", self._record_path) from exc
             self._have.add(index)
         self._advance_file_digest(index, data)
         return digest
@@ -330,7 +302,7 @@ class PieceStore:
                     done += os.pwrite(self._fd, view[done:], offset + done)
             except OSError as exc:
                 message = f"write piece {index} at offset {offset + done}"
-                raise _wrap(exc, message, self._data_path) from exc
+                raise wrap(exc, message, self._data_path) from exc
 
     # -- the whole file's digest --------------------------------------------------------------
 
@@ -341,43 +313,25 @@ class PieceStore:
         without reading the file again, and ``file_digest`` is known as soon as the last piece
         is committed. Call once, before the download (pieces already verified are hashed now).
         """
-        with self._digest_lock:
-            if self._file_hasher is None:
-                self._file_hasher = hashlib.sha256()
+        if self._file_digest is None:
+            self._file_digest = InOrderDigest(self._layout)
         self._advance_file_digest(-1, b"")
 
     def file_digest(self) -> bytes | None:
         """The sha256 of the whole file once every piece is verified and ``track_file_digest``
         hashed it; None before (or when not tracked)."""
-        with self._digest_lock:
-            if self._file_hasher is None or self._hashed_pieces < self._layout.num_pieces:
-                return None
-            return self._file_hasher.digest()
+        return None if self._file_digest is None else self._file_digest.digest()
 
     def _advance_file_digest(self, index: int, data: Buffer) -> None:
-        if self._file_hasher is None:
-            return
-        with self._digest_lock:
-            hasher = self._file_hasher
-            buffer: memoryview | None = None
-            while self._hashed_pieces < self._layout.num_pieces:
-                next_index = self._hashed_pieces
-                if not self.has_piece(next_index):
-                    return
-                if next_index == index:
-                    hasher.update(data)
-                else:
-                    if buffer is None:
-                        buffer = memoryview(bytearray(self._layout.piece_length))
-                    piece = buffer[: self._layout.piece_size(next_index)]
-                    offset = self._layout.piece_offset(next_index)
-                    with self._using_fd():
-                        try:
-                            _pread_exactly(self._fd, piece, offset)
-                        except OSError as exc:
-                            raise _wrap(exc, f"hash piece {next_index}", self._data_path) from exc
-                    hasher.update(piece)
-                self._hashed_pieces += 1
+        if self._file_digest is not None:
+            self._file_digest.advance(index, data, self.has_piece, self._read_piece)
+
+    def _read_piece(self, index: int, into: memoryview) -> None:
+        with self._using_fd():
+            try:
+                pread_exactly(self._fd, into, self._layout.piece_offset(index))
+            except OSError as exc:
+                raise wrap(exc, f"hash piece {index}", self._data_path) from exc
 
     # -- reading for uploads ------------------------------------------------------------------
 
@@ -408,7 +362,7 @@ class PieceStore:
             try:
                 data = os.pread(self._fd, length, offset)
             except OSError as exc:
-                raise _wrap(exc, f"read piece {index} at offset {offset}", self._data_path) from exc
+                raise wrap(exc, f"read piece {index} at offset {offset}", self._data_path) from exc
         if len(data) != length:  # a regular file reads short only at its end: truncated under us
             raise StorageError(errno.EIO, f"file ends inside piece {index}", self._data_path)
         return data
@@ -420,9 +374,7 @@ class PieceStore:
             try:
                 data = os.pread(fd, length, offset)
             except OSError as exc:
-                raise _wrap(
-                    exc, f"read {length} bytes at offset {offset}", self._data_path
-                ) from exc
+                raise wrap(exc, f"read {length} bytes at offset {offset}", self._data_path) from exc
         if len(data) != length:
             raise StorageError(
                 errno.EIO, f"file ends inside span {offset}+{length}", self._data_path
@@ -450,10 +402,10 @@ class PieceStore:
             offset = self.block_offset(index, begin, view.nbytes)
             with self._using_fd():
                 try:
-                    _pread_exactly(self._fd, view, offset)
+                    pread_exactly(self._fd, view, offset)
                 except OSError as exc:
                     message = f"read piece {index} at offset {offset}"
-                    raise _wrap(exc, message, self._data_path) from exc
+                    raise wrap(exc, message, self._data_path) from exc
             return view.nbytes
 
     # -- the end of a download ----------------------------------------------------------------
@@ -476,15 +428,17 @@ class PieceStore:
             raise IncompleteError(f"{self._data_path}: {missing} pieces not verified yet")
         with self._using_fd():
             if expected_sha256 is not None:
-                actual = self.file_digest() or self._file_sha256()
+                actual = self.file_digest() or file_sha256(
+                    self._fd, self._manifest.total_length, self._data_path
+                )
                 if actual != expected_sha256:
                     raise DigestMismatchError(self._data_path, expected_sha256, actual)
             try:
                 os.fsync(self._fd)
                 os.replace(self._data_path, self._output_path)
-                _fsync_directory(self._output_path.parent)
+                fsync_directory(self._output_path.parent)
             except OSError as exc:
-                raise _wrap(exc, "finalize", self._data_path) from exc
+                raise wrap(exc, "finalize", self._data_path) from exc
         with self._state:
             record_fd, self._record_fd = self._record_fd, None
             self._data_path = self._output_path
@@ -493,20 +447,6 @@ class PieceStore:
         self._record_path.unlink(missing_ok=True)
         log.info("finalized %s (%d bytes)", self._output_path, self._manifest.total_length)
         return self._output_path
-
-    def _file_sha256(self) -> bytes:
-        hasher = hashlib.sha256()
-        view = memoryview(bytearray(min(_HASH_READ_BYTES, max(1, self._manifest.total_length))))
-        offset = 0
-        while offset < self._manifest.total_length:
-            chunk = view[: min(view.nbytes, self._manifest.total_length - offset)]
-            try:
-                _pread_exactly(self._fd, chunk, offset)
-            except OSError as exc:
-                raise _wrap(exc, f"hash file at offset {offset}", self._data_path) from exc
-            hasher.update(chunk)
-            offset += chunk.nbytes
-        return hasher.digest()
 
     def discard(self) -> None:
         """Close and delete the partial file and record. A complete file is only closed."""
@@ -562,88 +502,3 @@ class PieceStore:
                 self._in_flight -= 1
                 if not self._in_flight:
                     self._state.notify_all()
-
-
-def _pread_exactly(fd: int, view: memoryview, offset: int) -> None:
-    """Fill ``view`` from ``offset``; a file that ends early was truncated behind our back."""
-    done = 0
-    while done < view.nbytes:
-        count = os.preadv(fd, [view[done:]], offset + done)
-        if count == 0:
-            raise OSError(errno.EIO, f"unexpected end of file at offset {offset + done}")
-        done += count
-
-
-def _set_length(fd: int, length: int, path: Path, *, preallocate: bool) -> None:
-    """Make the file exactly ``length`` bytes: reserved blocks, or sparse after a space check."""
-    try:
-        stat = os.fstat(fd)
-        if stat.st_size > length:
-            os.ftruncate(fd, length)
-        if length > 0 and preallocate:
-            try:
-                os.posix_fallocate(fd, 0, length)
-                return
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                    raise
-        if length > 0:
-            _check_free_space(fd, length - min(length, stat.st_blocks * 512), path)
-            os.ftruncate(fd, length)
-    except OSError as exc:
-        if isinstance(exc, StorageError):
-            raise
-        raise _wrap(exc, f"make the file {length} bytes", path) from exc
-
-
-def _check_free_space(fd: int, needed_bytes: int, path: Path) -> None:
-    """Refuse up front when the file system cannot hold what the download still has to write."""
-    fs = os.fstatvfs(fd)
-    free_bytes = fs.f_bavail * fs.f_frsize
-    if needed_bytes > free_bytes:
-        raise StorageError(
-            errno.ENOSPC,
-            f"not enough space: {needed_bytes} bytes still to write, {free_bytes} free",
-            path,
-        )
-
-
-def _reverify(
-    fd: int,
-    path: Path,
-    layout: PieceLayout,
-    digests: Sequence[bytes | None],
-    indices: Iterable[int],
-    *,
-    raise_on_bad: bool = False,
-) -> Bitfield:
-    """The subset of ``indices`` whose bytes on disk hash right (one reused piece buffer)."""
-    have = Bitfield(layout.num_pieces)
-    buffer = memoryview(bytearray(min(layout.piece_length, max(1, layout.total_length))))
-    for index in sorted(indices):
-        piece = buffer[: layout.piece_size(index)]
-        try:
-            _pread_exactly(fd, piece, layout.piece_offset(index))
-        except OSError as exc:
-            if exc.errno != errno.EIO:
-                raise _wrap(exc, f"re-verify piece {index}", path) from exc
-            actual = b""  # the file is shorter than the piece: not there
-        else:
-            actual = hashlib.sha256(piece).digest()
-        expected = digests[index]
-        if expected is not None and actual == expected:
-            have.add(index)
-        elif raise_on_bad:
-            raise DigestMismatchError(path, expected or b"", actual, index)
-        else:
-            log.warning("%s: recorded piece %d fails verification; fetching it again", path, index)
-    return have
-
-
-def _fsync_directory(path: Path) -> None:
-    """Make a rename in ``path`` durable (POSIX: the directory entry lives in the directory)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
