@@ -36,6 +36,8 @@ class DigestBook:
 
     def get(self, index: int) -> bytes | None:
         """The digest of piece ``index``, or None while unknown; IndexError outside the task."""
+        if index < 0:
+            raise IndexError(f"piece {index} is outside the task")
         return self._digests[index]
 
     @property
@@ -60,7 +62,7 @@ class DigestBook:
         was known; ValueError when it contradicts the known one (the caller decides whom to
         believe) or is not a sha256."""
         _check(index, digest)
-        known = self._digests[index]
+        known = self.get(index)
         if known == digest:
             return False
         if known is not None:
@@ -82,7 +84,7 @@ class DigestBook:
             try:
                 if self.learn(index, digest):
                     learned.append(index)
-            except ValueError as exc:
+            except (ValueError, IndexError) as exc:
                 conflicts.append(str(exc))
         if conflicts:
             raise DigestConflict(learned, conflicts)

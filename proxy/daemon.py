@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,8 @@ from peerwire.auth import load_secret
 from peerwire.ids import TaskId
 from peerwire.ratelimit import TokenBucket
 from peerwire.shell import SharedListener
-from peerwire.storage import PieceStore, StoreClosedError
+from peerwire.storage import PieceStore
+from proxy.blobstream import BlobStream, Running
 from proxy.cache import (
     CacheEntry,
     ensure_private_dir,
@@ -63,190 +64,6 @@ class FetchRequest:
     origin_info: OriginInfo | None = None
 
 
-class _Running:
-    """One task the daemon is downloading (then seeding): its engine task and its waiters."""
-
-    def __init__(self, entry: CacheEntry, request: FetchRequest) -> None:
-        loop = asyncio.get_running_loop()
-        self.entry, self.request = entry, request
-        self.done: asyncio.Future[DownloadResult] = loop.create_future()
-        self.progress: ProgressReport | None = None
-        self.engine_task: asyncio.Task[None] | None = None
-        #: The piece store once the download opened it, for readers streaming in order.
-        self.store: asyncio.Future[PieceStore] = loop.create_future()
-        #: Set (and replaced) whenever a piece is verified: readers wait on it.
-        self.piece_event = asyncio.Event()
-
-    def piece_verified(self, _: int) -> None:
-        event, self.piece_event = self.piece_event, asyncio.Event()
-        event.set()
-
-
-@dataclass(frozen=True, slots=True)
-class FileSpan:
-    """Bytes of a task's file, to be sent without reading them (``os.sendfile``): verified
-    pieces of a download in progress (``store``), or of the finished file at ``final_path``."""
-
-    store: PieceStore | None
-    offset: int
-    length: int
-    #: Where the file is once the download is finalized (its store may be closed by then).
-    final_path: Path
-
-    def __len__(self) -> int:
-        return self.length
-
-    @contextlib.contextmanager
-    def open(self) -> Iterator[int]:
-        """A descriptor of the file holding the span, its own (a slow reader never holds up
-        closing the store), open while the context lasts."""
-        fd: int | None = None
-        if self.store is not None:
-            # A closed store was finalized: the same bytes are at ``final_path``, renamed.
-            with (
-                contextlib.suppress(StoreClosedError),
-                self.store.open_span(self.offset, self.length) as store_fd,
-            ):
-                fd = os.dup(store_fd)
-        if fd is None:
-            fd = os.open(self.final_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            yield fd
-        finally:
-            os.close(fd)
-
-    def read(self) -> bytes:
-        with self.open() as fd:
-            data = os.pread(fd, self.length, self.offset)
-        if len(data) != self.length:
-            raise OSError(f"{self.final_path} ends inside {self.offset}+{self.length}")
-        return data
-
-
-class BlobStream:
-    """A task's bytes ``[start, end)`` in order, each piece as soon as it is verified.
-
-    From a finished cache entry it reads the file; from a download in progress it waits for
-    each next piece. ``close`` (always: use ``async with``) releases the entry for GC.
-    """
-
-    def __init__(
-        self, daemon: Daemon, entry: CacheEntry, running: _Running | None, start: int, end: int
-    ) -> None:
-        self._daemon, self._entry, self._running = daemon, entry, running
-        self.start, self.end = start, end
-        self.size_bytes = entry.size_bytes
-        self._closed = False
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start
-
-    async def __aenter__(self) -> BlobStream:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Release the entry for GC; idempotent."""
-        if not self._closed:
-            self._closed = True
-            self._daemon.release(self._entry)
-
-    @property
-    def download_checks_digest(self) -> bool:
-        """The stream comes from a download that hashes the whole task as it is verified and
-        checks it against the digest in the task's identity: ``verified`` gives the verdict as
-        soon as the last piece is in, and a reader need not hash the bytes again."""
-        running = self._running
-        if running is None or self._entry.complete or running.request.digest_sha256 is None:
-            return False
-        return running.store.done() and not running.store.exception()
-
-    async def verified(self) -> bool:
-        """Whether the task's bytes are known to match its sha256 digest; waits for the verdict
-        of a download in progress (False when it fails)."""
-        running = self._running
-        expected = running.request.digest_sha256 if running is not None else None
-        while True:
-            if self._entry.complete:
-                return True  # finalize checked the digest that is part of the task's identity
-            if running is None or expected is None or running.done.done():
-                return False
-            try:
-                store = await running.store
-            except Exception:  # the download failed before it opened its file
-                return False
-            digest = store.file_digest()
-            if digest is not None:
-                return digest == expected
-            event = running.piece_event  # the last piece's commit is on its way back
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), 1.0)
-
-    async def chunks(self, chunk_bytes: int = 1 << 20) -> AsyncIterator[bytes]:
-        """The bytes in order, in chunks of at most ``chunk_bytes``."""
-        loop = asyncio.get_running_loop()
-        async for span in self.spans(chunk_bytes):
-            yield await loop.run_in_executor(None, span.read)
-
-    async def spans(self, chunk_bytes: int = 1 << 20) -> AsyncIterator[FileSpan]:
-        """As ``chunks``, but as spans of the file to send from there (``os.sendfile``), each
-        yielded once its pieces are verified."""
-        offset = self.start
-        running = self._running
-        if running is not None and not self._entry.complete:
-            async for span in self._from_download(running, offset, chunk_bytes):
-                offset += len(span)
-                yield span
-        # The rest from the finished file (all of it for a cache hit; after a download that
-        # finished while we streamed it, from where the download's store left off).
-        async for span in self._from_file(offset, chunk_bytes):
-            yield span
-
-    async def _from_download(
-        self, running: _Running, offset: int, chunk_bytes: int
-    ) -> AsyncIterator[FileSpan]:
-        """Pieces in order as they are verified, until the end or the entry is complete."""
-        store = await running.store
-        layout = store.manifest.layout
-        while offset < self.end:
-            index = offset // layout.piece_length
-            while not store.has_piece(index):
-                if running.done.done() and running.done.exception() is not None:
-                    raise running.done.exception()  # type: ignore[misc]
-                event = running.piece_event
-                if store.has_piece(index):
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), 1.0)
-            if self._entry.complete:
-                return  # the file is finalized: read it there (the store may be closed)
-            # This piece and the verified ones after it, up to ``chunk_bytes``: one span.
-            piece_length = layout.piece_length
-            span_end = min(self.end, (index + 1) * piece_length)
-            while span_end < min(self.end, offset + chunk_bytes) and store.has_piece(
-                span_end // piece_length
-            ):
-                span_end = min(self.end, span_end + piece_length)
-            length = span_end - offset
-            yield FileSpan(store, offset, length, self._entry.data_path)
-            offset += length
-
-    async def _from_file(self, offset: int, chunk_bytes: int) -> AsyncIterator[FileSpan]:
-        if offset >= self.end:
-            return
-        path = self._entry.data_path
-        size = (await asyncio.get_running_loop().run_in_executor(None, os.stat, path)).st_size
-        if size < self.end:
-            raise OSError(f"cache file {path} is shorter than expected")
-        while offset < self.end:
-            length = min(chunk_bytes, self.end - offset)
-            yield FileSpan(None, offset, length, path)
-            offset += length
-
-
 @dataclass
 class DaemonCounters:
     downloads_ok: int = 0
@@ -271,7 +88,7 @@ class Daemon:
             listener=SharedListener(),
         )
         self.entries: dict[TaskId, CacheEntry] = {}
-        self._running: dict[TaskId, _Running] = {}
+        self._running: dict[TaskId, Running] = {}
         self._seeding: dict[TaskId, asyncio.Task[None]] = {}
         self._gc_task: asyncio.Task[None] | None = None
         self.counters = DaemonCounters()
@@ -368,7 +185,7 @@ class Daemon:
         now. The stream holds the entry busy until closed. ValueError for a range outside."""
         task_id = self._task_id(request)
         entry = self.entries.get(task_id)
-        running: _Running | None = None
+        running: Running | None = None
         if entry is not None and entry.complete:
             self.counters.cache_hits += 1
         else:
@@ -394,7 +211,7 @@ class Daemon:
         if not 0 <= start <= stop <= size:
             self.release(entry)
             raise ValueError(f"range {start}-{stop} is outside the blob's {size} bytes")
-        return BlobStream(self, entry, running, start, stop)
+        return BlobStream(self.release, entry, running, start, stop)
 
     def _task_id(self, request: FetchRequest) -> TaskId:
         return task_id_for(
@@ -408,7 +225,7 @@ class Daemon:
         entry.busy = max(0, entry.busy - 1)
         entry.last_access_s = time.time()
 
-    def _start(self, task_id: TaskId, request: FetchRequest) -> _Running:
+    def _start(self, task_id: TaskId, request: FetchRequest) -> Running:
         directory = entry_dir(self.config.cache_dir, task_id)
         ensure_private_dir(directory)
         entry = self.entries.get(task_id) or CacheEntry(
@@ -421,7 +238,7 @@ class Daemon:
         )
         entry.url = request.url
         self.entries[task_id] = entry
-        running = _Running(entry, request)
+        running = Running(entry, request)
         self._running[task_id] = running
         options = DownloadOptions(
             url=request.url,
@@ -441,7 +258,7 @@ class Daemon:
         running.engine_task = asyncio.create_task(self._download(running, options))
         return running
 
-    async def _download(self, running: _Running, options: DownloadOptions) -> None:
+    async def _download(self, running: Running, options: DownloadOptions) -> None:
         entry = running.entry
 
         def progress(report: ProgressReport) -> None:

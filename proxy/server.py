@@ -31,9 +31,10 @@ import aiohttp
 from dfget.errors import DownloadError
 from dfget.options import OriginInfo
 from dfget.origin import validator_of
+from proxy.blobstream import BlobStream, FileSpan
 from proxy.config import ProxyConfig
 from proxy.connection import READ_BYTES, SWEEP_S, BodyAborted, Connection, Request
-from proxy.daemon import BlobStream, Daemon, FetchRequest, FileSpan
+from proxy.daemon import Daemon, FetchRequest
 from proxy.routes import (
     KINDS,
     ConnectRoute,
