@@ -16,24 +16,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import re
-import select
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Final, Protocol
+from typing import Final
 
 import httptools
 
+from proxy.body import Body, BodyAborted
 from proxy.config import ProxyConfig
 from proxy.routes import check_header
+from proxy.sendfile import FileRegion, send_region
 
 log = logging.getLogger(__name__)
 
@@ -43,82 +42,7 @@ SWEEP_S: Final = 1.0
 #: Requests parsed ahead of the one being answered before reading pauses.
 MAX_PIPELINED: Final = 16
 TLS_HANDSHAKE: Final = 0x16
-#: A thread sending a file checks this often whether it should stop.
-_SEND_STEP_S: Final = 0.25
 _ASCII_DIGITS: Final = re.compile(r"[0-9]+")
-
-
-class FileRegion(Protocol):
-    """Bytes of a file to send as they are: ``open()`` gives a descriptor for the duration."""
-
-    @property
-    def offset(self) -> int: ...
-
-    @property
-    def length(self) -> int: ...
-
-    def open(self) -> AbstractContextManager[int]: ...
-
-
-class BodyAborted(Exception):
-    """The client's request body ended early or was malformed."""
-
-
-class Body:
-    """The body of one request, from the reader to the handler, buffered up to a bound."""
-
-    def __init__(self, expected: bool) -> None:
-        #: The head announced a body (Content-Length > 0 or chunked).
-        self.expected = expected
-        self.complete = not expected
-        self._chunks: deque[bytes] = deque()
-        self.buffered_bytes = 0
-        self._error: BaseException | None = None
-        self._arrived = asyncio.Event()
-        self._drained = asyncio.Event()
-        self.on_first_read: Callable[[], Awaitable[None]] | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self.buffered_bytes += len(chunk)
-        self._arrived.set()
-
-    def finish(self) -> None:
-        self.complete = True
-        self._arrived.set()
-
-    def fail(self, error: BaseException) -> None:
-        self._error = error
-        self._arrived.set()
-
-    @property
-    def failed(self) -> bool:
-        """The client broke the body off (malformed, cut short, connection lost): whatever
-        failed while it was being sent on is the client's fault, not the upstream's."""
-        return self._error is not None
-
-    async def wait_below(self, limit_bytes: int) -> None:
-        while self.buffered_bytes > limit_bytes and self._error is None:
-            self._drained.clear()
-            await self._drained.wait()
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives; ``BodyAborted`` if the client breaks it off."""
-        if self.on_first_read is not None:
-            first_read, self.on_first_read = self.on_first_read, None
-            await first_read()  # "100 Continue" for a client that waits for it
-        while True:
-            while self._chunks:
-                chunk = self._chunks.popleft()
-                self.buffered_bytes -= len(chunk)
-                self._drained.set()
-                yield chunk
-            if self._error is not None:
-                raise BodyAborted(str(self._error))
-            if self.complete:
-                return
-            self._arrived.clear()
-            await self._arrived.wait()
 
 
 @dataclass
@@ -441,7 +365,7 @@ class Connection:
     async def send_file(self, region: FileRegion, executor: Executor) -> None:
         """Send ``region`` with ``os.sendfile`` from a thread of ``executor``: the bytes never
         pass through Python and the event loop goes on meanwhile. For a body sent as is (with a
-        Content-Length, not chunked). Cancelled, the thread stops within ``_SEND_STEP_S``."""
+        Content-Length, not chunked). Cancelled, the thread stops within ``SEND_STEP_S``."""
         transport = self.writer.transport
         # The thread writes to the socket itself: whatever the transport still holds goes first.
         low, high = transport.get_write_buffer_limits()
@@ -456,7 +380,7 @@ class Connection:
         stop = threading.Event()
         try:
             await self._loop.run_in_executor(
-                executor, _send_region, region, sock_fd, self._config.send_timeout_s, stop
+                executor, send_region, region, sock_fd, self._config.send_timeout_s, stop
             )
         finally:
             stop.set()
@@ -487,39 +411,6 @@ class Connection:
     def abort(self) -> None:
         """Break the connection (a response cannot be finished: the client must retry)."""
         self.writer.transport.abort()
-
-
-def _send_region(region: FileRegion, sock_fd: int, timeout_s: float, stop: threading.Event) -> None:
-    """All of ``region`` to the non-blocking socket ``sock_fd`` (closed at the end), waiting
-    whenever its buffer is full, at most ``timeout_s`` for any progress; gives up when ``stop``
-    is set. Blocks: for a worker thread."""
-    try:
-        poller = select.poll()
-        poller.register(sock_fd, select.POLLOUT)
-        offset, left = region.offset, region.length
-        with region.open() as fd:
-            while left and not stop.is_set():
-                try:
-                    sent = os.sendfile(sock_fd, fd, offset, left)
-                except BlockingIOError:
-                    waited_s = 0.0
-                    while not poller.poll(_SEND_STEP_S * 1000):
-                        waited_s += _SEND_STEP_S
-                        if stop.is_set():
-                            return
-                        if waited_s >= timeout_s:
-                            raise TimeoutError(
-                                f"the client took nothing for {timeout_s:g}s"
-                            ) from None
-                    continue
-                if sent == 0:
-                    raise OSError(
-                        errno.EIO, f"the file ends inside {region.offset}+{region.length}"
-                    )
-                offset += sent
-                left -= sent
-    finally:
-        os.close(sock_fd)
 
 
 def _reason(status: int) -> str:

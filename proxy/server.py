@@ -32,8 +32,9 @@ from dfget.errors import DownloadError
 from dfget.options import OriginInfo
 from dfget.origin import validator_of
 from proxy.blobstream import BlobStream, FileSpan
+from proxy.body import BodyAborted
 from proxy.config import ProxyConfig
-from proxy.connection import READ_BYTES, SWEEP_S, BodyAborted, Connection, Request
+from proxy.connection import READ_BYTES, SWEEP_S, Connection, Request
 from proxy.daemon import Daemon, FetchRequest
 from proxy.routes import (
     KINDS,
