@@ -29,66 +29,18 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from peerwire.bitfield import Bitfield
+from peerwire.endgame import ENDGAME_RESCAN_S, OVERDUE_FACTOR, endgame_duplicates
 from peerwire.layout import Block, PieceLayout
 from peerwire.picker import PiecePicker
 from peerwire.requests import RequestManager
+from peerwire.schedstate import BlockOutcome, PeerBlocks, PieceBlocks
+
+__all__ = ["ENDGAME_RESCAN_S", "OVERDUE_FACTOR", "BlockOutcome", "Scheduler"]
 
 P = TypeVar("P", bound=Hashable)
-
-#: A request is overdue at this many times what its holder should take (see the docstring).
-OVERDUE_FACTOR = 4
-#: An endgame scan that found nothing to duplicate for a peer is not repeated for it before the
-#: first of its candidates falls due, nor before this long (holders' rates, and with them the
-#: time their blocks fall due, move meanwhile); news of a piece from the peer rescans at once.
-#: A peer with free slots in endgame is asked for requests at every arrival, ``have`` and tick:
-#: without this, most of those asks rescanned every block in flight.
-ENDGAME_RESCAN_S = 0.25
-
-
-@dataclass(frozen=True, slots=True)
-class BlockOutcome(Generic[P]):
-    """What the shell does after a block is fully in the piece buffer."""
-
-    #: Endgame duplicates still in flight at other peers: send them ``cancel``.
-    cancels: tuple[tuple[P, Block], ...]
-    #: Every block of ``block.index`` is now in: verify the piece.
-    piece_complete: bool
-
-
-class _Piece(Generic[P]):
-    """A started, not yet verified piece."""
-
-    __slots__ = ("blocks", "open", "received")
-
-    def __init__(self, blocks: list[Block]) -> None:
-        self.blocks = blocks
-        # OrderedDict as an ordered set: blocks are taken from the front, which a plain dict
-        # makes O(deleted entries) per scan.
-        self.open: OrderedDict[Block, None] = OrderedDict.fromkeys(blocks)
-        #: Blocks in the buffer, and the peer each came from (to blame or discard later).
-        self.received: dict[Block, P] = {}
-
-
-class _Peer:
-    """What the scheduler knows about one connected peer."""
-
-    __slots__ = ("avoid", "bitfield", "endgame_after", "late", "wanted")
-
-    def __init__(self, num_pieces: int) -> None:
-        self.bitfield = Bitfield(num_pieces)
-        #: Pieces it has that we lack (non-zero means we are interested).
-        self.wanted = 0
-        #: Blocks not to ask it for until the given clock time (it rejected them or timed out).
-        self.avoid: OrderedDict[Block, float] = OrderedDict()
-        #: Requests we stopped counting (timeout, choke, cancel) that it may still answer, and
-        #: when we stopped.
-        self.late: OrderedDict[Block, float] = OrderedDict()
-        #: Clock time before which an endgame scan finds nothing to duplicate here.
-        self.endgame_after = float("-inf")
 
 
 class Scheduler(Generic[P]):
@@ -149,10 +101,10 @@ class Scheduler(Generic[P]):
         self._held: set[int] = set()
         for index in held:
             self.hold(index)
-        self._active: dict[int, _Piece[P]] = {}
+        self._active: dict[int, PieceBlocks[P]] = {}
         self._open_pieces: OrderedDict[int, None] = OrderedDict()  # active, with open blocks
         self._receiving: dict[Block, P] = {}
-        self._peers: dict[P, _Peer] = {}
+        self._peers: dict[P, PeerBlocks] = {}
         self._banned: set[P] = set()
 
     # -- queries ---------------------------------------------------------------------------
@@ -193,7 +145,7 @@ class Scheduler(Generic[P]):
     def peer_joined(self, peer: P) -> None:
         if peer in self._peers:
             raise ValueError(f"peer {peer} joined twice")
-        self._peers[peer] = _Peer(self._have.num_pieces)
+        self._peers[peer] = PeerBlocks(self._have.num_pieces, self._recent_cap)
 
     def peer_bitfield(self, peer: P, bitfield: Bitfield) -> None:
         """The peer's ``bitfield`` message (replaces whatever we knew of its pieces)."""
@@ -249,7 +201,7 @@ class Scheduler(Generic[P]):
         now = self._clock()
         voided = self._requests.remove_peer(peer)
         for block in voided:
-            self._remember(state.late, block, now)
+            state.remember(state.late, block, now)
         self._release_all(voided)
 
     def request_rejected(self, peer: P, block: Block) -> None:
@@ -258,7 +210,7 @@ class Scheduler(Generic[P]):
         if state is None:
             return
         if self._requests.discard(peer, block):
-            self._remember(state.avoid, block, self._clock() + self._cooldown_s)
+            state.remember(state.avoid, block, self._clock() + self._cooldown_s)
             self._release(block)
         else:
             state.late.pop(block, None)  # answer to a request we had already given up on
@@ -312,8 +264,8 @@ class Scheduler(Generic[P]):
         for peer, block in expired:
             state = self._peers.get(peer)
             if state is not None:
-                self._remember(state.avoid, block, now + self._cooldown_s)
-                self._remember(state.late, block, now)
+                state.remember(state.avoid, block, now + self._cooldown_s)
+                state.remember(state.late, block, now)
         self._release_all([block for _, block in expired])
         return expired
 
@@ -355,7 +307,7 @@ class Scheduler(Generic[P]):
         for other, _ in cancels:
             other_state = self._peers.get(other)
             if other_state is not None:
-                self._remember(other_state.late, block, now)
+                other_state.remember(other_state.late, block, now)
         piece = self._active.get(block.index)
         if piece is None:  # verified meanwhile from elsewhere (e.g. the origin)
             return BlockOutcome(tuple(cancels), piece_complete=False)
@@ -415,7 +367,7 @@ class Scheduler(Generic[P]):
                     cancels.append((peer, block))
                     state = self._peers.get(peer)
                     if state is not None:
-                        self._remember(state.late, block, now)
+                        state.remember(state.late, block, now)
         for state in self._peers.values():
             if index in state.bitfield:
                 state.wanted -= 1
@@ -438,7 +390,7 @@ class Scheduler(Generic[P]):
 
     # -- internals -------------------------------------------------------------------------
 
-    def _peer(self, peer: P) -> _Peer:
+    def _peer(self, peer: P) -> PeerBlocks:
         try:
             return self._peers[peer]
         except KeyError:
@@ -467,17 +419,8 @@ class Scheduler(Generic[P]):
         for block in reversed(blocks):
             self._release(block)
 
-    def _avoided(self, state: _Peer, block: Block, now: float) -> bool:
-        until = state.avoid.get(block)
-        if until is None:
-            return False
-        if until > now:
-            return True
-        del state.avoid[block]
-        return False
-
     def _take_started(
-        self, peer: P, state: _Peer, now: float, slots: int, chosen: list[Block]
+        self, peer: P, state: PeerBlocks, now: float, slots: int, chosen: list[Block]
     ) -> None:
         emptied: list[int] = []
         for index in self._open_pieces:
@@ -492,7 +435,9 @@ class Scheduler(Generic[P]):
         for index in emptied:
             del self._open_pieces[index]
 
-    def _take_new(self, peer: P, state: _Peer, now: float, slots: int, chosen: list[Block]) -> None:
+    def _take_new(
+        self, peer: P, state: PeerBlocks, now: float, slots: int, chosen: list[Block]
+    ) -> None:
         bitfield = state.bitfield
         if bitfield.is_complete():
             candidates = list(self._unstarted)
@@ -503,21 +448,27 @@ class Scheduler(Generic[P]):
             assert index is not None
             candidates.remove(index)
             self._unstarted.remove(index)
-            piece: _Piece[P] = _Piece(self._layout.blocks(index, self._block_bytes))
+            piece: PieceBlocks[P] = PieceBlocks(self._layout.blocks(index, self._block_bytes))
             self._active[index] = piece
             self._take_open(peer, state, piece, now, slots, chosen)
             if piece.open:
                 self._open_pieces[index] = None
 
     def _take_open(
-        self, peer: P, state: _Peer, piece: _Piece[P], now: float, slots: int, chosen: list[Block]
+        self,
+        peer: P,
+        state: PeerBlocks,
+        piece: PieceBlocks[P],
+        now: float,
+        slots: int,
+        chosen: list[Block],
     ) -> None:
         """Request open blocks of ``piece`` from ``peer`` until ``chosen`` has ``slots``."""
         taken: list[Block] = []
         for block in piece.open:
             if len(chosen) + len(taken) == slots:
                 break
-            if not (state.avoid and self._avoided(state, block, now)):
+            if not (state.avoid and state.avoided(block, now)):
                 taken.append(block)
         for block in taken:
             del piece.open[block]
@@ -525,37 +476,21 @@ class Scheduler(Generic[P]):
         chosen.extend(taken)
 
     def _take_endgame(
-        self, peer: P, state: _Peer, now: float, slots: int, chosen: list[Block]
+        self, peer: P, state: PeerBlocks, now: float, slots: int, chosen: list[Block]
     ) -> None:
-        """Duplicate blocks in flight elsewhere, fewest copies first, never twice at ``peer``,
-        and only overdue ones (see the module docstring)."""
+        """Duplicate blocks in flight elsewhere (``peerwire.endgame``)."""
         if now < state.endgame_after:
             return
-        wanted = slots - len(chosen)
-        duplicates: list[Block] = []
-        next_due = now + ENDGAME_RESCAN_S
-        bitfield, receiving, requests = state.bitfield, self._receiving, self._requests
-        for block, copies in requests.inflight_blocks():
-            if copies >= self._endgame_copies:
-                break
-            if (
-                block.index not in bitfield
-                or block in receiving
-                or requests.is_inflight(peer, block)
-            ):
-                continue
-            if state.avoid and self._avoided(state, block, now):
-                next_due = min(next_due, state.avoid[block])
-                continue
-            due = self._due(block)  # last: it may ask the shell for a rate
-            if due > now:
-                next_due = min(next_due, due)
-                continue
-            duplicates.append(block)
-            if len(duplicates) == wanted:
-                break
-        if len(duplicates) < wanted:
-            state.endgame_after = next_due  # nothing more to take before then
+        duplicates = endgame_duplicates(
+            peer,
+            state,
+            self._requests,
+            self._receiving,
+            now=now,
+            wanted=slots - len(chosen),
+            max_copies=self._endgame_copies,
+            due=self._due,
+        )
         for block in duplicates:
             self._requests.add(peer, block)
         chosen.extend(duplicates)
@@ -570,10 +505,3 @@ class Scheduler(Generic[P]):
             if expected is not None:
                 patience = min(patience, OVERDUE_FACTOR * expected)
         return sent + patience
-
-    def _remember(self, recent: OrderedDict[Block, float], block: Block, when: float) -> None:
-        """Record into a bounded per-peer memory, forgetting the oldest entry past the cap."""
-        recent[block] = when
-        recent.move_to_end(block)
-        if len(recent) > self._recent_cap:
-            recent.popitem(last=False)
