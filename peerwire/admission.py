@@ -5,7 +5,7 @@ cluster secret) until its proof checks out, then *admitted*. Admission refuses b
 a task already at ``max_peers``, and a second connection to a peer id already admitted - except
 when two peers dialled each other at once: both ends then keep the connection dialled by the
 smaller peer id, so exactly one survives. Without a secret that is decided at the handshake;
-with one, a newcomer has proven nothing and displaces nobody.
+with one, the newcomer that would survive displaces the other only once its proof checks out.
 
 The secret exchange: each side sends an ``AuthChallenge`` (a fresh nonce) right after the
 handshake and answers the other's with an ``AuthProof`` (``peerwire.auth.auth_proof``); a side
@@ -109,11 +109,13 @@ class Admission(Generic[C]):
             return False
         existing = self._members.get(key)
         if existing is not None:
-            if self._secret is not None or not self._dialled_by_smaller(key, outgoing, existing):
+            if not self._dialled_by_smaller(key, outgoing, existing):
                 return False
-            del self._members[key]
-            self.displaced.append(existing.conn)
-        if len(self._members) >= self.max_peers:
+            if self._secret is None:
+                del self._members[key]
+                self.displaced.append(existing.conn)
+            # With a secret the newcomer proves itself first; it displaces only then.
+        if len(self._members) - (existing is not None) >= self.max_peers:
             return False
         candidate = Admitted(
             conn=conn,
@@ -155,7 +157,12 @@ class Admission(Generic[C]):
             self._out.append(Close(conn, "wrong cluster secret"))
             return None
         key = candidate.peer_id
-        if key in self._banned or key in self._members or len(self._members) >= self.max_peers:
+        existing = self._members.get(key)
+        if existing is not None and self._dialled_by_smaller(key, candidate.outgoing, existing):
+            del self._members[key]
+            self.displaced.append(existing.conn)  # two peers dialled each other at once
+            existing = None
+        if key in self._banned or existing is not None or len(self._members) >= self.max_peers:
             self._out.append(Close(conn, "refused by the task"))
             return None
         self._members[key] = candidate

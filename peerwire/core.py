@@ -166,13 +166,16 @@ class TaskCore(Downloading[C]):
         result = self.admission.handshake(conn, handshake, outgoing=outgoing, address=address)
         for command in self.admission.take_commands():
             self._out.append(command)
-        for displaced in self.admission.displaced:
-            self._drop(displaced, "duplicate connection (both peers dialled)")
-        self.admission.displaced.clear()
+        self._drop_displaced()
         if isinstance(result, Admitted):
             self._admit(result)
             return True
         return result
+
+    def _drop_displaced(self) -> None:
+        for displaced in self.admission.displaced:
+            self._drop(displaced, "duplicate connection (both peers dialled)")
+        self.admission.displaced.clear()
 
     def _admit(self, admitted: Admitted[C]) -> None:
         config = self.config
@@ -212,6 +215,8 @@ class TaskCore(Downloading[C]):
         if self.closed:
             return
         self.closed = True
+        self.swarm.stop()
+        self.deadline = math.inf
         for conn in self.admission.all_unadmitted():
             self._out.append(Close(conn, "task closing"))
         for conn in list(self._peers):
@@ -228,6 +233,7 @@ class TaskCore(Downloading[C]):
                 admitted = self.admission.authenticate(conn, message)
                 for command in self.admission.take_commands():
                     self._out.append(command)
+                self._drop_displaced()
                 if admitted is not None:
                     self._admit(admitted)
             return
@@ -263,7 +269,10 @@ class TaskCore(Downloading[C]):
             self._send_cancels(outcome.cancels)
             if outcome.piece_complete:
                 self._verify(block.index)
-        self._refill(peer)
+        if self._refill_held:
+            self._refill_all()  # the room this arrival freed may be another peer's
+        else:
+            self._refill(peer)
         if not self.scheduler.inflight(peer.conn):
             peer.pipeline.idle()  # nothing asked of it: its idle time is not its rate
 
@@ -272,7 +281,7 @@ class TaskCore(Downloading[C]):
         replies = peer.session.receive_request(block)
         if replies:
             self._send(peer, replies)
-        else:
+        elif block in peer.session.queued:
             self._out.append(WakeUploader(peer.conn))
 
     def _on_cancel(self, peer: PeerState[C], message: m.Cancel) -> None:
@@ -395,6 +404,9 @@ class TaskCore(Downloading[C]):
 
     def timer_fired(self) -> None:
         """The clock reached ``deadline`` (or later): do what fell due, set the next one."""
+        if self.closed:
+            self.deadline = math.inf
+            return
         now = self._clock()
         if now >= self._have_flush_at:
             self._flush_haves()

@@ -237,12 +237,6 @@ def test_two_cores_with_different_secrets_close_the_connection() -> None:
     assert a.core.peer_count == b.core.peer_count == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="admission.authenticate refuses a proven connection when the peer id is a member "
-    "already (first proof wins), without the smaller-id rule of the handshake: two peers "
-    "dialling each other can each keep a different connection and close the other's",
-)
 def test_with_a_secret_two_peers_dialling_each_other_keep_one_connection() -> None:
     clock = FakeClock()
     net = Net(clock)

@@ -493,11 +493,6 @@ def test_close_closes_every_connection_and_later_events_emit_nothing() -> None:
     assert h.take() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core.close does not stop the timer's work: timer_fired after close still sends "
-    "keep-alives to the closed peers and announces (latent: TaskShell never fires after close)",
-)
 def test_after_close_the_timer_emits_nothing() -> None:
     h = Harness(have=[0])
     h.admit("p", 2)

@@ -321,12 +321,6 @@ def test_requests_in_flight_stay_under_max_inflight_bytes_with_many_peers() -> N
     assert h.core.scheduler.total_inflight() == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="downloading: room under max_inflight_bytes freed by an arrival only refills the "
-    "peer it came from (_on_piece -> _refill(peer)); a peer held at the bound waits for the "
-    "next tick although _refill_held says whatever lifts the bound refills every peer",
-)
 def test_room_under_max_inflight_bytes_freed_by_an_arrival_goes_to_a_peer_held_at_the_bound() -> (
     None
 ):

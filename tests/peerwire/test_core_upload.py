@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pytest
-
 from peerwire import messages as m
 from peerwire.commands import Close, PieceDone, Send, WakeUploader
 from peerwire.layout import Block
@@ -130,11 +128,6 @@ def test_a_request_while_we_choke_is_rejected_with_fast_and_dropped_without() ->
     assert h.take() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core._on_request emits WakeUploader whenever the session returns no reply, also "
-    "when a stock peer's request was dropped because we choke it (nothing was queued)",
-)
 def test_a_request_dropped_while_we_choke_a_stock_peer_wakes_no_uploader() -> None:
     h = Harness(have=[0])
     h.admit("stock", 4, reserved=LARGE_ONLY)
