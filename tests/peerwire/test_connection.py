@@ -1,12 +1,15 @@
-"""PeerConnection, PeerListener and open_connection over real sockets on 127.0.0.1.
+"""PeerConnection, PeerListener, SharedListener and open_connection over real sockets on
+127.0.0.1.
 
-No mocks: every test runs one event loop (``run``) holding real ``PeerTask``s (the only
-``ConnectionOwner``), listeners on free loopback ports, and, where the remote must misbehave,
-a ``RawPeer`` that speaks the wire by hand with ``peerwire.messages``. Waits are on conditions
-and futures under a generous cap (``WAIT_S``), so a bug fails a test instead of hanging it; no
-test asserts on elapsed time.
+No mocks: every test runs one event loop (``run``) holding real task shells
+(``peerwire.shell.TaskShell``, the only ``ConnectionOwner``, each around its ``TaskCore``),
+listeners on free loopback ports, and, where the remote must misbehave, a ``RawPeer`` that
+speaks the wire by hand with ``peerwire.messages``. Waits are on conditions and futures under a
+generous cap (``WAIT_S``), so a bug fails a test instead of hanging it; no test asserts on
+elapsed time.
 
-The helpers here are shared with ``test_task.py``.
+The helpers here are shared with ``test_shell.py``, ``test_shell_origin.py`` and
+``tests/dfget/test_originfetch.py``.
 """
 
 from __future__ import annotations
@@ -18,23 +21,27 @@ import random
 import struct
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import uvloop
 
+from peerwire import commands as cmd
 from peerwire import messages as m
 from peerwire.connection import PeerConnection, PeerListener, open_connection, single_task_router
 from peerwire.decoder import Decoder
+from peerwire.digests import DigestBook
 from peerwire.errors import LocalProtocolError
 from peerwire.ids import PeerId, TaskId
 from peerwire.layout import KIB
 from peerwire.manifest import Manifest, build_manifest
+from peerwire.peerstate import TaskStats
 from peerwire.ratelimit import TokenBucket
+from peerwire.shell import SharedListener, TaskShell, open_task
 from peerwire.storage import PieceStore
-from peerwire.task import PeerTask, WireConfig
+from peerwire.wireconfig import WireConfig
 
 T = TypeVar("T")
 E = TypeVar("E")
@@ -136,13 +143,17 @@ class Content:
         return self.data[start : start + length]
 
 
-def make_content(tmp_path: Path) -> Content:
-    data = random.Random(1).randbytes(FILE_BYTES)
-    path = tmp_path / "source.bin"
+def make_content(tmp_path: Path, name: str = "source", *, seed: int = 1) -> Content:
+    """37 pieces of random bytes (from ``seed``) in ``tmp_path/name.bin``; the nodes' copies go
+    to ``tmp_path/name/``."""
+    data = random.Random(seed).randbytes(FILE_BYTES)
+    path = tmp_path / f"{name}.bin"
     path.write_bytes(data)
     manifest = build_manifest(path, PIECE_BYTES)
     assert manifest.num_pieces == NUM_PIECES
-    return Content(path, data, manifest, tmp_path)
+    directory = tmp_path / name
+    directory.mkdir()
+    return Content(path, data, manifest, directory)
 
 
 def make_executor(max_workers: int = 2) -> ThreadPoolExecutor:
@@ -162,10 +173,13 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 
 @dataclass
 class Node:
-    """A PeerTask with its store and, when it listens, its listener."""
+    """A task shell with its store, the commands it handed on, and, when it listens, its
+    listener."""
 
-    task: PeerTask
+    shell: TaskShell
     store: PieceStore
+    #: Every command the shell did not carry out itself (``on_command``), in order.
+    commands: list[cmd.Command[PeerConnection]] = field(default_factory=list)
     listener: PeerListener | None = None
     _address: tuple[str, int] | None = None
 
@@ -174,17 +188,35 @@ class Node:
         assert self._address is not None, "this node does not listen"
         return self._address
 
+    @property
+    def stats(self) -> TaskStats:
+        return self.shell.core.stats
+
+    @property
+    def peer_count(self) -> int:
+        return self.shell.core.peer_count
+
+    @property
+    def verified(self) -> list[int]:
+        """The pieces verified and stored, in order (``PieceDone``: the old ``on_piece``)."""
+        return [c.index for c in self.commands if isinstance(c, cmd.PieceDone)]
+
+    @property
+    def reports(self) -> list[cmd.ReportPeer]:
+        """The peers reported as misbehaving (``ReportPeer``: the old ``on_ban``)."""
+        return [c for c in self.commands if isinstance(c, cmd.ReportPeer)]
+
     async def connect(self, other: Node) -> PeerConnection:
-        return await self.task.connect(*other.address)
+        return await self.shell.connect(*other.address)
 
     async def complete(self, timeout_s: float = WAIT_S) -> None:
         try:
-            await asyncio.wait_for(asyncio.shield(self.task.completed), timeout_s)
+            await asyncio.wait_for(asyncio.shield(self.shell.completed), timeout_s)
         except TimeoutError:
             have, total = len(self.store.have), self.store.manifest.num_pieces
             raise AssertionError(
                 f"download incomplete after {timeout_s}s: {have}/{total} pieces, "
-                f"{self.task.peer_count} peers, {self.task.stats}"
+                f"{self.peer_count} peers, {self.stats}"
             ) from None
 
 
@@ -203,32 +235,44 @@ class Swarm:
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         return await self._stack.__aexit__(*exc_info)
 
+    def on_exit(self, callback: Callable[[], Coroutine[Any, Any, object]]) -> None:
+        """Await ``callback()`` when the swarm closes (before what was set up earlier)."""
+        self._stack.push_async_callback(callback)
+
     async def node(
         self,
         store: PieceStore,
         *,
+        digests: DigestBook | None = None,
         config: WireConfig = CONFIG,
         listen: bool = True,
         peer_id: PeerId | None = None,
+        secret: bytes | None = None,
         download_bucket: TokenBucket | None = None,
         upload_bucket: TokenBucket | None = None,
         executor: Executor | None = None,
     ) -> Node:
+        """A started shell for ``store``; ``digests`` default to the store's manifest's."""
         self._stack.callback(store.close)  # exit callbacks run last-in first-out
-        task = PeerTask(
+        manifest = store.manifest
+        commands: list[cmd.Command[PeerConnection]] = []
+        shell = open_task(
             store,
+            digests or DigestBook(manifest.num_pieces, manifest.piece_sha256),
             peer_id=peer_id or PeerId.generate(),
             executor=executor or self.executor,
             config=config,
+            secret=secret,
             download_bucket=download_bucket,
             upload_bucket=upload_bucket,
+            on_command=commands.append,
         )
-        self._stack.push_async_callback(task.close)
-        task.start()
-        node = Node(task, store)
+        self._stack.push_async_callback(shell.close)
+        shell.start()
+        node = Node(shell, store, commands)
         if listen:
             node.listener = PeerListener(
-                single_task_router(task),
+                single_task_router(shell),
                 handshake_timeout_s=config.handshake_timeout_s,
             )
             node._address = await node.listener.start("127.0.0.1", 0)
@@ -240,11 +284,11 @@ class Swarm:
         return await self.node(store, **kwargs)
 
     async def leecher(self, name: str, *, pieces: Iterable[int] = (), **kwargs: Any) -> Node:
-        store = PieceStore.create(self.content.directory / f"{name}.bin", self.content.manifest)
-        layout = self.content.manifest.layout
+        manifest = self.content.manifest
+        store = PieceStore.create(self.content.directory / f"{name}.bin", manifest)
         for index in pieces:
-            size = layout.piece_size(index)
-            assert store.commit_piece(index, self.content.block(index, 0, size))
+            data = self.content.block(index, 0, manifest.layout.piece_size(index))
+            assert store.commit_piece(index, data, manifest.piece_sha256[index])
         kwargs.setdefault("listen", False)
         return await self.node(store, **kwargs)
 
@@ -418,10 +462,10 @@ def test_open_connection_sends_our_handshake_and_attaches_on_the_answer(
         async with Swarm(content, executor) as swarm:
             server = await swarm.raw_server()
             leech = await swarm.leecher("leech")
-            conn = await open_connection(leech.task, *server.address)
+            conn = await open_connection(leech.shell, *server.address)
             raw = await server.accept()
             sent = await raw.expect(m.Handshake)
-            assert sent == m.Handshake(FAST_AND_LARGE, content.task_id, leech.task.peer_id)
+            assert sent == m.Handshake(FAST_AND_LARGE, content.task_id, leech.shell.peer_id)
             assert not conn.attached
             with pytest.raises(LocalProtocolError):
                 _ = conn.peer_id
@@ -431,7 +475,7 @@ def test_open_connection_sends_our_handshake_and_attaches_on_the_answer(
             assert conn.peer_id == raw.peer_id
             assert conn.supports(m.FAST_EXTENSION_BIT) == (remote_bits == FAST_AND_LARGE)
             assert conn.supports(m.LARGE_BLOCKS_BIT) == (remote_bits == FAST_AND_LARGE)
-            assert leech.task.peer_count == 1
+            assert leech.peer_count == 1
             # BEP 6: an empty peer says "have none" when fast is on; BEP 3 lets it say nothing.
             if remote_bits == FAST_AND_LARGE:
                 await raw.expect(m.HaveNone)
@@ -449,13 +493,13 @@ def test_listener_answers_a_known_task_with_handshake_and_availability(
             seed = await swarm.seed()
             raw = await swarm.raw(seed.address)
             theirs = await raw.greet(content.task_id, remote_bits)
-            assert theirs == m.Handshake(FAST_AND_LARGE, content.task_id, seed.task.peer_id)
+            assert theirs == m.Handshake(FAST_AND_LARGE, content.task_id, seed.shell.peer_id)
             if remote_bits == FAST_AND_LARGE:
                 await raw.expect(m.HaveAll)
             else:  # BEP 3 bitfield: all 37 pieces set, the 3 spare bits clear
                 bitfield = await raw.expect(m.Bitfield)
                 assert bitfield.payload == full_bitfield()
-            await wait_until(lambda: seed.task.peer_count == 1, "the raw peer to attach")
+            await wait_until(lambda: seed.peer_count == 1, "the raw peer to attach")
 
     run(main)
 
@@ -495,6 +539,104 @@ def test_listener_closes_a_connection_that_is_not_bittorrent(
     run(main)
 
 
+# -- SharedListener: one port for every task of a process --------------------------------------
+
+
+async def shared_listener(swarm: Swarm, *shells: TaskShell) -> SharedListener:
+    shared = SharedListener()
+    await shared.start("127.0.0.1", 0)
+    swarm.on_exit(shared.close)
+    for shell in shells:
+        shared.add(shell)
+    return shared
+
+
+def test_shared_listener_routes_each_connection_to_the_task_its_handshake_names(
+    content: Content, executor: Executor, tmp_path: Path
+) -> None:
+    other = make_content(tmp_path, "other", seed=2)
+    assert other.task_id != content.task_id
+
+    async def main() -> None:
+        async with Swarm(content, executor) as swarm, Swarm(other, executor) as other_swarm:
+            first = await swarm.seed(listen=False)
+            second = await other_swarm.seed(listen=False)
+            shared = await shared_listener(swarm, first.shell, second.shell)
+            address = ("127.0.0.1", shared.port)
+            for node, task_id in ((first, content.task_id), (second, other.task_id)):
+                raw = await swarm.raw(address)
+                theirs = await raw.greet(task_id)
+                assert theirs == m.Handshake(FAST_AND_LARGE, task_id, node.shell.peer_id)
+                await raw.expect(m.HaveAll)
+            await wait_until(lambda: first.peer_count == second.peer_count == 1, "both attached")
+            # Whole downloads of both tasks through the one port.
+            leech = await swarm.leecher("leech")
+            other_leech = await other_swarm.leecher("leech")
+            await leech.shell.connect(*address)
+            await other_leech.shell.connect(*address)
+            await leech.complete()
+            await other_leech.complete()
+            assert leech.store.finalize().read_bytes() == content.data
+            assert other_leech.store.finalize().read_bytes() == other.data
+            assert first.stats.uploaded_bytes == FILE_BYTES
+            assert second.stats.uploaded_bytes == FILE_BYTES
+
+    run(main)
+
+
+def test_shared_listener_refuses_an_unknown_task_and_a_removed_one(
+    content: Content, executor: Executor, tmp_path: Path
+) -> None:
+    other = make_content(tmp_path, "other", seed=2)
+
+    async def main() -> None:
+        async with Swarm(content, executor) as swarm, Swarm(other, executor) as other_swarm:
+            seed = await swarm.seed(listen=False)
+            removed = await other_swarm.seed(listen=False)
+            shared = await shared_listener(swarm, seed.shell, removed.shell)
+            address = ("127.0.0.1", shared.port)
+            stranger = await swarm.raw(address)
+            stranger.handshake(OTHER_TASK)
+            assert await stranger.closed() == []  # not even our handshake
+            # Removing a task that is not the registered one (same task id) changes nothing.
+            twin = await swarm.seed(listen=False)
+            shared.remove(twin.shell)
+            raw = await swarm.raw(address)
+            assert (await raw.greet(content.task_id)).peer_id == seed.shell.peer_id
+            await raw.expect(m.HaveAll)
+            shared.remove(removed.shell)
+            late = await swarm.raw(address)
+            late.handshake(other.task_id)
+            assert await late.closed() == []
+            assert removed.peer_count == 0
+            await wait_until(lambda: len(shared.listener.connections) == 1, "only one left")
+            # The task still registered keeps serving.
+            leech = await swarm.leecher("leech")
+            await leech.shell.connect(*address)
+            await leech.complete()
+            assert twin.stats.uploaded_bytes == 0
+
+    run(main)
+
+
+def test_shared_listener_close_closes_its_connections(content: Content, executor: Executor) -> None:
+    async def main() -> None:
+        async with Swarm(content, executor) as swarm:
+            seed = await swarm.seed(listen=False)
+            shared = await shared_listener(swarm, seed.shell)
+            raw = await swarm.raw(("127.0.0.1", shared.port))
+            await raw.greet(content.task_id)
+            await raw.expect(m.HaveAll)
+            await wait_until(lambda: seed.peer_count == 1, "the raw peer to attach")
+            await shared.close()
+            assert await raw.closed() == []
+            await wait_until(lambda: seed.peer_count == 0, "the task to hear of it")
+            with pytest.raises(OSError):
+                await swarm.raw(("127.0.0.1", shared.port))
+
+    run(main)
+
+
 def test_outgoing_connection_closed_when_the_peer_answers_for_another_task(
     content: Content, executor: Executor
 ) -> None:
@@ -502,14 +644,14 @@ def test_outgoing_connection_closed_when_the_peer_answers_for_another_task(
         async with Swarm(content, executor) as swarm:
             server = await swarm.raw_server()
             leech = await swarm.leecher("leech")
-            conn = await leech.task.connect(*server.address)
+            conn = await leech.shell.connect(*server.address)
             raw = await server.accept()
             await raw.expect(m.Handshake)
             raw.handshake(OTHER_TASK)
             reason = await wait_done(conn)
             assert reason.startswith(f"peer answered for task {OTHER_TASK}")
             assert await raw.closed() == []
-            assert leech.task.peer_count == 0
+            assert leech.peer_count == 0
             assert not conn.attached
 
     run(main)
@@ -526,7 +668,7 @@ def test_connecting_to_ourselves_is_closed_on_both_ends(
             conn = await node.connect(node)
             assert await wait_done(conn) == "connected to ourselves"
             await wait_until(lambda: not listener.connections, "the incoming end to close")
-            assert node.task.peer_count == 0
+            assert node.peer_count == 0
 
     run(main)
 
@@ -544,11 +686,11 @@ def test_second_connection_from_an_attached_peer_id_is_refused(
             second = await swarm.raw(seed.address, peer_id=peer_id)
             await second.greet(content.task_id)  # the handshake goes out before the check
             assert await second.closed() == []
-            assert seed.task.peer_count == 1
+            assert seed.peer_count == 1
             first.send(m.Interested())  # the first connection is untouched
             await first.expect(m.Unchoke)
             await first.close()
-            await wait_until(lambda: seed.task.peer_count == 0, "the first connection to go")
+            await wait_until(lambda: seed.peer_count == 0, "the first connection to go")
             third = await swarm.raw(seed.address, peer_id=peer_id)  # the id is welcome again
             await third.greet(content.task_id)
             await third.expect(m.HaveAll)
@@ -569,15 +711,17 @@ def test_two_peers_dialling_each_other_at_once_keep_one_connection(
                 b = await swarm.leecher(f"b{attempt}", listen=True)
                 a_out, b_out = await asyncio.gather(a.connect(b), b.connect(a))
                 pair = (a_out, b_out)
-                await wait_until(
-                    lambda pair=pair: any(c.closed for c in pair), "a dial to give way"
-                )
+
+                def gave_way(pair: tuple[PeerConnection, ...] = pair) -> bool:
+                    return any(c.closed for c in pair)
+
+                await wait_until(gave_way, "a dial to give way")
                 await asyncio.sleep(0.2)
-                smaller_out = a_out if a.task.peer_id.raw < b.task.peer_id.raw else b_out
+                smaller_out = a_out if a.shell.peer_id.raw < b.shell.peer_id.raw else b_out
                 other_out = b_out if smaller_out is a_out else a_out
                 assert not smaller_out.closed, smaller_out.close_reason
                 assert other_out.closed
-                assert a.task.peer_count == b.task.peer_count == 1
+                assert a.peer_count == b.peer_count == 1
 
     run(main)
 
@@ -598,7 +742,7 @@ def test_a_task_accepts_peers_past_its_dial_target_up_to_max_peers(
             extra = await swarm.raw(seed.address)
             await extra.greet(content.task_id)
             assert await extra.closed() == []
-            assert seed.task.peer_count == 3
+            assert seed.peer_count == 3
 
     # By default half the slots are left for peers that come later (see WireConfig).
     assert WireConfig().max_peers >= 2 * WireConfig().dial_peers
@@ -620,13 +764,13 @@ def test_max_peers_is_respected_and_a_freed_slot_is_reused(
             extra = await swarm.raw(seed.address)
             await extra.greet(content.task_id)
             assert await extra.closed() == []
-            assert seed.task.peer_count == 2
+            assert seed.peer_count == 2
             await admitted[0].close()
-            await wait_until(lambda: seed.task.peer_count == 1, "a slot to free")
+            await wait_until(lambda: seed.peer_count == 1, "a slot to free")
             late = await swarm.raw(seed.address)
             await late.greet(content.task_id)
             await late.expect(m.HaveAll)
-            assert seed.task.peer_count == 2
+            assert seed.peer_count == 2
 
     run(main)
 
@@ -638,12 +782,12 @@ def test_outgoing_connection_without_an_answer_is_closed_after_the_handshake_tim
         async with Swarm(content, executor) as swarm:
             server = await swarm.raw_server()
             leech = await swarm.leecher("leech", config=QUICK_HANDSHAKE)
-            conn = await leech.task.connect(*server.address)
+            conn = await leech.shell.connect(*server.address)
             raw = await server.accept()
             await raw.expect(m.Handshake)  # ... and never answer
             assert await wait_done(conn) == "no handshake in time"
             assert await raw.closed() == []
-            assert leech.task.peer_count == 0
+            assert leech.peer_count == 0
 
     run(main)
 
@@ -666,7 +810,7 @@ def test_incoming_connection_without_a_handshake_is_closed_after_the_timeout(
             await wait_until(lambda: len(listener.connections) == 1, "the listener to forget it")
             good.send(m.Interested())  # an attached connection is not swept
             await good.expect(m.Unchoke)
-            assert seed.task.peer_count == 1
+            assert seed.peer_count == 1
 
     run(main)
 
@@ -750,10 +894,10 @@ def test_protocol_error_closes_only_that_connection(
             hostile = await swarm.raw(seed.address)
             await hostile.greet(content.task_id, reserved)
             await hostile.expect(m.HaveAll if reserved == FAST_AND_LARGE else m.Bitfield)
-            await wait_until(lambda: seed.task.peer_count == 2, "both peers attached")
+            await wait_until(lambda: seed.peer_count == 2, "both peers attached")
             hostile.write(hostile_bytes)
             await hostile.closed()
-            await wait_until(lambda: seed.task.peer_count == 1, "the hostile peer to be dropped")
+            await wait_until(lambda: seed.peer_count == 1, "the hostile peer to be dropped")
             await leech.complete()
             assert not honest.closed
             assert leech.store.finalize().read_bytes() == content.data
@@ -784,7 +928,7 @@ def test_unknown_message_id_is_skipped_not_closed(
             piece = await raw.expect(m.Piece)
             assert (piece.index, piece.begin) == (3, RAW_BLOCK_BYTES)
             assert bytes(piece.data) == content.block(3, RAW_BLOCK_BYTES, RAW_BLOCK_BYTES)
-            assert seed.task.peer_count == 1
+            assert seed.peer_count == 1
 
     run(main)
 
@@ -801,7 +945,7 @@ def test_connection_needs_an_owner_or_a_router_not_both(
             with pytest.raises(ValueError):
                 PeerConnection()
             with pytest.raises(ValueError):
-                PeerConnection(owner=seed.task, router=lambda _: seed.task)
+                PeerConnection(owner=seed.shell, router=lambda _: seed.shell)
 
     run(main)
 
@@ -814,7 +958,7 @@ def test_drain_waits_while_writing_is_paused_until_resumed_or_closed(
             server = await swarm.raw_server()
             leech = await swarm.leecher("leech")
             for finish in ("resume", "close"):
-                conn = await leech.task.connect(*server.address)
+                conn = await leech.shell.connect(*server.address)
                 await server.accept()
                 await conn.drain()  # not paused: returns at once
                 conn.pause_writing()
