@@ -96,6 +96,9 @@ class AnnounceRequest:
     #: ``df_ts`` and ``df_auth``: the cluster-secret proof (``peerwire.auth``), when sent.
     auth_ts: int | None = None
     auth: bytes | None = None
+    #: ``df_seq``: grows with every announce of the peer; with the secret, one not above the
+    #: last accepted is a replay.
+    seq: int | None = None
 
     @property
     def is_ours(self) -> bool:

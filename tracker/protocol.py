@@ -295,6 +295,8 @@ def parse_announce(
     origin = 0 if raw is None else _integer("df_origin", raw)
     raw = get(b"df_ts")
     auth_ts = None if raw is None else _integer("df_ts", raw)
+    raw = get(b"df_seq")
+    seq = None if raw is None else _integer("df_seq", raw)
     auth = get(b"df_auth")
     if auth is not None and len(auth) != 32:
         raise AnnounceError("'df_auth' must be 32 bytes (HMAC-SHA256)")
@@ -320,6 +322,7 @@ def parse_announce(
         origin_bytes=origin,
         auth_ts=auth_ts,
         auth=auth,
+        seq=seq,
     )
 
 

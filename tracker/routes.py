@@ -23,7 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from peerwire.auth import check_announce, check_api
+from peerwire.auth import (
+    ANSWER_HEADER,
+    NonceCache,
+    answer_mac,
+    check_announce,
+    check_api,
+    parse_api_header,
+)
 from peerwire.manifest import ManifestConflict
 from tracker.config import TrackerConfig
 from tracker.manifests import ManifestError, parse_manifest_update
@@ -37,7 +44,7 @@ from tracker.protocol import (
     parse_report,
     parse_scrape,
 )
-from tracker.swarm import Swarm, SwarmFull
+from tracker.swarm import Replayed, Swarm, SwarmFull
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,8 @@ class Response:
     status: int
     body: bytes
     content_type: bytes = TEXT
+    #: Extra header lines, each ending in CRLF.
+    headers: bytes = b""
 
 
 _EVENT_LABELS: Final = {event: (event.name.lower() if event.value else "none") for event in Event}
@@ -88,6 +97,8 @@ class Routes:
         #: The cluster secret (``peerwire.auth``); None: nothing is authenticated.
         self.secret = secret
         self._wall_clock = wall_clock
+        #: API nonces seen within the skew window: a second use is a replay.
+        self.nonces = NonceCache()
         self.auth_failures = 0
         #: (event label, result) -> announces; result is ``ok`` or ``failure``.
         self.announces: dict[tuple[str, str], int] = {}
@@ -120,20 +131,30 @@ class Routes:
                 return _method_not_allowed()
             return self._scrape(query)
         if path.startswith(b"/tasks/"):
-            if self.secret is not None and method in (b"PUT", b"POST"):
-                reason = check_api(
-                    self.secret,
-                    method.decode(),
-                    path.decode(errors="replace"),
-                    auth_header,
-                    body,
-                    self._wall_clock(),
-                )
-                if reason is not None:
-                    self.auth_failures += 1
-                    log.warning("refused %s %s from %s: %s", method, path[:60], remote_ip, reason)
-                    return _json_error(403, reason)
-            return self._tasks(method, path[len(b"/tasks/") :], body)
+            if self.secret is None:
+                return self._tasks(method, path[len(b"/tasks/") :], body)
+            # With a secret, changes must prove it; a read may, and then gets a proven answer.
+            if auth_header is None and method in (b"GET", b"HEAD"):
+                return self._tasks(method, path[len(b"/tasks/") :], body)
+            reason = check_api(
+                self.secret,
+                method.decode(errors="replace"),
+                target.decode(errors="replace"),
+                auth_header,
+                body,
+                self._wall_clock(),
+                self.nonces,
+            )
+            if reason is not None:
+                self.auth_failures += 1
+                log.warning("refused %s %s from %s: %s", method, path[:60], remote_ip, reason)
+                return _json_error(403, reason)
+            response = self._tasks(method, path[len(b"/tasks/") :], body)
+            parsed = parse_api_header(auth_header)
+            assert not isinstance(parsed, str)  # check_api accepted it
+            proof = answer_mac(self.secret, parsed[1], response.status, response.body)
+            header = f"{ANSWER_HEADER}: {proof}\r\n".encode()
+            return Response(response.status, response.body, response.content_type, header)
         if path == b"/stats":
             if method not in (b"GET", b"HEAD"):
                 return _method_not_allowed()
@@ -159,19 +180,15 @@ class Routes:
             label = _EVENT_LABELS[request.event]
             if self.secret is not None:
                 reason = check_announce(
-                    self.secret,
-                    request.info_hash,
-                    request.peer_id,
-                    request.port,
-                    request.auth_ts,
-                    request.auth,
-                    self._wall_clock(),
+                    self.secret, query, request.auth_ts, request.auth, self._wall_clock()
                 )
+                if reason is None and request.seq is None:
+                    reason = "this tracker requires the cluster secret (df_seq missing)"
                 if reason is not None:
                     self.auth_failures += 1
                     raise AnnounceError(reason)
             result = self.swarm.announce(request)
-        except (AnnounceError, SwarmFull) as exc:
+        except (AnnounceError, SwarmFull, Replayed) as exc:
             log.debug("announce from %s refused: %s", remote_ip, exc)
             body = encode_failure(str(exc))
             outcome = "failure"

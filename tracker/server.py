@@ -249,6 +249,7 @@ class HttpConnection(asyncio.Protocol):
                 keep_alive,
                 http10_keep_alive,
                 content_length=len(response.body),
+                extra=response.headers,
             )
         )
         if not keep_alive:
@@ -285,16 +286,18 @@ def _response(
     http10_keep_alive: bool,
     *,
     content_length: int | None = None,
+    extra: bytes = b"",
 ) -> bytes:
     length = len(body) if content_length is None else content_length
     connection = b"" if keep_alive and not http10_keep_alive else b"Connection: close\r\n"
     if http10_keep_alive:
         connection = b"Connection: keep-alive\r\n"
-    return b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
+    return b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s%s\r\n%s" % (
         status,
         _REASONS.get(status, b"Unknown"),
         content_type,
         length,
+        extra,
         connection,
         body,
     )

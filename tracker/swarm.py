@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from peerwire.auth import MAX_SKEW_S
 from peerwire.manifest import ManifestConflict
 from tracker.assign import SourcePlanner, bitfield_to_int, full_mask
 from tracker.config import TrackerConfig
@@ -35,6 +37,10 @@ from tracker.stats import stats_document
 
 #: Reporters remembered per reported peer (oldest forgotten first): bounds a report flood.
 MAX_REPORTERS = 16
+#: How long a departed peer's last ``df_seq`` is remembered (the cluster secret's skew window:
+#: an announce older than that is refused for its time anyway), and how many at most.
+DEPARTED_MEMORY_S = MAX_SKEW_S
+MAX_DEPARTED = 100_000
 
 
 class SwarmFull(Exception):
@@ -42,6 +48,11 @@ class SwarmFull(Exception):
 
     def __init__(self, reason: str = "tracker is tracking too many tasks") -> None:
         super().__init__(reason)
+
+
+class Replayed(Exception):
+    """An announce whose ``df_seq`` is not above the last one accepted from its peer: a
+    captured announce sent again (``str()`` is the reason)."""
 
 
 class _Peer(Ranked):
@@ -61,6 +72,7 @@ class _Peer(Ranked):
         "origin",
         "progress",
         "reports",
+        "seq",
         "upload_bps",
         "uploaded",
     )
@@ -80,6 +92,8 @@ class _Peer(Ranked):
         self.can_source = False
         #: Reporter peer id -> when it reported (oldest first); None while never reported.
         self.reports: dict[bytes, float] | None = None
+        #: The last ``df_seq`` accepted (announces with the cluster secret).
+        self.seq = req.seq
 
 
 class _Task:
@@ -129,6 +143,7 @@ class Swarm:
         self._clock = clock
         self._started = clock()
         self._tasks: dict[bytes, _Task] = {}
+        self._departed: OrderedDict[tuple[bytes, bytes], tuple[int, float]] = OrderedDict()
         self._interval_s = max(1, round(config.interval_s))
         self._min_interval_s = max(1, round(config.min_interval_s))
         self._assign_ttl_s = int(config.assign_ttl_s)
@@ -154,6 +169,8 @@ class Swarm:
         now = self._clock()
         stopped = req.event is Event.STOPPED
         task = self._tasks.get(req.info_hash)
+        if req.seq is not None:
+            self._check_seq(task, req, now)
         if task is None:
             if stopped:
                 return self._answer(None, [])
@@ -176,7 +193,9 @@ class Swarm:
             first = False
         peers[req.peer_id] = peer  # (re)inserted last: the map stays in last-announce order
         self._update(task, peer, req, now, first=first)
+        peer.seq = req.seq
         if stopped:
+            self._depart(req.info_hash, peer, now)
             self._remove(task, peer, now)
             if not peers and task.manifest is None:
                 del self._tasks[req.info_hash]  # nothing worth keeping
@@ -313,6 +332,32 @@ class Swarm:
             task.available = union
             task.available_stale = False
         return task.available
+
+    def _check_seq(self, task: _Task | None, req: AnnounceRequest, now: float) -> None:
+        """Replayed unless ``df_seq`` is above the last accepted from the peer, present or
+        recently departed."""
+        assert req.seq is not None
+        peer = task.peers.get(req.peer_id) if task is not None else None
+        last = peer.seq if peer is not None else None
+        if peer is None:
+            departed = self._departed.get((req.info_hash, req.peer_id))
+            if departed is not None and now - departed[1] <= DEPARTED_MEMORY_S:
+                last = departed[0]
+        if last is not None and req.seq <= last:
+            raise Replayed("replayed announce: df_seq is not above the last one accepted")
+
+    def _depart(self, info_hash: bytes, peer: _Peer, now: float) -> None:
+        """Remember a leaving peer's last ``df_seq`` for a while, so that none of its
+        announces can be replayed to bring it back."""
+        if peer.seq is None:
+            return
+        departed = self._departed
+        departed[(info_hash, peer.peer_id)] = (peer.seq, now)
+        while departed:
+            key, (_, when) = next(iter(departed.items()))
+            if now - when <= DEPARTED_MEMORY_S and len(departed) <= MAX_DEPARTED:
+                break
+            del departed[key]
 
     def _remove(self, task: _Task, peer: _Peer, now: float) -> None:
         """Take ``peer`` out of ``task``: counts, ranking, assignment, union of pieces."""
@@ -462,6 +507,7 @@ class Swarm:
                     break
                 silent.append(peer)
             for peer in silent:
+                self._depart(key, peer, now)
                 self._remove(task, peer, now)
             removed += len(silent)
             for peer_id in list(task.reported):

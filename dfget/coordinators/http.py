@@ -10,6 +10,7 @@ manifests and reports go to the tracker's JSON API.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import logging
 import struct
@@ -21,7 +22,14 @@ import aiohttp
 import yarl
 
 from peerwire import bencoding
-from peerwire.auth import AUTH_HEADER, announce_mac, api_header
+from peerwire.auth import (
+    ANSWER_HEADER,
+    AUTH_HEADER,
+    api_header,
+    check_answer,
+    new_nonce,
+    sign_announce,
+)
 from peerwire.coordination import (
     AnnounceAnswer,
     PeerAddress,
@@ -45,10 +53,12 @@ _COMPACT4: Final = struct.Struct(">BBBBH")
 
 
 def announce_query(
-    task: TaskId, progress: Progress, event: str, secret: bytes | None = None
+    task: TaskId, progress: Progress, event: str, secret: bytes | None = None, seq: int = 0
 ) -> str:
     """The query string of one announce; raw bytes percent-encoded byte by byte (BEP 3).
-    With the cluster secret, ``df_ts`` and ``df_auth`` prove this peer holds it."""
+    With the cluster secret, ``df_seq``, ``df_ts`` and, last, ``df_auth`` prove this peer holds
+    it, over every field (``peerwire.auth.sign_announce``); ``seq`` must grow with every
+    announce of the peer."""
     params = [
         ("info_hash", quote_from_bytes(task.raw, safe="")),
         ("peer_id", quote_from_bytes(progress.peer_id.raw, safe="")),
@@ -69,12 +79,10 @@ def announce_query(
         params.append(("df_have", quote_from_bytes(progress.have, safe="")))
     if progress.zone:
         params.append(("df_zone", quote_from_bytes(progress.zone.encode(), safe="")))
-    if secret is not None:
-        ts = int(time.time())
-        mac = announce_mac(secret, task.raw, progress.peer_id.raw, progress.port, ts)
-        params.append(("df_ts", str(ts)))
-        params.append(("df_auth", quote_from_bytes(mac, safe="")))
-    return "&".join(f"{key}={value}" for key, value in params)
+    query = "&".join(f"{key}={value}" for key, value in params)
+    if secret is None:
+        return query
+    return sign_announce(secret, query, seq, int(time.time()))
 
 
 def parse_announce_answer(body: bytes) -> AnnounceAnswer:
@@ -166,6 +174,8 @@ class HttpTracker:
         self._own_session = session is None
         self._preferred = 0
         self._secret = secret
+        #: ``df_seq`` of the next announce: every announce of this client gets a larger one.
+        self._seq = itertools.count(1)
 
     async def _request(
         self, method: str, target: str, payload: bytes | None = None
@@ -179,11 +189,12 @@ class HttpTracker:
             index = (self._preferred + step) % count
             url = yarl.URL(self.base_urls[index] + target, encoded=True)
             headers = {"Content-Type": "application/json"} if payload is not None else {}
-            if self._secret is not None and method in ("PUT", "POST"):
-                # Signed over the tracker-relative path: a prefix in the base URL is not signed.
-                path = target.partition("?")[0]
+            nonce: bytes | None = None
+            if self._secret is not None and target.startswith("/tasks/"):
+                # Signed over the tracker-relative target: a prefix in the base URL is not.
+                nonce = new_nonce()
                 headers[AUTH_HEADER] = api_header(
-                    self._secret, method, path, int(time.time()), payload or b""
+                    self._secret, method, target, int(time.time()), nonce, payload or b""
                 )
             try:
                 async with self._session.request(
@@ -197,6 +208,15 @@ class HttpTracker:
                     if response.status >= 500:
                         problems.append(f"{self.base_urls[index]}: HTTP {response.status}")
                         continue
+                    if nonce is not None and self._secret is not None:
+                        proof = response.headers.get(ANSWER_HEADER)
+                        if not check_answer(self._secret, nonce, response.status, body, proof):
+                            # Not our tracker's answer to this request: nothing in it is
+                            # believed (a manifest from it would be anyone's claim).
+                            raise TrackerRefused(
+                                f"{self.base_urls[index]} answered without the cluster "
+                                "secret's proof"
+                            )
                     self._preferred = index
                     return response.status, body
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -204,7 +224,7 @@ class HttpTracker:
         raise TrackerUnavailable("no tracker reachable: " + "; ".join(problems))
 
     async def announce(self, task: TaskId, progress: Progress, event: str = "") -> AnnounceAnswer:
-        query = announce_query(task, progress, event, self._secret)
+        query = announce_query(task, progress, event, self._secret, next(self._seq))
         status, body = await self._request("GET", "/announce?" + query)
         if status != 200:
             raise TrackerRefused(f"announce answered HTTP {status}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +188,34 @@ def test_report_error_reaches_the_tracker() -> None:
         await tracker.close()
 
     run_with_tracker(body)
+
+
+def test_with_the_secret_manifests_are_believed_only_from_a_tracker_that_proves_it(
+    tmp_path: Path,
+) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("a-cluster-secret-of-some-length")
+    secret = b"a-cluster-secret-of-some-length"
+    task = TaskId(b"\x04" * 20)
+    doc = TaskManifestDoc("http://origin/f", 2 * PIECE, PIECE, (None, None))
+
+    async def with_the_secret(server: TrackerServer) -> None:
+        tracker = HttpTracker([base(server)], secret=secret)
+        assert await tracker.get_manifest(task) is None  # a proven 404
+        stored = await tracker.put_manifest(task, doc)
+        assert stored.total_length == 2 * PIECE
+        assert (await tracker.get_manifest(task)) == stored
+        outsider = HttpTracker([base(server)], secret=b"another-secret-another-secret")
+        with pytest.raises(TrackerRefused):
+            await outsider.get_manifest(task)
+        await tracker.close()
+        await outsider.close()
+
+    async def without_it(server: TrackerServer) -> None:
+        tracker = HttpTracker([base(server)], secret=secret)
+        with pytest.raises(TrackerRefused, match="without the cluster secret's proof"):
+            await tracker.get_manifest(task)
+        await tracker.close()
+
+    run_with_tracker(with_the_secret, secret_file=str(secret_file))
+    run_with_tracker(without_it)

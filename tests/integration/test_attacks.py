@@ -303,26 +303,12 @@ REPLAYS = [
     ("port", "another"),
     ("numwant", "200"),
 ]
-ACCEPTED_TODAY = {"verbatim", "event", "left", "df_have", "df_source", "numwant"}
 
 
 @pytest.mark.parametrize(
     ("change", "value"),
     [
-        pytest.param(
-            change,
-            value,
-            id=f"{change}-{value}",
-            marks=[
-                pytest.mark.xfail(
-                    strict=True,
-                    reason=f"issue 25: the tracker accepts a replayed announce ({change}) within "
-                    "5 minutes; the proof covers neither the event nor the other parameters",
-                )
-            ]
-            if change in ACCEPTED_TODAY
-            else [],
-        )
+        pytest.param(change, value, id=f"{change}-{value}")
         for change, value in REPLAYS
     ],
 )
@@ -355,10 +341,6 @@ def test_replayed_or_altered_announce_is_refused_and_the_member_stays_listed(
     assert (listed["address"], listed["left_bytes"]) == (member.address, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 25: the tracker accepts a replayed X-DF-Auth request within 5 minutes",
-)
 def test_replayed_manifest_put_is_refused(member: Member) -> None:
     """An eavesdropper replays a member's ``PUT /tasks/<id>`` verbatim (its ``X-DF-Auth``
     header and body): the tracker must refuse it and keep the manifest as it was."""

@@ -11,11 +11,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from peerwire.auth import MAX_SKEW_S
 from peerwire.manifest import ManifestConflict
 from tracker.config import TrackerConfig
 from tracker.manifests import ManifestError, ManifestUpdate
 from tracker.model import AnnounceRequest, Event, PeerReport, ScrapeCounts
-from tracker.swarm import Swarm, SwarmFull
+from tracker.swarm import Replayed, Swarm, SwarmFull
 
 TASK = b"T" * 20
 OTHER_TASK = b"U" * 20
@@ -641,3 +642,45 @@ def test_a_lone_fetcher_is_given_the_whole_file_in_one_round() -> None:
     swarm.put_manifest(TASK, manifest())
     answer = swarm.announce(req(1, left_bytes=TOTAL, have=have(), can_source=True))
     assert answer.assignment == tuple(range(PIECES))
+
+
+# -- replays (announces with the cluster secret carry df_seq) -----------------------------------
+
+
+def test_an_announce_whose_seq_is_not_above_the_last_is_a_replay_and_changes_nothing() -> None:
+    swarm, _ = make()
+    swarm.announce(req(1, seq=5, left_bytes=TOTAL))
+    swarm.announce(req(1, seq=6, left_bytes=0))
+    for seq in (6, 5, 1):
+        with pytest.raises(Replayed):
+            swarm.announce(req(1, seq=seq, event=Event.STOPPED, left_bytes=TOTAL))
+    assert peer_stats(swarm, 1)["left_bytes"] == 0
+    swarm.announce(req(1, seq=7, left_bytes=0))
+
+
+def test_a_departed_peer_cannot_be_brought_back_by_a_replay_for_the_skew_window() -> None:
+    swarm, clock = make()
+    swarm.announce(req(1, seq=1, event=Event.STARTED))
+    swarm.announce(req(1, seq=2, event=Event.STOPPED))
+    with pytest.raises(Replayed):
+        swarm.announce(req(1, seq=1, event=Event.STARTED))
+    clock.now_s += MAX_SKEW_S + 1  # its df_ts would be refused by now; the memory may go
+    swarm.announce(req(1, seq=1, event=Event.STARTED))
+    assert len(task_stats(swarm)["peer_list"]) == 1
+
+
+def test_a_silent_peer_dropped_by_expiry_keeps_its_seq_for_a_while() -> None:
+    swarm, clock = make(interval_s=5.0)
+    swarm.announce(req(1, seq=3))
+    clock.now_s += 16
+    assert swarm.expire() == 1
+    with pytest.raises(Replayed):
+        swarm.announce(req(1, seq=3))
+    swarm.announce(req(1, seq=4))
+
+
+def test_announces_without_seq_are_not_checked() -> None:
+    swarm, _ = make()
+    swarm.announce(req(1, left_bytes=TOTAL))
+    swarm.announce(req(1, left_bytes=TOTAL))
+    assert len(task_stats(swarm)["peer_list"]) == 1
