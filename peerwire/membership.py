@@ -60,9 +60,12 @@ class Membership:
     @property
     def deadline(self) -> float:
         """When the next announce should go (inf while one is under way)."""
+        return self._due(self._clock())
+
+    def _due(self, now: float) -> float:
         if self._in_flight:
             return math.inf
-        due = min(self._due_at, self._clock()) if self._asked else self._due_at
+        due = min(self._due_at, now) if self._asked else self._due_at
         if not self._urgent:
             due = max(due, self._sent_at + self.min_interval_s)
         return due
@@ -74,10 +77,11 @@ class Membership:
 
     def poll(self) -> Announce | None:
         """The announce to send now, if one is due."""
-        if self._in_flight or self._clock() < self.deadline:
+        now = self._clock()
+        if now < self._due(now):  # one reading of the clock: an asked announce is due "now"
             return None
         self._in_flight = True
-        self._sent_at = self._clock()
+        self._sent_at = now
         self._asked = self._urgent = False
         return Announce(self.event)
 

@@ -138,7 +138,10 @@ class TaskShell:
     def on_closed(self, conn: PeerConnection, reason: str) -> None:
         uploader = self._uploaders.pop(conn, None)
         if uploader is not None:
-            uploader[0].cancel()
+            task = uploader[0]
+            task.cancel()
+            self._background.add(task)  # close() still waits for it to end
+            task.add_done_callback(self._background.discard)
         self.core.peer_closed(conn, reason)
         self.pump()
 

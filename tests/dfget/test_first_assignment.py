@@ -55,16 +55,6 @@ def announces(tracker: Tracker) -> float:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "peerwire/membership.py Membership.poll compares self._clock() with self.deadline, "
-        "which reads the clock again: an asked or urgent announce is due at "
-        "min(_due_at, clock()), always later than the clock just read, so it never goes "
-        "before _due_at (here the 60 s interval); the download stalls after the first "
-        "assignment (see tests/dfget/test_originfetch.py)"
-    ),
-)
 def test_a_lone_peer_asks_for_the_rest_of_the_file_without_waiting_min_interval(
     tmp_path: Path, origin: OriginServer, tracker: Tracker
 ) -> None:

@@ -427,15 +427,6 @@ def test_an_origin_error_is_handed_to_on_error(
     run(main)
 
 
-MIN_INTERVAL_BUG = (
-    "peerwire/membership.py Membership.poll compares self._clock() with self.deadline, which "
-    "reads the clock again: an asked announce is due at min(_due_at, clock()), always a little "
-    "later than the clock just read, so with a real clock it never goes before _due_at (the "
-    "interval) - and the shell's timer re-fires at once, spinning, meanwhile"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=MIN_INTERVAL_BUG)
 def test_a_first_assignment_done_asks_for_more_at_once_not_after_min_interval(
     content: Content, executor: Executor, origin: OriginServer
 ) -> None:

@@ -14,7 +14,7 @@ from peerwire.commands import (
     SwarmRefused,
 )
 from peerwire.coordination import AnnounceAnswer, PeerAddress
-from peerwire.membership import REDIAL_S, RETRY_S
+from peerwire.membership import REDIAL_S, RETRY_S, Membership
 from tests.peerwire.test_core import CONFIG, DATA, PIECE, Harness, pid
 
 NO_ORIGIN = FetchFromOrigin((), False)
@@ -261,3 +261,16 @@ def test_an_address_is_not_dialled_again_within_redial_s() -> None:
     h.clock.now_s = sent + REDIAL_S
     h.core.swarm.announced(answer(peers=(1, 2)))
     assert h.take() == [NO_ORIGIN, Dial("10.0.0.1", 6881)]
+
+
+def test_an_asked_announce_goes_when_due_with_a_clock_that_moves_at_every_reading() -> None:
+    """A real clock is a little later at each reading: an announce asked for is due "now" and
+    must go at the next poll, not wait for the interval (one reading of the clock per poll)."""
+    readings = iter(range(10_000))
+    membership = Membership(clock=lambda: 1000.0 + next(readings) * 1e-6, dial_limit=8)
+    first = membership.poll()
+    assert first == Announce("started")
+    membership.answered(answer(interval_s=60.0), has_pieces=True, complete=False)
+    assert membership.poll() is None  # the interval is not over
+    membership.ask(urgent=True)
+    assert membership.poll() == Announce("")

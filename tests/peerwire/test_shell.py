@@ -785,17 +785,10 @@ def test_close_waits_for_a_verification_in_flight_before_the_store_closes(
             gate.set()
 
 
-UPLOADER_NOT_AWAITED = (
-    "peerwire/shell.py TaskShell.on_closed cancels the connection's upload loop and forgets it "
-    "(pops it from _uploaders), so close() never awaits it: when the connections are closed "
-    "before the shell (here by the listener), close() returns with that task still pending"
-)
-
-
 @pytest.mark.parametrize(
     "listener_first",
     [
-        pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=UPLOADER_NOT_AWAITED)),
+        True,
         False,
     ],
     ids=["listener-closed-first", "shell-closed-first"],
