@@ -41,7 +41,13 @@ from dfget.origin import Origin
 from dfget.originfetch import OriginFetcher
 from dfget.originplan import OriginMeasure, origin_key
 from dfget.swarmclient import SwarmClient
-from dfget.taskmanifest import digests_path, load_digests, save_digests, task_manifest
+from dfget.taskmanifest import (
+    digests_path,
+    load_digests,
+    public_url,
+    save_digests,
+    task_manifest,
+)
 from peerwire import commands as cmd
 from peerwire.connection import PeerConnection, PeerListener, single_task_router
 from peerwire.coordination import Coordinator, TaskManifestDoc
@@ -282,7 +288,7 @@ class _Download:
         assert self.shell is not None
         core = self.shell.core
         return TaskManifestDoc(
-            url=self.options.url,
+            url=public_url(self.options),
             total_length=core.layout.total_length,
             piece_length=core.layout.piece_length,
             piece_sha256=core.digests.snapshot(),
@@ -384,7 +390,7 @@ class _Download:
                 core.layout.total_length,
                 core.layout.piece_length,
                 core.digests.snapshot(),
-                self.options.url,
+                public_url(self.options),
             ),
             validator=info.validator,
             ranges=info.accepts_ranges,
@@ -430,7 +436,11 @@ class _Download:
         core = shell.core
         if core.digests.known != self._saved_known:
             save_digests(
-                self.options.output, self.task_id, core.layout, core.digests, self.options.url
+                self.options.output,
+                self.task_id,
+                core.layout,
+                core.digests,
+                public_url(self.options),
             )
             self._saved_known = core.digests.known
 

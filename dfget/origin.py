@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Final, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -146,7 +147,8 @@ class Origin:
                 f"need timeout_s > 0, retries >= 0, backoff_s >= 0; got {timeout_s}, "
                 f"{retries}, {backoff_s}"
             )
-        self.url = url
+        #: The URL without its user:password (which goes as Basic auth, to that origin only).
+        self.url, self._auth, self._auth_origin = _split_credentials(url)
         self._headers: CIMultiDict[str] = CIMultiDict(headers)
         self._session = session
         self._own_session = session is None
@@ -376,9 +378,13 @@ class Origin:
         else:
             headers["Range"] = byte_range
         self.requests += 1
+        auth = (
+            self._auth if self._auth is not None and _origin_of(url) == self._auth_origin else None
+        )
         try:
             async with self._session.get(
                 url,
+                auth=auth,
                 headers=headers,
                 timeout=self._timeout,
                 max_redirects=MAX_REDIRECTS,
@@ -416,3 +422,21 @@ class Origin:
         delay_s = min(delay_s, MAX_BACKOFF_S)
         logger.info("%s: %s; attempt %d again in %.2fs", what, exc, number + 2, delay_s)
         await asyncio.sleep(delay_s)
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port}".lower()
+
+
+def _split_credentials(url: str) -> tuple[str, aiohttp.BasicAuth | None, str]:
+    """``url`` without ``user:password@``, the credentials as Basic auth (None without), and
+    the origin they belong to: they are sent with every request to it, never elsewhere (a
+    redirect to another host does not get them)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None, ""
+    netloc = parts.netloc.rpartition("@")[2]
+    bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    auth = aiohttp.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
+    return bare, auth, _origin_of(bare)

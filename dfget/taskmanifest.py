@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from dfget.errors import NoPeers, OriginChanged
+from dfget.identity import normalize_url
 from dfget.options import DownloadOptions, OriginInfo
 from dfget.origin import Origin
 from peerwire.coordination import Coordinator, TaskManifestDoc, TrackerError
@@ -53,7 +54,7 @@ async def task_manifest(
         try:
             if options.origin_info is not None and options.back_to_source:
                 doc = await _offer(
-                    coordinator, task_id, new_manifest(options.url, options.origin_info)
+                    coordinator, task_id, new_manifest(public_url(options), options.origin_info)
                 )
             else:
                 doc = await coordinator.get_manifest(task_id)
@@ -64,14 +65,14 @@ async def task_manifest(
         doc = await _wait_for_manifest(coordinator, task_id)
     if doc is not None:
         expect = OriginInfo(
-            url=options.url,
+            url=origin.url,  # without credentials: the origin sends them itself
             total_length=doc.total_length,
             validator=doc.validator,
             accepts_ranges=doc.ranges,
         )
         return FoundManifest(doc, expect, lost)
     info = options.origin_info or await origin.probe()
-    doc = new_manifest(options.url, info)
+    doc = new_manifest(public_url(options), info)
     if coordinator is not None:
         try:
             doc = await _offer(coordinator, task_id, doc) or doc
@@ -84,6 +85,13 @@ async def task_manifest(
             f"validator {info.validator!r} vs {doc.validator!r})"
         )
     return FoundManifest(doc, info, lost)
+
+
+def public_url(options: DownloadOptions) -> str:
+    """The task's URL as anyone else may see it (the tracker's manifest, /stats, a daemon's
+    task list): without ``user:password`` and without the ``--filter``ed (signed) query
+    parameters."""
+    return normalize_url(options.url, options.filters)
 
 
 async def _offer(

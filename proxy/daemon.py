@@ -26,7 +26,7 @@ import aiohttp
 
 from dfget import engine
 from dfget.host import Host
-from dfget.identity import task_id_for
+from dfget.identity import normalize_url, task_id_for
 from dfget.options import DownloadOptions, DownloadResult, OriginInfo, ProgressReport
 from dfget.seeding import seed_file
 from peerwire.auth import load_secret
@@ -231,12 +231,12 @@ class Daemon:
         entry = self.entries.get(task_id) or CacheEntry(
             task_id=task_id,
             directory=directory,
-            url=request.url,
+            url=normalize_url(request.url, request.filters),
             size_bytes=0,
             complete=False,
             last_access_s=time.time(),
         )
-        entry.url = request.url
+        entry.url = normalize_url(request.url, request.filters)
         self.entries[task_id] = entry
         running = Running(entry, request)
         self._running[task_id] = running

@@ -89,7 +89,19 @@ def _check_url(value: object) -> str:
         raise ManifestError(f"url is {size_bytes} bytes, more than {MAX_URL_BYTES}")
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
         raise ManifestError("url contains a control character")
-    return value
+    return _without_credentials(value)
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` without a ``user:password@`` (peers publish URLs without it already; one that
+    still carries credentials is not shown to everyone who reads the manifest)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def _check_total_length(value: object, max_pieces: int) -> int:

@@ -425,11 +425,6 @@ SECRETS = [pytest.param(None, id="no-secret"), pytest.param(SECRET, id="secret")
 ANY_AUTH = {"require_auth": False}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found with issue 25: dfget sends the URL's user:password with its probe only; its "
-    "Range requests go to the probe's response URL, which has lost them (401)",
-)
 def test_credentials_in_the_url_reach_the_origin_with_every_request(tmp_path: Path) -> None:
     """A URL with ``user:password`` and a signature the origin requires on every request:
     dfget (with ``--filter``, so the signature is not in the task's identity) saves the file.
@@ -443,11 +438,6 @@ def test_credentials_in_the_url_reach_the_origin_with_every_request(tmp_path: Pa
 
 
 @pytest.mark.parametrize("secret", SECRETS)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 25: dfget publishes the URL with its user:password and filtered signature "
-    "in the manifest, and the tracker shows it in /tasks and /stats",
-)
 def test_no_tracker_endpoint_or_log_shows_origin_credentials(
     tmp_path: Path, secret: str | None
 ) -> None:
@@ -480,11 +470,6 @@ def test_no_tracker_endpoint_or_log_shows_origin_credentials(
 
 
 @pytest.mark.parametrize("secret", SECRETS)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 25: the daemon lists the URL with its user:password and signature in "
-    "/v1/tasks, and publishes it in the tracker's manifest",
-)
 def test_no_daemon_or_tracker_endpoint_or_log_shows_origin_credentials(
     tmp_path: Path, secret: str | None
 ) -> None:
