@@ -1,9 +1,9 @@
 """CPU used by ``dftop`` watching a 500-peer swarm at 2 refreshes per second (issue #6).
 
-A ``dftracker serve`` process is fed by this script over HTTP (``dfget.coordinators.http.HttpTracker``,
-real announces with ``df_have``, zones and growing byte counters, plus a manifest ``PUT``): one
-task with 500 peers and a few small tasks; every peer re-announces every few seconds with more
-pieces, so the numbers dftop shows keep changing. ``dftop --refresh 0.5s`` runs as a process
+A ``dftracker serve`` process is fed by this script over HTTP
+(``dfget.coordinators.http.HttpTracker``, real announces with ``df_have``, zones and growing
+byte counters, plus a manifest ``PUT``): one task with 500 peers and a few small tasks; every
+peer re-announces every few seconds with more pieces, so the numbers dftop shows keep changing. ``dftop --refresh 0.5s`` runs as a process
 on a pseudo-terminal (120x40, TERM=xterm-256color) whose output this script drains; after a
 warm-up (imports, first frames), psutil reads the dftop process's user+system CPU time over
 the measured wall time. The feeding and the tracker are not counted: only dftop.

@@ -19,8 +19,7 @@ import pytest
 
 from dfget.engine import download
 from dfget.identity import task_id_for
-from dfget.options import DownloadOptions, DownloadResult
-from dfget.options import OriginInfo
+from dfget.options import DownloadOptions, DownloadResult, OriginInfo
 from dfget.origin import Origin
 from peerwire.layout import STANDARD_BLOCK_BYTES, choose_piece_length
 from tests.helpers.origin_server import OriginServer, origin_process

@@ -307,10 +307,7 @@ REPLAYS = [
 
 @pytest.mark.parametrize(
     ("change", "value"),
-    [
-        pytest.param(change, value, id=f"{change}-{value}")
-        for change, value in REPLAYS
-    ],
+    [pytest.param(change, value, id=f"{change}-{value}") for change, value in REPLAYS],
 )
 def test_replayed_or_altered_announce_is_refused_and_the_member_stays_listed(
     member: Member, change: str, value: str
