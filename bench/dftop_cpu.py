@@ -3,10 +3,11 @@
 A ``dftracker serve`` process is fed by this script over HTTP
 (``dfget.coordinators.http.HttpTracker``, real announces with ``df_have``, zones and growing
 byte counters, plus a manifest ``PUT``): one task with 500 peers and a few small tasks; every
-peer re-announces every few seconds with more pieces, so the numbers dftop shows keep changing. ``dftop --refresh 0.5s`` runs as a process
-on a pseudo-terminal (120x40, TERM=xterm-256color) whose output this script drains; after a
-warm-up (imports, first frames), psutil reads the dftop process's user+system CPU time over
-the measured wall time. The feeding and the tracker are not counted: only dftop.
+peer re-announces every few seconds with more pieces, so the numbers dftop shows keep changing.
+``dftop --refresh 0.5s`` runs as a process on a pseudo-terminal (120x40, TERM=xterm-256color)
+whose output this script drains; after a warm-up (imports, first frames), psutil reads the dftop
+process's user+system CPU time over the measured wall time. The feeding and the tracker are not
+counted: only dftop.
 
     .venv/bin/python bench/dftop_cpu.py                       # 500 peers, 0.5 s, 20 s
     .venv/bin/python bench/dftop_cpu.py --peers 2000 --duration 10s
