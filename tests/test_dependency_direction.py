@@ -49,3 +49,42 @@ def test_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
     bad = tmp_path / "mod.py"
     bad.write_text("import os\nfrom dfget.download import x\nfrom . import sibling\n")
     assert imported_top_levels(bad) & PROJECT == {"dfget"}
+
+
+#: The sans-IO task core and its policies: events in, commands out, no I/O of their own.
+TASK_CORE = (
+    "peerwire/core.py",
+    "peerwire/downloading.py",
+    "peerwire/admission.py",
+    "peerwire/membership.py",
+    "peerwire/swarmlink.py",
+    "peerwire/peerstate.py",
+    "peerwire/commands.py",
+    "peerwire/digests.py",
+    "peerwire/session.py",
+    "peerwire/scheduler.py",
+    "peerwire/schedstate.py",
+    "peerwire/endgame.py",
+    "peerwire/picker.py",
+    "peerwire/requests.py",
+    "peerwire/choker.py",
+    "peerwire/pipeline.py",
+)
+IO_MODULES = {"asyncio", "socket", "selectors", "threading", "uvloop", "concurrent"}
+
+
+@pytest.mark.parametrize("module", TASK_CORE)
+def test_the_task_core_imports_neither_asyncio_nor_socket(module: str) -> None:
+    found = {name.split(".")[0] for name in imported_modules(ROOT / module)}
+    assert not found & IO_MODULES, f"{module} imports {sorted(found & IO_MODULES)}"
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found

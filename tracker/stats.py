@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from tracker.swarm import Swarm, _Peer, _Task
+    from tracker.records import PeerRecord, TaskRecord
+    from tracker.swarm import Swarm
 
 
 def stats_document(
     swarm: Swarm,
-    tasks: dict[bytes, _Task],
+    tasks: dict[bytes, TaskRecord],
     task: bytes | None,
     peers_limit: int,
     tasks_limit: int,
@@ -59,7 +60,7 @@ def stats_document(
 
 
 def _task_stats(
-    swarm: Swarm, key: bytes, task: _Task, now: float, peers_limit: int
+    swarm: Swarm, key: bytes, task: TaskRecord, now: float, peers_limit: int
 ) -> dict[str, Any]:
     manifest, planner, peers = task.manifest, task.planner, task.peers
     listed = heapq.nlargest(max(0, peers_limit), peers.values(), key=lambda p: p.progress)
@@ -87,7 +88,7 @@ def _task_stats(
     }
 
 
-def _peer_stats(swarm: Swarm, task: _Task, peer: _Peer, now: float) -> dict[str, Any]:
+def _peer_stats(swarm: Swarm, task: TaskRecord, peer: PeerRecord, now: float) -> dict[str, Any]:
     assigned = len(task.planner.assignment_of(peer.peer_id)) if task.planner else 0
     stall_s = 2 * swarm.config.interval_s
     if peer.left == 0:

@@ -13,7 +13,6 @@ its peer to the end), so ``expire`` looks only at the front of each map.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from tracker.model import (
     PeerReport,
     ScrapeCounts,
 )
-from tracker.selection import Ranked, Ranking
+from tracker.records import PeerRecord, TaskRecord, counts, find_by_address
 from tracker.stats import stats_document
 
 #: Reporters remembered per reported peer (oldest forgotten first): bounds a report flood.
@@ -55,86 +54,6 @@ class Replayed(Exception):
     captured announce sent again (``str()`` is the reason)."""
 
 
-class _Peer(Ranked):
-    """One peer of one task (``peer_id``, ``contact`` and ``zone`` come from ``Ranked``)."""
-
-    __slots__ = (
-        "can_source",
-        "counted",
-        "download_bps",
-        "downloaded",
-        "first_seen",
-        "grew_at",
-        "have",
-        "last_seen",
-        "left",
-        "load",
-        "origin",
-        "progress",
-        "reports",
-        "seq",
-        "upload_bps",
-        "uploaded",
-    )
-
-    def __init__(self, req: AnnounceRequest, now: float) -> None:
-        super().__init__(req.peer_id, PeerContact.make(req.peer_id, req.port, req.ip4, req.ip6))
-        self.first_seen = self.last_seen = self.grew_at = now
-        self.downloaded = req.downloaded_bytes
-        self.uploaded = req.uploaded_bytes
-        self.origin = req.origin_bytes
-        self.left: int | None = None  # set by the first announce's update
-        self.counted = False  # counted as a completion
-        self.download_bps = self.upload_bps = 0.0
-        self.have: int | None = None  # piece-set int (assign module), None = unknown
-        self.progress = 0.0
-        self.load: int | None = None
-        self.can_source = False
-        #: Reporter peer id -> when it reported (oldest first); None while never reported.
-        self.reports: dict[bytes, float] | None = None
-        #: The last ``df_seq`` accepted (announces with the cluster secret).
-        self.seq = req.seq
-
-
-class _Task:
-    """One task: peers, ranking, manifest and planner, counters kept after peers leave."""
-
-    __slots__ = (
-        "available",
-        "available_stale",
-        "completions",
-        "created",
-        "download_bps",
-        "full",
-        "have_bytes",
-        "idle_since",
-        "manifest",
-        "origin_bytes",
-        "peer_bytes",
-        "peers",
-        "planner",
-        "ranking",
-        "reported",
-        "seeds",
-        "upload_bps",
-    )
-
-    def __init__(self, now: float, exclude_reports: int) -> None:
-        self.peers: dict[bytes, _Peer] = {}
-        self.ranking = Ranking(exclude_reports=exclude_reports)
-        self.manifest: TaskManifest | None = None
-        self.planner: SourcePlanner | None = None
-        self.full = 0  # every piece, once the manifest says how many
-        self.have_bytes = -1  # df_have length the manifest expects; -1 without manifest
-        self.available = 0  # OR of the live peers' have
-        self.available_stale = False
-        self.created = self.idle_since = now
-        self.seeds = self.completions = 0
-        self.origin_bytes = self.peer_bytes = 0
-        self.download_bps = self.upload_bps = 0.0  # sums over the peers
-        self.reported: set[bytes] = set()  # peers holding reports (expired by ``expire``)
-
-
 class Swarm:
     """Every task the tracker knows; the one owner of that state."""
 
@@ -142,7 +61,7 @@ class Swarm:
         self._config = config
         self._clock = clock
         self._started = clock()
-        self._tasks: dict[bytes, _Task] = {}
+        self._tasks: dict[bytes, TaskRecord] = {}
         self._departed: OrderedDict[tuple[bytes, bytes], tuple[int, float]] = OrderedDict()
         self._interval_s = max(1, round(config.interval_s))
         self._min_interval_s = max(1, round(config.min_interval_s))
@@ -176,7 +95,9 @@ class Swarm:
                 return self._answer(None, [])
             if len(self._tasks) >= self._config.max_tasks:
                 raise SwarmFull()
-            task = self._tasks[req.info_hash] = _Task(now, self._config.bad_peer_exclude_reports)
+            task = self._tasks[req.info_hash] = TaskRecord(
+                now, self._config.bad_peer_exclude_reports
+            )
         peers = task.peers
         peer = peers.pop(req.peer_id, None)
         if peer is None:
@@ -186,7 +107,7 @@ class Swarm:
                 contact = PeerContact.make(req.peer_id, req.port, req.ip4, req.ip6)
                 chosen = task.ranking.select(req.peer_id, contact, req.zone, req.numwant)
                 return self._answer(task, chosen)
-            peer = _Peer(req, now)
+            peer = PeerRecord(req, now)
             self.peer_count += 1
             first = True
         else:
@@ -223,7 +144,7 @@ class Swarm:
         return self._answer(task, chosen, assignment)
 
     def _update(
-        self, task: _Task, peer: _Peer, req: AnnounceRequest, now: float, *, first: bool
+        self, task: TaskRecord, peer: PeerRecord, req: AnnounceRequest, now: float, *, first: bool
     ) -> None:
         """Fold one announce into the peer's record and the task's counters."""
         contact = peer.contact
@@ -282,7 +203,7 @@ class Swarm:
         self._rank(task, peer, now)
 
     @staticmethod
-    def _have_of(task: _Task, req: AnnounceRequest) -> int | None:
+    def _have_of(task: TaskRecord, req: AnnounceRequest) -> int | None:
         """The peer's pieces as a set int, or None when unknown (``df_have``)."""
         if task.manifest is None:
             return None
@@ -293,7 +214,7 @@ class Swarm:
         return None
 
     @staticmethod
-    def _progress(task: _Task, peer: _Peer) -> float:
+    def _progress(task: TaskRecord, peer: PeerRecord) -> float:
         """Fraction of the file the peer holds, 0..1, from the best evidence at hand."""
         manifest = task.manifest
         if manifest is not None:
@@ -304,12 +225,12 @@ class Swarm:
                 return min(1.0, max(0.0, done / manifest.total_length))
         return 1.0 if peer.left == 0 else 0.0
 
-    def _rank(self, task: _Task, peer: _Peer, now: float) -> None:
+    def _rank(self, task: TaskRecord, peer: PeerRecord, now: float) -> None:
         task.ranking.place(
             peer, progress=peer.progress, load=peer.load, bad_reports=self._bad(peer, now)
         )
 
-    def _bad(self, peer: _Peer, now: float) -> int:
+    def _bad(self, peer: PeerRecord, now: float) -> int:
         """Distinct reporters of ``peer`` within ``bad_peer_ttl_s``; forgets older reports."""
         reports = peer.reports
         if reports is None:
@@ -322,7 +243,7 @@ class Swarm:
             return 0
         return len(reports)
 
-    def available(self, task: _Task) -> int:
+    def available(self, task: TaskRecord) -> int:
         """Pieces some live peer holds; recomputed only after a peer lost pieces or left."""
         if task.available_stale:
             union = 0
@@ -333,7 +254,7 @@ class Swarm:
             task.available_stale = False
         return task.available
 
-    def _check_seq(self, task: _Task | None, req: AnnounceRequest, now: float) -> None:
+    def _check_seq(self, task: TaskRecord | None, req: AnnounceRequest, now: float) -> None:
         """Replayed unless ``df_seq`` is above the last accepted from the peer, present or
         recently departed."""
         assert req.seq is not None
@@ -346,7 +267,7 @@ class Swarm:
         if last is not None and req.seq <= last:
             raise Replayed("replayed announce: df_seq is not above the last one accepted")
 
-    def _depart(self, info_hash: bytes, peer: _Peer, now: float) -> None:
+    def _depart(self, info_hash: bytes, peer: PeerRecord, now: float) -> None:
         """Remember a leaving peer's last ``df_seq`` for a while, so that none of its
         announces can be replayed to bring it back."""
         if peer.seq is None:
@@ -359,7 +280,7 @@ class Swarm:
                 break
             del departed[key]
 
-    def _remove(self, task: _Task, peer: _Peer, now: float) -> None:
+    def _remove(self, task: TaskRecord, peer: PeerRecord, now: float) -> None:
         """Take ``peer`` out of ``task``: counts, ranking, assignment, union of pieces."""
         del task.peers[peer.peer_id]
         self.peer_count -= 1
@@ -379,7 +300,7 @@ class Swarm:
             task.download_bps = task.upload_bps = 0.0  # no float residue in an empty task
 
     def _answer(
-        self, task: _Task | None, chosen: list[PeerContact], assignment: tuple[int, ...] = ()
+        self, task: TaskRecord | None, chosen: list[PeerContact], assignment: tuple[int, ...] = ()
     ) -> AnnounceResult:
         complete = incomplete = 0
         known: int | None = None
@@ -407,7 +328,7 @@ class Swarm:
         for info_hash in info_hashes:
             task = self._tasks.get(info_hash)
             if task is not None:
-                files[info_hash] = _counts(task)
+                files[info_hash] = counts(task)
         return files
 
     def scrape_all(self, limit: int) -> dict[bytes, ScrapeCounts]:
@@ -416,7 +337,7 @@ class Swarm:
         for info_hash, task in self._tasks.items():
             if len(files) >= limit:
                 break
-            files[info_hash] = _counts(task)
+            files[info_hash] = counts(task)
         return files
 
     def get_manifest(self, task: bytes) -> TaskManifest | None:
@@ -442,7 +363,7 @@ class Swarm:
         manifest = TaskManifest.create(update)
         now = self._clock()
         if record is None:
-            record = self._tasks[task] = _Task(now, self._config.bad_peer_exclude_reports)
+            record = self._tasks[task] = TaskRecord(now, self._config.bad_peer_exclude_reports)
         record.manifest = manifest
         record.full = full_mask(manifest.num_pieces)
         record.have_bytes = (manifest.num_pieces + 7) // 8
@@ -470,7 +391,7 @@ class Swarm:
             return False
         subject = record.peers.get(report.peer_id) if report.peer_id is not None else None
         if subject is None and report.address is not None:
-            subject = _find_by_address(record, report.address)
+            subject = find_by_address(record, report.address)
         if subject is None:
             return False
         if report.reporter == subject.peer_id:
@@ -501,7 +422,7 @@ class Swarm:
         removed = 0
         idle: list[bytes] = []
         for key, task in self._tasks.items():
-            silent: list[_Peer] = []
+            silent: list[PeerRecord] = []
             for peer in task.peers.values():  # least recently announced first
                 if peer.last_seen >= deadline:
                     break
@@ -544,22 +465,3 @@ class Swarm:
 
     def now(self) -> float:
         return self._clock()
-
-
-def _counts(task: _Task) -> ScrapeCounts:
-    return ScrapeCounts(task.seeds, len(task.peers) - task.seeds, task.completions)
-
-
-def _find_by_address(task: _Task, address: str) -> _Peer | None:
-    """The peer of ``task`` at ``host:port`` / ``[v6]:port`` (IP literals only), if any."""
-    host, _, port_text = address.rpartition(":")
-    try:
-        packed = ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).packed
-        port = int(port_text)
-    except ValueError:
-        return None  # a hostname: peers are known by address only
-    for peer in task.peers.values():
-        contact = peer.contact
-        if contact.port == port and (contact.ip4 == packed or contact.ip6 == packed):
-            return peer
-    return None
