@@ -28,12 +28,13 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Final
 
 import uvloop
 
 from dfget.coordinators.http import HttpTracker
-from dfget.errors import DigestMismatch, DownloadTimeout, NoPeers, OriginChanged
+from dfget.errors import DigestMismatch, DownloadError, DownloadTimeout, NoPeers, OriginChanged
 from dfget.host import Host, bucket, close_all, seed_for
 from dfget.identity import task_id_for
 from dfget.options import DownloadOptions, DownloadResult, OriginInfo, ProgressReport
@@ -43,6 +44,7 @@ from dfget.originplan import OriginMeasure, origin_key
 from dfget.swarmclient import SwarmClient
 from dfget.taskmanifest import (
     digests_path,
+    discard_partial,
     load_digests,
     public_url,
     save_digests,
@@ -50,15 +52,20 @@ from dfget.taskmanifest import (
 )
 from peerwire import commands as cmd
 from peerwire.connection import PeerConnection, PeerListener, single_task_router
-from peerwire.coordination import Coordinator, TaskManifestDoc
-from peerwire.digests import DigestBook
-from peerwire.ids import PeerId
+from peerwire.coordination import Coordinator, PeerAddress, TaskManifestDoc, TrackerError
+from peerwire.digests import DigestBook, DigestConflict, Trust
+from peerwire.ids import PeerId, TaskId
 from peerwire.manifest import Manifest
 from peerwire.ratelimit import AsyncRateLimiter
 from peerwire.shell import TaskShell, open_task
 from peerwire.storage import DigestMismatchError, PieceStore
 
 log = logging.getLogger(__name__)
+
+
+class ManifestRefuted(DownloadError):
+    """The coordinator's manifest proved false after pieces were taken on its word."""
+
 
 #: No verified piece for this long while incomplete: the swarm is stuck, go to the origin. Long
 #: enough that a peer of a large swarm on slow links, waiting for its first pieces while the
@@ -98,7 +105,17 @@ async def download(
     """
     run = _Download(options, on_progress, on_complete, host or Host())
     run.on_store, run.on_piece = on_store, on_piece
-    return await run.run()
+    try:
+        return await run.run()
+    except ManifestRefuted as exc:
+        if on_store is not None:
+            raise  # a reader streams the bytes of that store: it must start over itself
+        log.warning("%s: starting over from the origin alone", exc)
+        discard_partial(options.output)
+        again = _Download(replace(options, trackers=()), on_progress, on_complete, host or Host())
+        again.on_piece = on_piece
+        result = await again.run()
+        return replace(result, fell_back=True, fallback_reason=str(exc))
 
 
 def download_sync(
@@ -140,6 +157,8 @@ class _Download:
             HttpTracker(list(options.trackers), secret=options.secret) if options.trackers else None
         )
         self.fallback_reason: str | None = None
+        #: Whether the coordinator's claims are checked against the origin before belief.
+        self.check_claims = options.back_to_source
         self.phase = "starting"
         self.shell: TaskShell | None = None
         self.client: SwarmClient | None = None
@@ -154,9 +173,13 @@ class _Download:
         background: list[asyncio.Task[None]] = []
         try:
             found = await task_manifest(self.options, self.task_id, self.coordinator, self.origin)
-            if found.lost is not None:
+            if found.refuted is not None and self.coordinator is not None:
+                await _report_refuted(self.coordinator, self.task_id, found.refuted)
+                await self._lose_coordinator(f"{found.refuted} is not the origin's")
+            elif found.lost is not None:
                 await self._lose_coordinator(found.lost)
             doc, info = found.doc, found.info
+            self.check_claims = self.options.back_to_source and not found.unchecked
             store, digests = await self._open_store(doc, executor)
             if self.on_store is not None:
                 self.on_store(store)
@@ -192,11 +215,19 @@ class _Download:
         """The piece store beside the output (resumed when an earlier run left one) and the
         digests known so far: the coordinator's, and those this peer saved last time."""
         output = self.options.output
-        local = load_digests(output, self.task_id, doc)
-        known = tuple(
-            remote if remote is not None else local.get(index)
-            for index, remote in enumerate(doc.piece_sha256)
+        # The coordinator's digests are claims unless it proves the cluster secret; those this
+        # peer saved last time were believed then.
+        vouched = self.coordinator is None or self.coordinator.vouched
+        digests = DigestBook(
+            len(doc.piece_sha256), doc.piece_sha256, Trust.VOUCHED if vouched else Trust.CLAIMED
         )
+        local = load_digests(output, self.task_id, doc)
+        try:
+            digests.learn_many(local, Trust.VOUCHED)
+        except DigestConflict:
+            digests.forget_claims()  # our own reads disagree with the claims: ours stand
+            digests.learn_many(local, Trust.VOUCHED)
+        known = digests.snapshot()
         manifest = Manifest(self.task_id, doc.total_length, doc.piece_length, known, doc.url)
         check_digest = self.options.digest_sha256 is not None
 
@@ -209,7 +240,6 @@ class _Download:
             return store
 
         store = await asyncio.get_running_loop().run_in_executor(executor, open_store)
-        digests = DigestBook(manifest.num_pieces, known)
         self._saved_known = digests.known
         return store, digests
 
@@ -232,6 +262,7 @@ class _Download:
             download_bucket=self.download_bucket,
             upload_bucket=self.upload_bucket,
             on_command=self._on_command,
+            check_claims=self.check_claims,
         )
         self.shell = shell
         measure = self.host.origins.setdefault(origin_key(info.url), OriginMeasure())
@@ -253,18 +284,17 @@ class _Download:
         swarm = shell.core.swarm
         swarm.port, swarm.zone = port, options.zone
         swarm.may_fetch_origin = options.back_to_source
+        if self.coordinator is not None and not self.coordinator.vouched:
+            swarm.manifest_trust = Trust.CLAIMED
         shell.start()
+        shell.core.start_claim_check()
         if self.coordinator is not None:
             self.client = SwarmClient(
                 shell,
                 self.coordinator,
                 manifest_doc=lambda: self._manifest_doc(info),
                 on_refused=self._refused,
-                on_conflict=lambda exc: shell.fail(
-                    OriginChanged(
-                        f"pieces from the origin differ from what other peers fetched: {exc}"
-                    )
-                ),
+                on_conflict=self._conflict,
             )
             self.client.start()
         else:
@@ -283,6 +313,38 @@ class _Download:
             assert isinstance(command, cmd.PieceDone)
             if self.on_piece is not None:
                 self.on_piece(command.index)
+        elif kind is cmd.CheckClaims:
+            assert isinstance(command, cmd.CheckClaims) and self.fetcher is not None
+            self.fetcher.check(command.pieces)
+        elif kind is cmd.ClaimsRefuted:
+            assert isinstance(command, cmd.ClaimsRefuted)
+            self._claims_refuted(command)
+
+    def _claims_refuted(self, refuted: cmd.ClaimsRefuted) -> None:
+        """The coordinator's manifest is false: what is missing comes from the origin. Pieces
+        already taken on its word are not kept: the download starts over from the origin."""
+        assert self.shell is not None and self.fetcher is not None
+        log.warning("%s: fetching what is missing from the origin", refuted.reason)
+        self.fallback_reason = refuted.reason
+        if self.client is not None:
+            self.client.report_manifest(refuted.reason)
+        if refuted.tainted:
+            self.shell.fail(ManifestRefuted(refuted.reason))
+        else:
+            self.fetcher.fetch_everything(DIRECT_FETCHERS)
+
+    def _conflict(self, exc: Exception) -> None:
+        """The coordinator refused this peer's origin digests: it holds others."""
+        assert self.shell is not None and self.coordinator is not None
+        if self.coordinator.vouched:  # two members read different bytes: the origin changed
+            self.shell.fail(
+                OriginChanged(f"pieces from the origin differ from what other peers fetched: {exc}")
+            )
+            return
+        self.shell.core.claims_contradicted(
+            f"the coordinator holds other digests than this peer read from the origin: {exc}"
+        )
+        self.shell.pump()
 
     def _manifest_doc(self, info: OriginInfo) -> TaskManifestDoc:
         assert self.shell is not None
@@ -291,7 +353,10 @@ class _Download:
             url=public_url(self.options),
             total_length=core.layout.total_length,
             piece_length=core.layout.piece_length,
-            piece_sha256=core.digests.snapshot(),
+            # What this peer believes: its own reads, vouched digests, claims it checked.
+            piece_sha256=core.digests.snapshot(
+                Trust.CLAIMED if core.claims_checked else Trust.VOUCHED
+            ),
             validator=info.validator,
             ranges=info.accepts_ranges,
         )
@@ -473,6 +538,13 @@ class _Download:
     async def _close_coordinator(self) -> None:
         if self.coordinator is not None:
             await self.coordinator.close()
+
+
+async def _report_refuted(coordinator: Coordinator, task_id: TaskId, reason: str) -> None:
+    with contextlib.suppress(TrackerError):
+        await coordinator.report_error(
+            task_id, PeerId.generate(), PeerAddress("", 0), f"manifest_refuted: {reason}"
+        )
 
 
 def _done_bytes(shell: TaskShell) -> int:

@@ -51,6 +51,8 @@ class OriginFetcher:
         self._on_error = on_error
         self._layout = self._core.layout
         self.fetching_everything = False
+        #: Pieces read to check the coordinator's claims: kept whatever the assignment says.
+        self._checks: set[int] = set()
         #: Pieces to fetch, and pieces in a Range request now (out of the queue, not stored).
         self._queue: set[int] = set()
         self._inflight: set[int] = set()
@@ -80,7 +82,7 @@ class OriginFetcher:
         if self.fetching_everything:
             return
         assigned = set(pieces)
-        dropped = [index for index in self._queue if index not in assigned]
+        dropped = [i for i in self._queue if i not in assigned and i not in self._checks]
         if dropped:
             self._queue.difference_update(dropped)
             self._core.release_from_origin(dropped)
@@ -88,6 +90,12 @@ class OriginFetcher:
             self._last_assignment = len(pieces)
             self._descending = descending
             self._enqueue(list(pieces), workers=origin_workers(len(pieces), self._measure))
+        self._shell.pump()
+
+    def check(self, pieces: tuple[int, ...]) -> None:
+        """Read ``pieces`` to check the coordinator's claims about them (the core asked)."""
+        self._checks.update(pieces)
+        self._enqueue(list(pieces), workers=1)
         self._shell.pump()
 
     def fetch_everything(self, workers: int) -> None:
@@ -179,6 +187,10 @@ class OriginFetcher:
             if exc.retryable and not self.fetching_everything:
                 # The swarm or the next assignment may do better than this origin now.
                 log.warning("origin failed for pieces %d-%d (%s): leaving them", first, last, exc)
+                if self._checks.intersection(left):
+                    log.warning("the tracker's manifest cannot be checked: believing it as it is")
+                    self._checks.difference_update(left)
+                    self._core.origin_unreachable()
                 self._core.release_from_origin(left)
                 self._shell.pump()
                 return
@@ -234,6 +246,7 @@ class OriginFetcher:
 
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(self._shell.executor, commit)
+        self._checks.difference_update(range(first, first + len(pieces)))
         bad = core.origin_stored(first, [len(p) for p in pieces], results)
         self._shell.pump()
         if bad:

@@ -136,6 +136,19 @@ class SwarmClient:
         except TrackerError as exc:
             log.warning("cannot report a bad peer: %s", exc)
 
+    def report_manifest(self, reason: str) -> None:
+        """Tell the coordinator its manifest for the task is false (this peer's origin reads
+        contradict it)."""
+        self._call(self._report_manifest(reason))
+
+    async def _report_manifest(self, reason: str) -> None:
+        try:
+            await self.coordinator.report_error(
+                self._task_id, self._core.peer_id, PeerAddress("", 0), f"manifest_refuted: {reason}"
+            )
+        except TrackerError as exc:
+            log.warning("cannot report the refuted manifest: %s", exc)
+
     async def _report_soon(self) -> None:
         # Pieces stored while a report is on its way go in the next one: loop until none are
         # left (no other reporter starts while this one runs).

@@ -17,15 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from dfget.errors import NoPeers, OriginChanged
+from dfget.errors import NoPeers, OriginChanged, OriginError
 from dfget.identity import normalize_url
 from dfget.options import DownloadOptions, OriginInfo
 from dfget.origin import Origin
 from peerwire.coordination import Coordinator, TaskManifestDoc, TrackerError
-from peerwire.digests import DigestBook
+from peerwire.digests import DigestBook, Trust
 from peerwire.ids import TaskId
 from peerwire.layout import PieceLayout, choose_piece_length
 from peerwire.manifest import Manifest, ManifestConflict
+from peerwire.storage import PARTIAL_SUFFIX, RECORD_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,12 @@ class FoundManifest:
     info: OriginInfo
     #: Why the coordinator is of no use (unreachable): the download goes to the origin alone.
     lost: str | None = None
+    #: Why the coordinator's manifest is not the task's (its claimed length or version is not
+    #: the origin's): the download goes to the origin alone, and the coordinator is told.
+    refuted: str | None = None
+    #: The origin could not be reached to check the coordinator's claims: they are believed
+    #: as they are (SECURITY.md, the limits without a secret).
+    unchecked: bool = False
 
 
 async def task_manifest(
@@ -63,7 +70,8 @@ async def task_manifest(
             coordinator = None
     if doc is None and not options.back_to_source:
         doc = await _wait_for_manifest(coordinator, task_id)
-    if doc is not None:
+    claim = coordinator is not None and not coordinator.vouched and options.back_to_source
+    if doc is not None and not claim:
         expect = OriginInfo(
             url=origin.url,  # without credentials: the origin sends them itself
             total_length=doc.total_length,
@@ -71,19 +79,30 @@ async def task_manifest(
             accepts_ranges=doc.ranges,
         )
         return FoundManifest(doc, expect, lost)
-    info = options.origin_info or await origin.probe()
-    doc = new_manifest(public_url(options), info)
-    if coordinator is not None:
+    # Our own description of the task, or a claim to check against the origin's.
+    try:
+        info = options.origin_info or await origin.probe()
+    except OriginError as exc:
+        if doc is None or not exc.retryable:
+            raise
+        log.warning("the origin is unreachable (%s): the tracker's manifest is not checked", exc)
+        expect = OriginInfo(origin.url, doc.total_length, doc.validator, doc.ranges)
+        return FoundManifest(doc, expect, lost, unchecked=True)
+    own = new_manifest(public_url(options), info)
+    if doc is None and coordinator is not None:
         try:
-            doc = await _offer(coordinator, task_id, doc) or doc
+            doc = await _offer(coordinator, task_id, own)
         except TrackerError as exc:
             lost = _lose(options, f"tracker unreachable: {exc}")
+    doc = doc or own
     if doc.validator != info.validator or doc.total_length != info.total_length:
-        raise OriginChanged(
-            "the origin's content differs from the task's manifest "
-            f"(length {info.total_length} vs {doc.total_length}, "
-            f"validator {info.validator!r} vs {doc.validator!r})"
+        difference = (
+            f"length {doc.total_length} vs the origin's {info.total_length}, "
+            f"validator {doc.validator!r} vs {info.validator!r}"
         )
+        if claim:
+            return FoundManifest(own, info, lost, refuted=f"the tracker's manifest ({difference})")
+        raise OriginChanged(f"the origin's content differs from the task's manifest ({difference})")
     return FoundManifest(doc, info, lost)
 
 
@@ -173,9 +192,8 @@ def save_digests(
 ) -> None:
     """The digests learned so far, beside the partial file: an interrupted download resumes
     its recorded pieces even without a tracker. A failure to write is only logged."""
-    document = Manifest(
-        task_id, layout.total_length, layout.piece_length, digests.snapshot(), url
-    ).to_json()
+    believed = digests.snapshot(Trust.VOUCHED)  # a claim is asked for again on resume
+    document = Manifest(task_id, layout.total_length, layout.piece_length, believed, url).to_json()
     path = digests_path(output)
     scratch = path.with_name(path.name + ".tmp")
     try:
@@ -183,3 +201,10 @@ def save_digests(
         os.replace(scratch, path)
     except OSError as exc:
         log.warning("cannot save digests to %s: %s", path, exc)
+
+
+def discard_partial(output: Path) -> None:
+    """Delete what an interrupted download left beside ``output`` (partial file, its record
+    and saved digests): the next run starts from nothing."""
+    for suffix in (PARTIAL_SUFFIX, RECORD_SUFFIX, ".dfpart.digests"):
+        output.with_name(output.name + suffix).unlink(missing_ok=True)

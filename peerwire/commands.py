@@ -78,6 +78,22 @@ class FetchFromOrigin(NamedTuple):
     descending: bool
 
 
+class CheckClaims(NamedTuple):
+    """Read these claimed pieces from the origin: their bytes settle whether the claims of
+    the coordinator's manifest are believed (``origin_stored`` follows)."""
+
+    pieces: tuple[int, ...]
+
+
+class ClaimsRefuted(NamedTuple):
+    """The origin contradicted a claimed digest: every claim was dropped. What is missing must
+    come from the origin; ``tainted`` pieces were verified against a claim and are not to be
+    kept."""
+
+    reason: str
+    tainted: tuple[int, ...]
+
+
 class ReportDigests(NamedTuple):
     """Digests of pieces this peer read from the origin, for the coordinator's manifest."""
 
@@ -124,6 +140,8 @@ Command = (
     | FetchManifest
     | SupplyManifest
     | FetchFromOrigin
+    | CheckClaims
+    | ClaimsRefuted
     | ReportDigests
     | ReportPeer
     | PieceDone

@@ -97,6 +97,11 @@ class TaskManifestDoc:
 class Coordinator(Protocol):
     """The narrow interface between a peer and whatever coordinates its swarm."""
 
+    #: Its manifests are proven to come from holders of the cluster secret (its answers carry
+    #: the secret's proof). False: a manifest from it is a claim, to be checked against the
+    #: origin before it is believed.
+    vouched: bool
+
     async def announce(
         self, task: TaskId, progress: Progress, event: str = ""
     ) -> AnnounceAnswer: ...

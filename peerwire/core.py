@@ -28,10 +28,11 @@ from typing import ClassVar, TypeVar
 
 from peerwire import messages as m
 from peerwire.admission import Admission, Admitted
+from peerwire.believing import Believing
 from peerwire.bitfield import Bitfield
 from peerwire.choker import Choker
 from peerwire.commands import Close, Command, WakeUploader
-from peerwire.digests import DigestBook
+from peerwire.digests import DigestBook, Trust
 from peerwire.downloading import Downloading
 from peerwire.errors import ProtocolError
 from peerwire.ids import PeerId, TaskId
@@ -48,7 +49,7 @@ from peerwire.wireconfig import WireConfig
 C = TypeVar("C", bound=Hashable)
 
 
-class TaskCore(Downloading[C]):
+class TaskCore(Downloading[C], Believing[C]):
     """Download (or seed) one task: every decision, no I/O. ``C``: the shell's connection."""
 
     def __init__(
@@ -64,7 +65,10 @@ class TaskCore(Downloading[C]):
         rng: random.Random | None = None,
         secret: bytes | None = None,
         download_bucket: TokenBucket | None = None,
+        check_claims: bool = True,
     ) -> None:
+        """``check_claims``: claimed digests are believed only once an own origin read agrees
+        (``peerwire.believing``); False believes them as they come (no origin to check)."""
         self.config = config or WireConfig()
         self.layout = layout
         self.task_id = task_id
@@ -75,6 +79,10 @@ class TaskCore(Downloading[C]):
         self._rng = rng or random.Random()
         self._download_bucket = download_bucket
         self._out: list[Command[C]] = []
+        self.check_claims = check_claims
+        self.claims_checked = self.claims_refuted = False
+        self._checking: set[int] = set()
+        self.origin_claimed: set[int] = set()
         self.scheduler: Scheduler[C] = Scheduler(
             layout,
             have.copy(),
@@ -87,8 +95,8 @@ class TaskCore(Downloading[C]):
             rng=self._rng,
             random_first_pieces=self.config.random_first_pieces,
             policy=self.config.picker_policy,
-            # A piece whose digest is unknown cannot be verified: not asked of peers until known.
-            held=digests.unknown(have.missing()),
+            # A piece without a believed digest cannot be verified: not asked of peers yet.
+            held=self.held_at_start(list(have.missing())),
         )
         self.admission: Admission[C] = Admission(
             task_id=task_id,
@@ -115,8 +123,8 @@ class TaskCore(Downloading[C]):
         self._buffers: dict[int, bytearray] = {}
         self._free_buffers: list[bytearray] = []
         self._verifying: set[int] = set()
-        #: Pieces this peer fetches from the origin itself: not asked of peers meanwhile.
-        self.origin_claimed: set[int] = set()
+        #: Pieces verified against claims (a resumed download's, at first).
+        self.claim_verified = {i for i in have if digests.trust(i) is Trust.CLAIMED}
         now = clock()
         self._tick_at = now + self.config.tick_s
         self._have_flush_at = math.inf

@@ -16,8 +16,8 @@ from typing import Generic, TypeVar
 from peerwire import messages as m
 from peerwire.admission import Admission
 from peerwire.bitfield import Bitfield
-from peerwire.commands import Command, PieceDone, ReportDigests, ReportPeer, Send, TaskDone, Verify
-from peerwire.digests import DigestBook, DigestConflict
+from peerwire.commands import Command, PieceDone, ReportPeer, Send, TaskDone, Verify
+from peerwire.digests import DigestBook, Trust
 from peerwire.layout import STANDARD_BLOCK_BYTES, Block, PieceLayout
 from peerwire.peerstate import PeerState, TaskStats
 from peerwire.ratelimit import TokenBucket
@@ -48,6 +48,8 @@ class Downloading(Generic[C]):
     done: bool
     deadline: float
     origin_claimed: set[int]
+    #: Pieces verified against a digest that was only a claim (dropped if it is refuted).
+    claim_verified: set[int]
     _clock: Callable[[], float]
     _out: list[Command[C]]
     _peers: dict[C, PeerState[C]]
@@ -164,7 +166,12 @@ class Downloading(Generic[C]):
     def _verify(self, index: int) -> None:
         buffer = self._buffers.pop(index)
         expected = self.digests.get(index)
-        assert expected is not None  # pieces without a digest are held from the wire
+        if expected is None:
+            # Its digest was a claim, dropped while its blocks came in: nothing can check it.
+            self._give_buffer(buffer)
+            self.scheduler.piece_failed(index)
+            self.scheduler.hold(index)
+            return
         self._verifying.add(index)
         self._out.append(Verify(index, buffer, expected))
 
@@ -186,6 +193,8 @@ class Downloading(Generic[C]):
     def piece_verified(self, index: int) -> None:
         """Piece ``index`` is stored and verified (from a peer, or the origin): tell peers."""
         self.stats.pieces_verified += 1
+        if self.digests.trust(index) is Trust.CLAIMED:
+            self.claim_verified.add(index)
         self._send_cancels(self.scheduler.piece_verified(index))
         for peer in self._peers.values():
             if index not in peer.session.peer_has:  # have suppression: it knows already
@@ -237,77 +246,3 @@ class Downloading(Generic[C]):
         log.warning("banning peer %s: %s", peer.peer_id, reason)
         self._out.append(ReportPeer(peer.peer_id, peer.address, reason))
         self._drop(peer.conn, f"banned: {reason}")
-
-    # -- digests and the origin ------------------------------------------------------------
-
-    def learn_digests(self, digests: dict[int, bytes]) -> int:
-        """Digests from the coordinator's manifest: those pieces may now be asked of peers.
-        Returns how many were new; one contradicting a known digest raises ``DigestConflict``
-        after the others were learned (the caller decides whom to believe)."""
-        try:
-            learned = self.digests.learn_many(digests)
-        except DigestConflict as exc:
-            self._unhold(exc.learned)
-            raise
-        self._unhold(learned)
-        return len(learned)
-
-    def _unhold(self, learned: list[int]) -> None:
-        for index in learned:
-            if index not in self.origin_claimed:
-                self.scheduler.unhold(index)
-        if learned:
-            self.update_interest()
-
-    def claim_for_origin(self, indices: list[int]) -> list[int]:
-        """Take pieces off the peer wire to fetch them from the origin; returns those taken
-        (pieces already had or being received from peers are left to the wire)."""
-        taken: list[int] = []
-        for index in indices:
-            if index in self.origin_claimed:
-                taken.append(index)
-            elif index not in self.have and self.scheduler.hold(index):
-                self.origin_claimed.add(index)
-                taken.append(index)
-        return taken
-
-    def release_from_origin(self, indices: list[int]) -> None:
-        """Give claimed pieces back to the peer wire (not fetched after all)."""
-        for index in indices:
-            if index in self.origin_claimed:
-                self.origin_claimed.discard(index)
-                if self.digests.get(index) is not None:
-                    self.scheduler.unhold(index)
-        self._refill_all()
-
-    def origin_expected(self, first: int, count: int) -> list[bytes | None]:
-        """The digests that pieces ``first`` .. ``first + count - 1`` read from the origin must
-        match (None: not known, the origin's bytes are taken as they are)."""
-        return [self.digests.get(index) for index in range(first, first + count)]
-
-    def origin_stored(self, first: int, sizes: list[int], digests: list[bytes | None]) -> list[int]:
-        """Pieces read from the origin were committed: each one's digest, or None where the
-        bytes did not match the known digest (nothing stored). Returns those indices."""
-        bad: list[int] = []
-        report: dict[int, bytes] = {}
-        for index, size, digest in zip(
-            range(first, first + len(sizes)), sizes, digests, strict=True
-        ):
-            self.origin_claimed.discard(index)
-            if index in self.have:
-                continue  # it was there before, or a peer's copy was verified meanwhile
-            if digest is None:
-                if self.digests.get(index) is not None:
-                    self.scheduler.unhold(index)
-                bad.append(index)
-                continue
-            if self.digests.get(index) is None:
-                self.digests.learn(index, digest)
-            report[index] = digest
-            self.stats.origin_pieces += 1
-            self.stats.origin_bytes += size
-            self.piece_verified(index)
-        if report:
-            self._out.append(ReportDigests(report))
-        self._refill_all()
-        return bad

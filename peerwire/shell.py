@@ -54,6 +54,7 @@ def open_task(
     upload_bucket: TokenBucket | None = None,
     on_command: CommandHandler | None = None,
     rng: random.Random | None = None,
+    check_claims: bool = True,
 ) -> TaskShell:
     """A task core for ``store`` (its verified pieces, ``digests`` to check the others against)
     on the running event loop's clock, in its shell."""
@@ -69,6 +70,7 @@ def open_task(
         rng=rng,
         secret=secret,
         download_bucket=download_bucket,
+        check_claims=check_claims,
     )
     return TaskShell(
         core, store, executor=executor, upload_bucket=upload_bucket, on_command=on_command

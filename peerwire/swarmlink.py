@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from peerwire.commands import FetchFromOrigin, SwarmRefused
 from peerwire.coordination import AnnounceAnswer, Progress, TaskManifestDoc
-from peerwire.digests import DigestConflict
+from peerwire.digests import DigestConflict, Trust
 from peerwire.membership import Membership
 
 if TYPE_CHECKING:
@@ -38,6 +38,8 @@ class SwarmLink(Generic[C]):
         self.may_fetch_origin = True
         #: False while there is no coordinator (an origin-only download): nothing is announced.
         self.active = False
+        #: How far the coordinator's manifests are believed (``CLAIMED`` without the secret).
+        self.manifest_trust = Trust.VOUCHED
 
     @property
     def deadline(self) -> float:
@@ -123,15 +125,17 @@ class SwarmLink(Generic[C]):
         core = self._core
         if doc is None or len(doc.piece_sha256) != core.layout.num_pieces:
             return 0  # a restarted tracker: our next announce supplies it again
+        # New digests, and any that differ from ours: a claim that contradicts our own read
+        # refutes the claims (``peerwire.believing``).
         fresh = {
             index: digest
             for index, digest in enumerate(doc.piece_sha256)
-            if digest is not None and core.digests.get(index) is None
+            if digest is not None and core.digests.get(index) != digest
         }
         if not fresh:
             return 0
         try:
-            return core.learn_digests(fresh)
+            return core.learn_digests(fresh, self.manifest_trust)
         except DigestConflict as exc:
             log.error("task %s: %s", core.task_id, exc)
             return len(exc.learned)

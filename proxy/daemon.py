@@ -320,6 +320,7 @@ class Daemon:
             output=entry.data_path,
             trackers=self.config.tracker,
             zone=self.config.zone,
+            secret=self.secret,
         )
         self._seeding[entry.task_id] = asyncio.create_task(
             seed_file(

@@ -97,6 +97,11 @@ class TrackerCollector(Collector):
             swarm.peers_expired_total,
         )
         yield CounterMetricFamily(
+            PREFIX + "manifest_refutations",
+            "Peers' reports that a task's manifest contradicts what they read from the origin.",
+            routes.manifest_refutations,
+        )
+        yield CounterMetricFamily(
             PREFIX + "http_requests", "HTTP requests answered, any route.", routes.requests_total
         )
 

@@ -454,11 +454,17 @@ def _address_field(value: Any) -> str:
     return f"{address}:{port}"
 
 
+#: A report's reason when the reporter read from the origin something the task's manifest
+#: contradicts (no peer is named: the manifest is the subject).
+MANIFEST_REFUTED: Final = "manifest_refuted"
+
+
 def parse_report(body: bytes) -> PeerReport:
     """``POST /tasks/<id>/reports`` JSON body -> ``PeerReport``; ValueError says what is wrong.
 
     ``reporter`` (40 hex) and ``reason`` (1..64 characters) are required, and at least one of
-    ``peer`` (40 hex) and ``address`` (``host:port``). Unknown fields are ignored.
+    ``peer`` (40 hex) and ``address`` (``host:port``), unless the reason is ``manifest_refuted``
+    (the manifest is the subject). Unknown fields are ignored.
     """
     if len(body) > MAX_REPORT_BYTES:
         raise ValueError(f"report: body larger than {MAX_REPORT_BYTES} bytes")
@@ -479,6 +485,6 @@ def parse_report(body: bytes) -> PeerReport:
     peer_id = _peer_id_field(document, "peer")
     raw_address = document.get("address")
     address = None if raw_address is None else _address_field(raw_address)
-    if peer_id is None and address is None:
+    if peer_id is None and address is None and not reason.startswith(MANIFEST_REFUTED):
         raise ValueError("report: one of 'peer' and 'address' is required")
     return PeerReport(reporter=reporter, reason=reason, peer_id=peer_id, address=address)

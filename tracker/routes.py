@@ -108,6 +108,7 @@ class Routes:
         self.latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
         self.latency_sum_s = 0.0
         self.requests_total = 0
+        self.manifest_refutations = 0
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -262,6 +263,15 @@ class Routes:
             report = parse_report(body)
         except ValueError as exc:
             return _json_error(400, str(exc))
+        if report.peer_id is None and report.address is None:  # the manifest is refuted
+            self.manifest_refutations += 1
+            log.warning(
+                "task %s: peer %s says the manifest contradicts the origin (%s)",
+                task.hex()[:12],
+                report.reporter.hex()[:12],
+                report.reason,
+            )
+            return Response(200, json.dumps({"found": True}).encode(), JSON)
         found = self.swarm.report(task, report)
         log.info(
             "task %s: peer %s reported %s by %s",

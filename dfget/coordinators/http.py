@@ -174,6 +174,8 @@ class HttpTracker:
         self._own_session = session is None
         self._preferred = 0
         self._secret = secret
+        #: With the secret, every manifest answer carries the tracker's proof (checked here).
+        self.vouched = secret is not None
         #: ``df_seq`` of the next announce: every announce of this client gets a larger one.
         self._seq = itertools.count(1)
 
@@ -266,8 +268,9 @@ class HttpTracker:
         document: dict[str, Any] = {"reporter": reporter.hex(), "reason": reason[:64]}
         if peer.peer_id is not None:
             document["peer"] = peer.peer_id.hex()
-        host = f"[{peer.host}]" if ":" in peer.host else peer.host
-        document["address"] = f"{host}:{peer.port}"
+        if peer.host:  # no peer at all: the report is about the task's manifest
+            host = f"[{peer.host}]" if ":" in peer.host else peer.host
+            document["address"] = f"{host}:{peer.port}"
         payload = json.dumps(document).encode()
         status, body = await self._request("POST", f"/tasks/{task.hex()}/reports", payload)
         self._json(status, body)

@@ -81,11 +81,6 @@ def which(path: Path, real: bytes, forged: bytes) -> str:
 # -- 1. manifest poisoning, no secret ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 25: without a secret the first manifest PUT wins; dfget trusts it and saves "
-    "the attacker's bytes",
-)
 def test_forged_manifest_without_secret_neither_poisons_nor_blocks_dfget(
     tmp_path: Path, origin: tuple[OriginServer, Path]
 ) -> None:
@@ -106,27 +101,7 @@ def test_forged_manifest_without_secret_neither_poisons_nor_blocks_dfget(
         assert which(tmp_path / "out.bin", real, forged) == "F"
 
 
-@pytest.mark.parametrize(
-    "lie",
-    [
-        pytest.param(
-            "length",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 25: dfget takes the task's length from the tracker's manifest, "
-                "not the origin, and saves the attacker's bytes",
-            ),
-        ),
-        pytest.param(
-            "validator",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 25: dfget does not check the manifest's validator against the "
-                "origin before taking pieces from peers",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("lie", ["length", "validator"])
 def test_forged_manifest_of_another_version_neither_poisons_nor_blocks_dfget(
     tmp_path: Path, origin: tuple[OriginServer, Path], lie: str
 ) -> None:
@@ -150,11 +125,6 @@ def test_forged_manifest_of_another_version_neither_poisons_nor_blocks_dfget(
         assert which(tmp_path / "out.bin", real, forged) == "F"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 25: the daemon trusts the first manifest PUT, caches and seeds the attacker's "
-    "bytes",
-)
 def test_forged_manifest_without_secret_neither_poisons_a_daemon_nor_its_cache(
     tmp_path: Path, origin: tuple[OriginServer, Path]
 ) -> None:

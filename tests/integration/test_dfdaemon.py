@@ -103,6 +103,17 @@ def tracker() -> Iterator[Tracker]:
         yield running
 
 
+SECRET = "a-cluster-secret-of-some-length"
+
+
+@pytest.fixture
+def secret_tracker(tmp_path: Path) -> Iterator[Tracker]:
+    secret_file = tmp_path / "tracker-secret"
+    secret_file.write_text(SECRET)
+    with tracker_process("--interval", "1s", "--secret-file", str(secret_file)) as running:
+        yield running
+
+
 def test_dfget_hands_off_and_the_cache_serves_the_second_download(
     tmp_path: Path, origin: tuple[OriginServer, Path], tracker: Tracker
 ) -> None:
@@ -135,14 +146,18 @@ def test_dfget_hands_off_and_the_cache_serves_the_second_download(
 
 
 def test_second_daemon_gets_the_file_from_the_first_not_the_origin(
-    tmp_path: Path, origin: tuple[OriginServer, Path], tracker: Tracker
+    tmp_path: Path, origin: tuple[OriginServer, Path], secret_tracker: Tracker
 ) -> None:
+    """With the cluster secret the tracker's manifest is believed: the second host reads
+    nothing from the origin (without it, it reads one piece to check the manifest:
+    tests/integration/test_registry_mirror.py)."""
     server, root = origin
     source = random_file(root / "file.bin", 8 * MIB)
     url = f"{server.base_url}/files/file.bin"
+    tracker, env = secret_tracker, {"DRAGONFLY_SECRET": SECRET}
     with (
-        dfdaemon(tmp_path, "a", "--tracker", tracker.base_url) as first,
-        dfdaemon(tmp_path, "b", "--tracker", tracker.base_url) as second,
+        dfdaemon(tmp_path, "a", "--tracker", tracker.base_url, env=env) as first,
+        dfdaemon(tmp_path, "b", "--tracker", tracker.base_url, env=env) as second,
     ):
         code, err = finish(dfget(url, tmp_path / "a.bin", daemon_socket=first.socket), 120)
         assert code == 0, err
@@ -189,16 +204,17 @@ def test_garbage_collection_evicts_the_least_recently_used_over_the_quota(
 
 
 def test_a_restarted_daemon_keeps_its_cache_and_seeds_it(
-    tmp_path: Path, origin: tuple[OriginServer, Path], tracker: Tracker
+    tmp_path: Path, origin: tuple[OriginServer, Path], secret_tracker: Tracker
 ) -> None:
     server, root = origin
     source = random_file(root / "file.bin", 4 * MIB)
     url = f"{server.base_url}/files/file.bin"
-    with dfdaemon(tmp_path, "r", "--tracker", tracker.base_url) as daemon:
+    tracker, env = secret_tracker, {"DRAGONFLY_SECRET": SECRET}
+    with dfdaemon(tmp_path, "r", "--tracker", tracker.base_url, env=env) as daemon:
         code, err = finish(dfget(url, tmp_path / "first.bin", daemon_socket=daemon.socket))
         assert code == 0, err
     served = server.stats()["bytes_sent"]
-    with dfdaemon(tmp_path, "r", "--tracker", tracker.base_url):
+    with dfdaemon(tmp_path, "r", "--tracker", tracker.base_url, env=env):
         # A plain in-process dfget finds the restarted daemon's seed through the tracker.
         code, err = finish(
             dfget(
@@ -208,6 +224,7 @@ def test_a_restarted_daemon_keeps_its_cache_and_seeds_it(
                 tracker.base_url,
                 "--seed-time",
                 "0s",
+                secret=SECRET,
             )
         )
         assert code == 0, err

@@ -146,13 +146,24 @@ def assert_blobs_came_through_the_daemon_once(registry: Registry, image: Image) 
         assert size <= registry.blob_bytes_sent(digest) <= size + 1, digest
 
 
-def test_second_daemon_pulls_the_image_from_the_first_not_the_registry(tmp_path: Path) -> None:
+def test_with_a_secret_a_second_daemon_pulls_the_image_from_the_first_not_the_registry(
+    tmp_path: Path,
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("a-cluster-secret-of-some-length")
     with (
         registry_process(tmp_path / "registry") as registry,
-        tracker_process("--interval", "1s") as tracker,
+        tracker_process("--interval", "1s", "--secret-file", str(secret)) as tracker,
     ):
         image = pushed_image(tmp_path, registry)
-        common = ("--tracker", tracker.base_url, "--registry-mirror", registry.url)
+        common = (
+            "--tracker",
+            tracker.base_url,
+            "--registry-mirror",
+            registry.url,
+            "--secret-file",
+            str(secret),
+        )
         with dfdaemon(tmp_path, "first", *common) as first:
             pull(registry, first, tmp_path / "pull-1")
             assert_pulled(image, tmp_path / "pull-1")
@@ -169,6 +180,33 @@ def test_second_daemon_pulls_the_image_from_the_first_not_the_registry(tmp_path:
                 assert metric(metrics, 'proxy_requests_total{route="blob"}') == 3
                 assert metric(metrics, 'download_bytes_total{source="peer"}') == image.total_bytes
                 assert metric(metrics, 'download_bytes_total{source="origin"}') == 0
+
+
+def test_without_a_secret_a_second_daemon_checks_each_blob_with_one_piece_from_the_registry(
+    tmp_path: Path,
+) -> None:
+    """Without a secret the tracker's manifest is a claim: the second daemon believes it for a
+    blob once one piece it reads from the registry matches it, and takes the rest from the
+    first daemon."""
+    with (
+        registry_process(tmp_path / "registry") as registry,
+        tracker_process("--interval", "1s") as tracker,
+    ):
+        image = pushed_image(tmp_path, registry)
+        common = ("--tracker", tracker.base_url, "--registry-mirror", registry.url)
+        with dfdaemon(tmp_path, "first", *common) as first:
+            pull(registry, first, tmp_path / "pull-1")
+            blob_gets = registry.blob_gets()
+            with dfdaemon(tmp_path, "second", *common) as second:
+                pull(registry, second, tmp_path / "pull-2")
+                assert_pulled(image, tmp_path / "pull-2")
+                checks = registry.blob_gets() - blob_gets
+                assert 1 <= checks <= 3, checks  # at most one Range GET per blob
+                metrics = second.metrics()
+                from_origin = metric(metrics, 'download_bytes_total{source="origin"}')
+                from_peer = metric(metrics, 'download_bytes_total{source="peer"}')
+                assert from_origin + from_peer == image.total_bytes
+                assert 0 < from_origin <= 3 * 512 * 1024, from_origin
 
 
 def test_pull_through_the_mirror_from_a_registry_with_basic_auth(tmp_path: Path) -> None:
