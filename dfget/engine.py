@@ -232,7 +232,9 @@ class _Download:
         check_digest = self.options.digest_sha256 is not None
 
         def open_store() -> PieceStore:
-            store = PieceStore.create(output, manifest, resume=True, open_digests=True)
+            store = PieceStore.create(
+                output, manifest, resume=True, open_digests=True, files=self.options.files
+            )
             if check_digest:
                 # Hashed in order as pieces arrive: no second read of the file at the end, and
                 # a reader streaming the task knows the verdict with the last piece.
@@ -500,12 +502,14 @@ class _Download:
             return
         core = shell.core
         if core.digests.known != self._saved_known:
+            options = self.options
             save_digests(
-                self.options.output,
+                options.output,
                 self.task_id,
                 core.layout,
                 core.digests,
-                public_url(self.options),
+                public_url(options),
+                options.files,
             )
             self._saved_known = core.digests.known
 

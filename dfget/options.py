@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Final
 
 from peerwire.manifest import Manifest
+from peerwire.storage import DEFAULT_FILES, FilePolicy
 
 #: How long a finished download keeps seeding by default. A burst of hosts pulling the same
 #: file arrives within seconds to a minute; a peer that leaves at once gives nothing back to it.
@@ -61,6 +62,9 @@ class DownloadOptions:
     #: What the caller already knows of the origin (length, validator, Range support: e.g. a
     #: registry's HEAD of a digest-addressed blob); the origin is then not probed.
     origin_info: OriginInfo | None = None
+    #: How the partial file, its record and saved digests are created (dfdaemon's cache makes
+    #: them owner-only).
+    files: FilePolicy = DEFAULT_FILES
 
 
 @dataclass(frozen=True, slots=True)

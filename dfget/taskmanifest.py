@@ -26,7 +26,7 @@ from peerwire.digests import DigestBook, Trust
 from peerwire.ids import TaskId
 from peerwire.layout import PieceLayout, choose_piece_length
 from peerwire.manifest import Manifest, ManifestConflict
-from peerwire.storage import PARTIAL_SUFFIX, RECORD_SUFFIX
+from peerwire.storage import DEFAULT_FILES, PARTIAL_SUFFIX, RECORD_SUFFIX, FilePolicy
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,12 @@ def load_digests(output: Path, task_id: TaskId, doc: TaskManifestDoc) -> dict[in
 
 
 def save_digests(
-    output: Path, task_id: TaskId, layout: PieceLayout, digests: DigestBook, url: str
+    output: Path,
+    task_id: TaskId,
+    layout: PieceLayout,
+    digests: DigestBook,
+    url: str,
+    files: FilePolicy = DEFAULT_FILES,
 ) -> None:
     """The digests learned so far, beside the partial file: an interrupted download resumes
     its recorded pieces even without a tracker. A failure to write is only logged."""
@@ -197,7 +202,9 @@ def save_digests(
     path = digests_path(output)
     scratch = path.with_name(path.name + ".tmp")
     try:
-        scratch.write_text(document)
+        fd = files.open(scratch, os.O_WRONLY | os.O_TRUNC)
+        with os.fdopen(fd, "w") as stream:
+            stream.write(document)
         os.replace(scratch, path)
     except OSError as exc:
         log.warning("cannot save digests to %s: %s", path, exc)

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from peerwire.bitfield import Bitfield
@@ -54,9 +54,16 @@ def read_record(path: Path, header: bytes, digests: Sequence[bytes | None]) -> s
     return indices
 
 
-def write_record(path: Path, header: bytes, digests: Sequence[bytes | None], have: Bitfield) -> int:
+def write_record(
+    path: Path,
+    header: bytes,
+    digests: Sequence[bytes | None],
+    have: Bitfield,
+    open_file: Callable[[Path, int], int] | None = None,
+) -> int:
     """Write a fresh record listing ``have`` (atomically, via rename); return an append fd.
-    Every piece in ``have`` must have a known digest."""
+    Every piece in ``have`` must have a known digest. ``open_file(path, flags)`` creates the
+    scratch file (its mode and group), ``os.open`` with mode 0666 by default."""
     entries = []
     for index in have:
         digest = digests[index]
@@ -66,7 +73,9 @@ def write_record(path: Path, header: bytes, digests: Sequence[bytes | None], hav
     content = header + b"".join(entries)
     scratch = path.with_name(path.name + ".tmp")
     try:
-        with open(scratch, "wb") as stream:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        fd = open_file(scratch, flags) if open_file else os.open(scratch, flags, 0o666)
+        with os.fdopen(fd, "wb") as stream:
             stream.write(content)
         os.replace(scratch, path)
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)

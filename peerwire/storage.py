@@ -35,6 +35,7 @@ from peerwire.manifest import Manifest
 from peerwire.piecerecord import read_record, record_entry, record_header, write_record
 from peerwire.storagefile import (
     DigestMismatchError,
+    FilePolicy,
     IncompleteError,
     InOrderDigest,
     PieceMissingError,
@@ -50,11 +51,15 @@ from peerwire.storagefile import (
 
 log = logging.getLogger(__name__)
 
+#: Files created as any program's output is: 0666 less the umask, the creator's group.
+DEFAULT_FILES = FilePolicy()
+
 __all__ = [
     "PARTIAL_SUFFIX",
     "RECORD_SUFFIX",
     "Buffer",
     "DigestMismatchError",
+    "FilePolicy",
     "IncompleteError",
     "PieceMissingError",
     "PieceStore",
@@ -108,9 +113,11 @@ class PieceStore:
         preallocate: bool = False,
         open_digests: bool = False,
         digests: Sequence[bytes | None] | None = None,
+        files: FilePolicy = DEFAULT_FILES,
     ) -> PieceStore:
         """Start (or, with ``resume``, continue) downloading ``manifest`` towards ``output_path``.
 
+        ``files`` says how the partial file and its record are created (mode, group).
         The partial file is sparse by default, after a check that the file system has room for
         what is still missing (a full disk is refused up front, with the figures). With
         ``preallocate`` the blocks are reserved (``posix_fallocate``): no other writer can take
@@ -137,7 +144,7 @@ class PieceStore:
         partial = output.with_name(output.name + PARTIAL_SUFFIX)
         record = output.with_name(output.name + RECORD_SUFFIX)
         try:
-            fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            fd = files.open(partial, os.O_RDWR)
         except OSError as exc:
             raise wrap(exc, "open partial file", partial) from exc
         try:
@@ -159,7 +166,7 @@ class PieceStore:
                 log.info("resuming %s: %d of %d pieces verified", output, len(have), len(recorded))
             set_length(fd, manifest.total_length, partial, preallocate=preallocate)
             try:
-                record_fd = write_record(record, header, digests, have)
+                record_fd = write_record(record, header, digests, have, files.open)
             except OSError as exc:
                 raise wrap(exc, "write piece record", record) from exc
         except BaseException:

@@ -10,6 +10,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from peerwire.bitfield import Bitfield
 from peerwire.layout import MIB, PieceLayout
@@ -19,6 +20,27 @@ log = logging.getLogger(__name__)
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 #: Read size for the whole-file digest when it was not tracked as pieces arrived.
 _HASH_READ_BYTES = 4 * MIB
+
+
+class FilePolicy(NamedTuple):
+    """How a download's files are created: their mode (the umask still applies) and group.
+    The default is what any program's output gets; dfdaemon's cache makes them owner-only
+    (0600), or group-readable (0640) for a group it was told."""
+
+    mode: int = 0o666
+    gid: int | None = None
+
+    def open(self, path: Path, flags: int) -> int:
+        """``os.open`` with ``O_CREAT``; a file this call creates gets the group."""
+        created = not path.exists()
+        fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, self.mode)
+        if created and self.gid is not None:
+            try:
+                os.fchown(fd, -1, self.gid)
+            except OSError:
+                os.close(fd)
+                raise
+        return fd
 
 
 class StorageError(OSError):

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from dfget.errors import EXIT_ERROR, EXIT_USAGE, DownloadError
 from dfget.options import ProgressReport
-from proxy.cache import ensure_private_dir
+from proxy.cache import CacheModes
 from proxy.daemon import Daemon, FetchRequest
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class DaemonApi:
         return app
 
     async def start(self, path: Path) -> None:
-        ensure_private_dir(path.parent)
+        CacheModes().make_dir(path.parent)  # owner-only, when the daemon creates it
         if path.exists() or path.is_symlink():
             path.unlink()  # a stale socket of a daemon that died
         self._runner = web.AppRunner(self.app(), access_log=None)

@@ -1,6 +1,8 @@
 """dfdaemon's cache on disk: one directory per task, and which tasks garbage collection removes.
 
-Layout (every directory and file owner-only: the cache may hold private blobs)::
+Layout (every directory the daemon creates 0700 and every file 0600, or 0750 and 0640 and
+group-owned with ``--cache-group``: the cache may hold private blobs; a directory that already
+existed is left as it was)::
 
     CACHE_DIR/<40 hex task id>/data            the file (data.dfpart while downloading)
     CACHE_DIR/<40 hex task id>/meta.json       url, manifest (every digest), validator, times
@@ -13,6 +15,7 @@ downloaded or read (``busy``) never goes.
 
 from __future__ import annotations
 
+import grp
 import json
 import logging
 import os
@@ -23,6 +26,7 @@ from typing import Any
 
 from peerwire.ids import TaskId
 from peerwire.manifest import Manifest
+from peerwire.storagefile import FilePolicy
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +84,54 @@ def plan_eviction(
     return plan
 
 
-def ensure_private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
+@dataclass(frozen=True, slots=True)
+class CacheModes:
+    """The modes and group of what the daemon creates: owner-only, or readable by ``gid``."""
+
+    gid: int | None = None
+
+    @property
+    def files(self) -> FilePolicy:
+        return FilePolicy(0o600 if self.gid is None else 0o640, self.gid)
+
+    @property
+    def dir_mode(self) -> int:
+        return 0o700 if self.gid is None else 0o750
+
+    def make_dir(self, path: Path) -> None:
+        """Create ``path`` and its missing parents with ``dir_mode`` (and the group); a
+        directory that exists already is left as it is (``--cache-dir /tmp`` keeps /tmp's)."""
+        missing: list[Path] = []
+        while not path.exists():
+            missing.append(path)
+            if path.parent == path:
+                break
+            path = path.parent
+        for directory in reversed(missing):
+            try:
+                os.mkdir(directory, self.dir_mode)
+            except FileExistsError:
+                continue  # made meanwhile by someone else: theirs
+            os.chmod(directory, self.dir_mode)  # the umask may have taken bits the mode asked for
+            if self.gid is not None:
+                os.chown(directory, -1, self.gid)
+
+
+def group_id(group: str) -> int:
+    """The id of ``group`` (a name or a number); ValueError when there is no such group."""
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"no such group: {group!r}") from None
 
 
 def entry_dir(cache_dir: Path, task_id: TaskId) -> Path:
     return cache_dir / task_id.hex()
 
 
-def write_meta(entry: CacheEntry) -> None:
+def write_meta(entry: CacheEntry, files: FilePolicy) -> None:
     """Record a finished entry (atomically) so a restarted daemon keeps and seeds it."""
     assert entry.manifest is not None
     document = {
@@ -101,7 +143,7 @@ def write_meta(entry: CacheEntry) -> None:
     }
     path = entry.directory / META_NAME
     scratch = path.with_name(path.name + ".tmp")
-    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = files.open(scratch, os.O_WRONLY | os.O_TRUNC)
     with os.fdopen(fd, "w") as stream:
         json.dump(document, stream)
     os.replace(scratch, path)

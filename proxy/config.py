@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 from dfget.handoff import default_socket
 from peerwire import settingkinds as kinds
 from peerwire.settings import CLUSTER_SECRET, Loaded, Setting, Settings
+from proxy.cache import group_id
 from tracker.urls import tracker_base_url
 
 ENV_PREFIX: Final = "DFDAEMON_"
@@ -83,6 +84,9 @@ class DaemonConfig:
     zone: str = ""
     #: File holding the cluster secret (else ``DRAGONFLY_SECRET``); see peerwire/auth.py.
     secret_file: Path | None = None
+    #: A group that may read the cache (files 0640, directories 0750, group-owned); None:
+    #: owner-only (0600 and 0700).
+    cache_group: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -99,6 +103,11 @@ class DaemonConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 problems.append(f"{name} must be positive")
+        if self.cache_group is not None:
+            try:
+                group_id(self.cache_group)
+            except ValueError as exc:
+                problems.append(f"cache_group: {exc}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -304,6 +313,12 @@ SETTINGS: Final = Settings(
         _daemon(
             "cache_dir", kinds.PATH, "cache directory (owner-only)",
             default_text="$XDG_CACHE_HOME/dragonfly/dfdaemon",
+        ),
+        _daemon(
+            "cache_group", kinds.optional(kinds.TEXT, ""),
+            "a group that may read the cache: its files 0640 and directories 0750, group-owned "
+            "(default: owner-only, 0600 and 0700)",
+            metavar="GROUP",
         ),
         _daemon("cache_size", kinds.SIZE, "cache quota, e.g. 20G", "cache_size_bytes"),
         _daemon("cache_ttl", kinds.DURATION, "drop tasks unused this long, e.g. 24h",

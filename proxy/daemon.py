@@ -37,8 +37,9 @@ from peerwire.storage import PieceStore
 from proxy.blobstream import BlobStream, Running
 from proxy.cache import (
     CacheEntry,
-    ensure_private_dir,
+    CacheModes,
     entry_dir,
+    group_id,
     load_entries,
     plan_eviction,
     remove_entry,
@@ -93,6 +94,8 @@ class Daemon:
         self._gc_task: asyncio.Task[None] | None = None
         self.counters = DaemonCounters()
         self.peer_port = 0
+        #: What the daemon creates in its cache: owner-only, or readable by ``--cache-group``.
+        self.modes = CacheModes(group_id(config.cache_group) if config.cache_group else None)
         self.secret = load_secret(
             str(config.secret_file) if config.secret_file else None,
             os.environ.get("DRAGONFLY_SECRET"),
@@ -101,7 +104,7 @@ class Daemon:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        ensure_private_dir(self.config.cache_dir)
+        self.modes.make_dir(self.config.cache_dir)
         session = aiohttp.ClientSession(auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
         self.host = dataclasses.replace(self.host, origin_session=session)
         assert self.host.listener is not None
@@ -227,7 +230,7 @@ class Daemon:
 
     def _start(self, task_id: TaskId, request: FetchRequest) -> Running:
         directory = entry_dir(self.config.cache_dir, task_id)
-        ensure_private_dir(directory)
+        self.modes.make_dir(directory)
         entry = self.entries.get(task_id) or CacheEntry(
             task_id=task_id,
             directory=directory,
@@ -254,6 +257,7 @@ class Daemon:
             timeout_s=request.timeout_s,
             secret=self.secret,
             origin_info=request.origin_info,
+            files=self.modes.files,
         )
         running.engine_task = asyncio.create_task(self._download(running, options))
         return running
@@ -275,7 +279,7 @@ class Daemon:
             entry.manifest = result.manifest
             entry.validator, entry.ranges = result.validator, result.ranges
             try:
-                write_meta(entry)
+                write_meta(entry, self.modes.files)
             except (OSError, ValueError) as exc:
                 log.error("cache: cannot record %s: %s", entry.task_id, exc)
             if not running.done.done():

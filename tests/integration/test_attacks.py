@@ -486,10 +486,6 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.lstat().st_mode)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 25: the cached data file is created 0o666 & ~umask (0644), not owner-only",
-)
 def test_a_cache_directory_the_daemon_creates_is_owner_only(
     tmp_path: Path, origin: tuple[OriginServer, Path]
 ) -> None:
@@ -515,11 +511,6 @@ def test_a_cache_directory_the_daemon_creates_is_owner_only(
     assert wrong == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 25: the daemon chmods an existing --cache-dir to 0700 (--cache-dir /tmp "
-    "would break /tmp)",
-)
 def test_the_daemon_leaves_the_mode_of_an_existing_cache_directory(
     tmp_path: Path, origin: tuple[OriginServer, Path]
 ) -> None:

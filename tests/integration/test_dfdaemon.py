@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import shutil
 import signal
@@ -306,3 +307,36 @@ def test_a_full_cache_disk_fails_one_download_clearly_and_harms_nothing_else(
             assert sha256(tmp_path / "a.bin") == sha256(small) != sha256(large)
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_cache_group_makes_the_cache_readable_by_that_group_and_no_one_else(
+    tmp_path: Path, origin: tuple[OriginServer, Path]
+) -> None:
+    server, root = origin
+    random_file(root / "file.bin", 1 * MIB)
+    group = grp.getgrnam("daemon")  # any group other than ours will do
+    with dfdaemon(tmp_path, "grp", "--cache-group", group.gr_name) as daemon:
+        code, err = finish(
+            dfget(
+                f"{server.base_url}/files/file.bin",
+                tmp_path / "out.bin",
+                daemon_socket=daemon.socket,
+            )
+        )
+        assert code == 0, err
+        made = [daemon.cache, *daemon.cache.rglob("*")]
+        assert any(path.is_file() for path in made)
+        for path in made:
+            info = path.stat()
+            expected = 0o750 if path.is_dir() else 0o640
+            assert (stat.S_IMODE(info.st_mode), info.st_gid) == (expected, group.gr_gid), path
+
+
+def test_an_unknown_cache_group_is_a_one_line_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "--cache-group", "no-such-group-here",
+         "--cache-dir", str(tmp_path / "c"), "--socket", str(tmp_path / "s.sock")],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "no such group" in result.stderr, result.stderr
