@@ -17,6 +17,7 @@ encoded would be wrong bytes, and an encoded answer is refused rather than decod
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import random
@@ -378,13 +379,13 @@ class Origin:
         else:
             headers["Range"] = byte_range
         self.requests += 1
-        auth = (
-            self._auth if self._auth is not None and _origin_of(url) == self._auth_origin else None
-        )
+        own = self._auth is not None and _origin_of(url) == self._auth_origin
+        if own and self._auth is not None and "Authorization" not in headers:
+            # aiohttp drops it when a redirect leaves the origin: those hosts never see it.
+            headers["Authorization"] = self._auth
         try:
             async with self._session.get(
                 url,
-                auth=auth,
                 headers=headers,
                 timeout=self._timeout,
                 max_redirects=MAX_REDIRECTS,
@@ -429,14 +430,15 @@ def _origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}:{parts.port}".lower()
 
 
-def _split_credentials(url: str) -> tuple[str, aiohttp.BasicAuth | None, str]:
-    """``url`` without ``user:password@``, the credentials as Basic auth (None without), and
-    the origin they belong to: they are sent with every request to it, never elsewhere (a
-    redirect to another host does not get them)."""
+def _split_credentials(url: str) -> tuple[str, str | None, str]:
+    """``url`` without ``user:password@``, the credentials as an ``Authorization: Basic``
+    value (None without), and the origin they belong to: they are sent with every request to
+    it, never elsewhere (a redirect to another host does not get them)."""
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url, None, ""
     netloc = parts.netloc.rpartition("@")[2]
     bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    auth = aiohttp.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
-    return bare, auth, _origin_of(bare)
+    user, password = unquote(parts.username or ""), unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return bare, f"Basic {token}", _origin_of(bare)

@@ -88,3 +88,18 @@ def imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.add(node.module)
     return found
+
+
+#: HTTP clients: the tracker never fetches a URL on anyone's behalf (SECURITY.md), so its
+#: serving modules import none (dftop, which reads a tracker's /stats, is a client program).
+HTTP_CLIENTS = {"aiohttp", "urllib.request", "http.client", "requests", "httpx"}
+DFTOP_MODULES = {"top.py", "topview.py", "topconfig.py"}
+
+
+def test_the_tracker_imports_no_http_client() -> None:
+    serving = [p for p in sorted((ROOT / "tracker").glob("*.py")) if p.name not in DFTOP_MODULES]
+    assert serving
+    for path in serving:
+        found = imported_modules(path)
+        clients = {m for m in found if m in HTTP_CLIENTS or m.split(".")[0] in HTTP_CLIENTS}
+        assert not clients, f"{path.relative_to(ROOT)} imports {sorted(clients)}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import ipaddress
 import logging
 import os
 import sys
@@ -66,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def ready(server: TrackerServer) -> None:
         host = config.host if ":" not in config.host else f"[{config.host}]"
+        if server.routes.secret is None and not _loopback(config.host):
+            print(
+                f"dftracker: listening on {config.host} without a cluster secret: anyone who "
+                "can reach this tracker can announce and offer manifests (peers check them "
+                "against the origin; see SECURITY.md)",
+                file=sys.stderr,
+                flush=True,
+            )
         print(f"listening http://{host}:{server.port}/announce", flush=True)
 
     # Modules and config live as long as the process: keep them out of the cyclic GC's scans.
@@ -78,6 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
 
 
 if __name__ == "__main__":

@@ -431,3 +431,52 @@ def test_a_range_request_records_how_soon_the_origin_answered(
     answered_s = run(main())
     assert answered_s is not None
     assert delay_ms / 1000 <= answered_s < delay_ms / 1000 + 1.0
+
+
+def test_url_credentials_go_as_basic_auth_to_their_origin_only() -> None:
+    """``user:password@`` in the URL: sent with every request to that origin (the probe and
+    the Range requests after it), never to another host a redirect names."""
+    seen: dict[str, list[str | None]] = {"a": [], "b": []}
+
+    async def main() -> None:
+        async def other(request: aiohttp.web.Request) -> aiohttp.web.Response:
+            seen["b"].append(request.headers.get("Authorization"))
+            return aiohttp.web.Response(
+                status=206, body=b"x", headers={"Content-Range": "bytes 0-0/10"}
+            )
+
+        async def own(request: aiohttp.web.Request) -> aiohttp.web.Response:
+            seen["a"].append(request.headers.get("Authorization"))
+            if request.path == "/away":
+                raise aiohttp.web.HTTPFound(f"http://127.0.0.1:{ports['b']}/file")
+            return aiohttp.web.Response(
+                status=206, body=b"x", headers={"Content-Range": "bytes 0-0/10"}
+            )
+
+        ports: dict[str, int] = {}
+        runners = []
+        for name, handler in (("a", own), ("b", other)):
+            app = aiohttp.web.Application()
+            app.router.add_get("/{tail:.*}", handler)
+            runner = aiohttp.web.AppRunner(app)
+            await runner.setup()
+            site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            ports[name] = runner.addresses[0][1]
+            runners.append(runner)
+        try:
+            base = f"http://us%40er:p%3Ass@127.0.0.1:{ports['a']}"
+            async with Origin(base + "/file") as origin:
+                info = await origin.probe()
+                assert "us%40er" not in info.url and "@" not in origin.url
+                await origin.fetch_range(0, 1, info)
+            async with Origin(base + "/away") as origin:
+                await origin.probe()
+        finally:
+            for runner in runners:
+                await runner.cleanup()
+
+    run(main())
+    expected = "Basic " + __import__("base64").b64encode(b"us@er:p:ss").decode()
+    assert seen["a"] and all(header == expected for header in seen["a"])
+    assert seen["b"] == [None]

@@ -53,3 +53,27 @@ def test_port_in_use_is_a_clear_error() -> None:
         )
     assert done.returncode == 1
     assert "cannot listen" in done.stderr
+
+
+@pytest.mark.parametrize(("host", "secret", "warned"), [
+    ("0.0.0.0", False, True),
+    ("0.0.0.0", True, False),
+    ("127.0.0.1", False, False),
+])  # fmt: skip
+def test_a_tracker_beyond_loopback_without_a_secret_says_so(
+    tmp_path: Path, host: str, secret: bool, warned: bool
+) -> None:
+    """Listening on all interfaces binds, and sends nothing anywhere: the process stops at
+    once."""
+    arguments = [sys.executable, "-m", "tracker.cli", "serve", "--host", host, "--port", "0"]
+    if secret:
+        (tmp_path / "secret").write_text("a-cluster-secret-of-some-length")
+        arguments += ["--secret-file", str(tmp_path / "secret")]
+    process = subprocess.Popen(arguments, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith("listening http://")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=20)
+    assert ("without a cluster secret" in err) is warned, err
