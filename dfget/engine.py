@@ -34,7 +34,7 @@ from typing import Final
 import uvloop
 
 from dfget.coordinators.http import HttpTracker
-from dfget.errors import DigestMismatch, DownloadError, DownloadTimeout, NoPeers, OriginChanged
+from dfget.errors import DigestMismatch, DownloadTimeout, ManifestRefuted, NoPeers, OriginChanged
 from dfget.host import Host, bucket, close_all, seed_for
 from dfget.identity import task_id_for
 from dfget.options import DownloadOptions, DownloadResult, OriginInfo, ProgressReport
@@ -47,24 +47,21 @@ from dfget.taskmanifest import (
     discard_partial,
     load_digests,
     public_url,
-    save_digests,
+    report_refuted,
     task_manifest,
 )
+from dfget.taskstate import DigestSaver, ProgressMeter, missing_summary
 from peerwire import commands as cmd
 from peerwire.connection import PeerConnection, PeerListener, single_task_router
-from peerwire.coordination import Coordinator, PeerAddress, TaskManifestDoc, TrackerError
+from peerwire.coordination import Coordinator, TaskManifestDoc
 from peerwire.digests import DigestBook, DigestConflict, Trust
-from peerwire.ids import PeerId, TaskId
+from peerwire.ids import PeerId
 from peerwire.manifest import Manifest
 from peerwire.ratelimit import AsyncRateLimiter
 from peerwire.shell import TaskShell, open_task
 from peerwire.storage import DigestMismatchError, PieceStore
 
 log = logging.getLogger(__name__)
-
-
-class ManifestRefuted(DownloadError):
-    """The coordinator's manifest proved false after pieces were taken on its word."""
 
 
 #: No verified piece for this long while incomplete: the swarm is stuck, go to the origin. Long
@@ -77,8 +74,6 @@ NO_PEERS_S: Final = 60.0
 PROGRESS_EVERY_S: Final = 0.25
 #: Concurrent origin requests when this peer fetches everything itself.
 DIRECT_FETCHERS: Final = 4
-#: How often learned digests are saved beside the partial file (resume without a tracker).
-SAVE_DIGESTS_S: Final = 2.0
 
 
 async def download(
@@ -164,9 +159,8 @@ class _Download:
         self.client: SwarmClient | None = None
         self.fetcher: OriginFetcher | None = None
         self.listener: PeerListener | None = None
-        self._rate_window = (time.monotonic(), 0)
-        self._rate_bps = 0.0
-        self._saved_known = 0
+        self._meter = ProgressMeter()
+        self._saver = DigestSaver(options, self.task_id)
 
     async def run(self) -> DownloadResult:
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dfget-io")
@@ -174,7 +168,7 @@ class _Download:
         try:
             found = await task_manifest(self.options, self.task_id, self.coordinator, self.origin)
             if found.refuted is not None and self.coordinator is not None:
-                await _report_refuted(self.coordinator, self.task_id, found.refuted)
+                await report_refuted(self.coordinator, self.task_id, found.refuted)
                 await self._lose_coordinator(f"{found.refuted} is not the origin's")
             elif found.lost is not None:
                 await self._lose_coordinator(found.lost)
@@ -186,7 +180,7 @@ class _Download:
             shell = await self._start(store, digests, info, executor)
             if self.on_progress is not None:
                 background.append(asyncio.create_task(self._report_loop(self.on_progress)))
-            background.append(asyncio.create_task(self._save_digests_loop()))
+            background.append(asyncio.create_task(self._saver.loop(shell)))
             self.phase = "downloading"
             await self._until_complete(shell)
             self.phase = "verifying"
@@ -242,7 +236,7 @@ class _Download:
             return store
 
         store = await asyncio.get_running_loop().run_in_executor(executor, open_store)
-        self._saved_known = digests.known
+        self._saver.saved_known = digests.known
         return store, digests
 
     async def _start(
@@ -412,7 +406,9 @@ class _Download:
             if self.options.back_to_source:
                 if stalled_s >= STALL_S and not self.fetcher.fetching_everything:
                     reason = f"the swarm made no progress for {stalled_s:.0f}s"
-                    log.warning("%s (%s): fetching them from the origin", reason, _missing(shell))
+                    log.warning(
+                        "%s (%s): fetching them from the origin", reason, missing_summary(shell)
+                    )
                     self.fallback_reason = reason
                     self.fetcher.fetch_everything(DIRECT_FETCHERS)
             elif stalled_s >= NO_PEERS_S:
@@ -465,53 +461,12 @@ class _Download:
 
     def progress(self) -> ProgressReport:
         """A snapshot for progress displays."""
-        if self.shell is None:
-            return ProgressReport(None, 0, 0, 0, 0, 0, 0.0, self.phase)
-        core = self.shell.core
-        now, done = time.monotonic(), _done_bytes(self.shell)
-        since, done_then = self._rate_window
-        if now - since >= 1.0:
-            self._rate_bps = (done - done_then) / (now - since)
-            self._rate_window = (now, done)
-        return ProgressReport(
-            total_bytes=core.layout.total_length,
-            done_bytes=done,
-            from_peers_bytes=core.stats.downloaded_bytes,
-            from_origin_bytes=core.stats.origin_bytes,
-            uploaded_bytes=core.stats.uploaded_bytes,
-            peers=core.peer_count,
-            rate_bps=self._rate_bps,
-            phase=self.phase,
-        )
+        return self._meter.report(self.shell, self.phase)
 
     async def _report_loop(self, on_progress: Callable[[ProgressReport], None]) -> None:
         while True:
             on_progress(self.progress())
             await asyncio.sleep(PROGRESS_EVERY_S)
-
-    # -- resume support -----------------------------------------------------------------------
-
-    async def _save_digests_loop(self) -> None:
-        while True:
-            await asyncio.sleep(SAVE_DIGESTS_S)
-            self._save_digests()
-
-    def _save_digests(self) -> None:
-        shell = self.shell
-        if shell is None or shell.store.is_finalized:
-            return
-        core = shell.core
-        if core.digests.known != self._saved_known:
-            options = self.options
-            save_digests(
-                options.output,
-                self.task_id,
-                core.layout,
-                core.digests,
-                public_url(options),
-                options.files,
-            )
-            self._saved_known = core.digests.known
 
     # -- the end ------------------------------------------------------------------------------
 
@@ -534,41 +489,9 @@ class _Download:
                 elif self.host.listener is not None:
                     self.host.listener.remove(shell)
             finally:
-                self.shell = shell
-                self._save_digests()
-                self.shell = None
+                self._saver.save(shell)
                 shell.store.close()
 
     async def _close_coordinator(self) -> None:
         if self.coordinator is not None:
             await self.coordinator.close()
-
-
-async def _report_refuted(coordinator: Coordinator, task_id: TaskId, reason: str) -> None:
-    with contextlib.suppress(TrackerError):
-        await coordinator.report_error(
-            task_id, PeerId.generate(), PeerAddress("", 0), f"manifest_refuted: {reason}"
-        )
-
-
-def _done_bytes(shell: TaskShell) -> int:
-    core = shell.core
-    layout, have = core.layout, core.have
-    done = len(have) * layout.piece_length
-    last = layout.num_pieces - 1
-    if last >= 0 and last in have:
-        done -= layout.piece_length - layout.piece_size(last)
-    return done
-
-
-def _missing(shell: TaskShell) -> str:
-    """Why the missing pieces are missing, for a stall message."""
-    core = shell.core
-    missing = list(core.have.missing())
-    no_digest = len(core.digests.unknown(missing))
-    nobody = sum(core.scheduler.availability(i) == 0 for i in missing)
-    return (
-        f"{len(missing)} pieces missing: {no_digest} without a known digest, "
-        f"{nobody} that no connected peer has, {len(core.origin_claimed)} claimed for the "
-        f"origin; {core.peer_count} peers connected"
-    )

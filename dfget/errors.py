@@ -58,3 +58,8 @@ class NoPeers(DownloadError):
     """The swarm cannot deliver and back-to-source is disabled (``--no-back-to-source``)."""
 
     exit_code = EXIT_NO_PEERS
+
+
+class ManifestRefuted(DownloadError):
+    """The coordinator's manifest proved false after pieces had been taken on its word (the
+    engine then starts over from the origin alone; a caller streaming the file sees this)."""

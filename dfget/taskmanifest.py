@@ -10,6 +10,7 @@ it waits for one. Also the digests a peer saves beside its partial file, for a r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -21,9 +22,9 @@ from dfget.errors import NoPeers, OriginChanged, OriginError
 from dfget.identity import normalize_url
 from dfget.options import DownloadOptions, OriginInfo
 from dfget.origin import Origin
-from peerwire.coordination import Coordinator, TaskManifestDoc, TrackerError
+from peerwire.coordination import Coordinator, PeerAddress, TaskManifestDoc, TrackerError
 from peerwire.digests import DigestBook, Trust
-from peerwire.ids import TaskId
+from peerwire.ids import PeerId, TaskId
 from peerwire.layout import PieceLayout, choose_piece_length
 from peerwire.manifest import Manifest, ManifestConflict
 from peerwire.storage import DEFAULT_FILES, PARTIAL_SUFFIX, RECORD_SUFFIX, FilePolicy
@@ -215,3 +216,11 @@ def discard_partial(output: Path) -> None:
     and saved digests): the next run starts from nothing."""
     for suffix in (PARTIAL_SUFFIX, RECORD_SUFFIX, ".dfpart.digests"):
         output.with_name(output.name + suffix).unlink(missing_ok=True)
+
+
+async def report_refuted(coordinator: Coordinator, task_id: TaskId, reason: str) -> None:
+    """Tell the coordinator its manifest for the task is false (it contradicts the origin)."""
+    with contextlib.suppress(TrackerError):
+        await coordinator.report_error(
+            task_id, PeerId.generate(), PeerAddress("", 0), f"manifest_refuted: {reason}"
+        )
