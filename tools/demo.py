@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -36,10 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 console = Console(stderr=True)
 
 
-def start(command: list[str], what: str) -> tuple[subprocess.Popen[str], str]:
+def start(
+    command: list[str], what: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
     """Start a process that prints ``listening URL`` when ready; returns it and the URL."""
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env
     )
     assert process.stdout is not None
     line = process.stdout.readline().strip()
@@ -94,10 +97,14 @@ def main() -> int:
         (workdir / "origin").mkdir()
         console.print(f"[bold]demo:[/] writing a {format_size(size)} file of random bytes")
         expected = write_random(workdir / "origin" / "payload.bin", size)
+        # The swarm shares a cluster secret, as a fleet should (SECURITY.md): the tracker's
+        # manifests are then believed, and no peer needs to check them against the origin.
+        secret_env = {**os.environ, "DRAGONFLY_SECRET": secrets.token_urlsafe(32)}
         try:
             tracker, tracker_url = start(
                 [PYTHON, "-m", "tracker.cli", "serve", "--port", "0", "--interval", "2s"],
                 "tracker",
+                secret_env,
             )
             processes.append(tracker)
             origin, origin_url = start(
@@ -133,7 +140,7 @@ def main() -> int:
                         text=True,
                         cwd=workdir,
                         # Each peer is its own process here, even when this host runs dfdaemon.
-                        env={**os.environ, "DFGET_DAEMON_SOCKET": ""},
+                        env={**secret_env, "DFGET_DAEMON_SOCKET": ""},
                     )
                 )
             processes.extend(peers)
