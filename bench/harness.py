@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -166,8 +168,11 @@ class Swarm:
         return text.split()[1].removesuffix("/announce")
 
     async def start(self) -> None:
-        """Origin, tracker, then every client; returns when every client is ready."""
+        """Origin, tracker, then every client; returns when every client is ready. They share
+        a cluster secret (the environment's, or one made here), as a fleet's swarm should: the
+        tracker's manifests are believed without a check against the origin."""
         (self.workdir / "logs").mkdir(exist_ok=True)
+        os.environ.setdefault("DRAGONFLY_SECRET", secrets.token_urlsafe(32))
         port = "0" if self.hosts is None else str(ORIGIN_PORT)
         origin = await self._start_server(
             "origin",

@@ -45,6 +45,7 @@ import uvloop
 
 from dfget.engine import download
 from dfget.options import DownloadOptions, DownloadResult, ProgressReport
+from peerwire.auth import load_secret
 from peerwire.ratelimit import AsyncRateLimiter, TokenBucket
 
 #: Seeding lasts until ``stop``; this only bounds a client whose harness vanished.
@@ -175,6 +176,7 @@ class Client:
             upload_rate_bps=self.args.upload_rate or rate,
             seed_time_s=SEED_FOR_S,
             peer_host=self.args.peer_host,
+            secret=load_secret(None, os.environ.get("DRAGONFLY_SECRET")),
         )
         output = options.output
 
