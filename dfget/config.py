@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
+from dfget.coordinators.serfoptions import SerfOptions
+from dfget.coordinators.serfsettings import coordinator_setting, serf_settings
 from dfget.identity import normalize_url, parse_digest
 from dfget.options import DEFAULT_SEED_TIME_S, DownloadOptions
 from peerwire import settingkinds as kinds
@@ -282,6 +284,8 @@ SETTINGS: Final = Settings(
             "(the secret itself)",
             field=None,
         ),
+        coordinator_setting(" (with no dfdaemon running; the daemon's own when it runs)"),
+        *serf_settings("serf", example="--join 10.0.0.5:7946,10.0.0.6:7946"),
         Setting(
             "quiet",
             kinds.BOOL,
@@ -360,7 +364,10 @@ def options_from(loaded: Loaded, flags: Mapping[str, Any]) -> tuple[DownloadOpti
     verbose = flags.get("verbose") or 0
     if not isinstance(verbose, int) or verbose < 0:
         raise SettingsError(f"verbose must be a count >= 0, not {verbose!r}")
-    download = loaded.build(DownloadOptions, "download", url=url, output=output_path, secret=secret)
+    serf = loaded.build(SerfOptions, "serf") if loaded.values["coordinator"] == "serf" else None
+    download = loaded.build(
+        DownloadOptions, "download", url=url, output=output_path, secret=secret, serf=serf
+    )
     return download, loaded.build(UiOptions, "ui", verbose=verbose)
 
 

@@ -33,7 +33,7 @@ from typing import Final
 
 import uvloop
 
-from dfget.coordinators.http import HttpTracker
+from dfget.coordinators.choose import coordinator_for
 from dfget.errors import DigestMismatch, DownloadTimeout, ManifestRefuted, NoPeers, OriginChanged
 from dfget.host import Host, bucket, close_all, seed_for
 from dfget.identity import task_id_for
@@ -107,7 +107,9 @@ async def download(
             raise  # a reader streams the bytes of that store: it must start over itself
         log.warning("%s: starting over from the origin alone", exc)
         discard_partial(options.output)
-        again = _Download(replace(options, trackers=()), on_progress, on_complete, host or Host())
+        again = _Download(
+            replace(options, trackers=(), serf=None), on_progress, on_complete, host or Host()
+        )
         again.on_piece = on_piece
         result = await again.run()
         return replace(result, fell_back=True, fallback_reason=str(exc))
@@ -148,9 +150,7 @@ class _Download:
         self.origin = Origin(
             options.url, options.headers, limiter=limiter, session=host.origin_session
         )
-        self.coordinator: Coordinator | None = (
-            HttpTracker(list(options.trackers), secret=options.secret) if options.trackers else None
-        )
+        self.coordinator: Coordinator | None = coordinator_for(options, host)
         self.fallback_reason: str | None = None
         #: Whether the coordinator's claims are checked against the origin before belief.
         self.check_claims = options.back_to_source

@@ -8,12 +8,16 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from dfget.originplan import OriginMeasure
 from peerwire.ratelimit import TokenBucket
 from peerwire.shell import SharedListener
+
+if TYPE_CHECKING:
+    from dfget.coordinators.serfnode import SerfNode
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,9 @@ class Host:
     #: kept and reused from one task to the next (no cookies kept: tasks carry their own
     #: credentials). None: each download opens its own.
     origin_session: aiohttp.ClientSession | None = None
+    #: The node's part in a decentralized cluster (``--coordinator serf``), shared by every
+    #: download; None: each download with ``options.serf`` starts its own.
+    serf: SerfNode | None = None
 
 
 async def seed_for(seconds: float) -> None:

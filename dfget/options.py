@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from dfget.coordinators.serfoptions import SerfOptions
 from peerwire.manifest import Manifest
 from peerwire.storage import DEFAULT_FILES, FilePolicy
 
@@ -38,6 +39,9 @@ class DownloadOptions:
     output: Path
     #: Tracker base or announce URLs, tried in turn. Empty: straight to the origin.
     trackers: tuple[str, ...] = ()
+    #: Decentralized mode (``--coordinator serf``): no tracker, a Serf agent's gossip; the
+    #: trackers are then not used. None: the trackers (or none).
+    serf: SerfOptions | None = None
     #: This task's download limit (bytes/s, peers and origin together); None = unlimited.
     rate_bps: float | None = None
     #: Upload limit (bytes/s); None = unlimited.

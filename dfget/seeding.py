@@ -7,7 +7,7 @@ import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 
-from dfget.coordinators.http import HttpTracker
+from dfget.coordinators.choose import coordinator_for
 from dfget.host import Host, bucket, seed_for
 from dfget.options import DownloadOptions
 from dfget.swarmclient import SwarmClient
@@ -36,15 +36,15 @@ async def seed_file(
     opened without re-hashing, announced as a seed, and its manifest supplied to a tracker that
     lost it. Without trackers there is nobody to serve: it returns at once.
     """
-    if not options.trackers:
-        return
     host = host or Host()
+    coordinator = coordinator_for(options, host)
+    if coordinator is None:
+        return
     loop = asyncio.get_running_loop()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dfget-seed")
     store = await loop.run_in_executor(
         executor, lambda: PieceStore.open_complete(options.output, manifest)
     )
-    coordinator = HttpTracker(list(options.trackers), secret=options.secret)
     shell = open_task(
         store,
         DigestBook(manifest.num_pieces, manifest.piece_sha256),

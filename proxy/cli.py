@@ -15,6 +15,8 @@ import sys
 
 import uvloop
 
+from dfget.coordinators.serfnode import SerfNodeError
+from peerwire.auth import load_secret
 from peerwire.settings import ArgumentParser, SettingsError
 from proxy.api import DaemonApi, DaemonCollector
 from proxy.config import (
@@ -49,28 +51,46 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)"
     )
+    parser.add_argument(
+        "--print-serf-key", action="store_true",
+        help="print the Serf gossip key derived from the cluster secret (for a Serf agent run "
+        "as its own service: serf agent -encrypt KEY) and exit",
+    )  # fmt: skip
     return parser
 
 
 async def serve(config: DaemonConfig, proxy_config: ProxyConfig) -> None:
     daemon = Daemon(config)
-    await daemon.start()
+    try:
+        await daemon.start()
+    except BaseException:
+        await daemon.close()
+        raise
     collector = DaemonCollector(daemon)
+    stats = None
+    if daemon.host.serf is not None:
+        from proxy.serfstats import SerfDaemonCollector, StatsServer
+
+        collector = SerfDaemonCollector(daemon, daemon.host.serf)
     api = DaemonApi(daemon, collector)
     proxy = None
     try:
         await api.start(config.socket)
         proxy = await start_proxy(daemon, proxy_config, collector)
-        print(
-            f"listening unix:{config.socket} peer-port {daemon.peer_port} proxy {proxy.url}",
-            flush=True,
-        )
+        line = f"listening unix:{config.socket} peer-port {daemon.peer_port} proxy {proxy.url}"
+        if daemon.host.serf is not None and config.stats_port is not None:
+            stats = StatsServer(daemon.host.serf, api.registry)
+            await stats.start(config.stats_host, config.stats_port)
+            line += f" stats {stats.url}"
+        print(line, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         await stop.wait()
     finally:
+        if stats is not None:
+            await stats.close()
         if proxy is not None:
             await proxy.close()
         await api.close()
@@ -88,7 +108,23 @@ def main(argv: list[str] | None = None) -> int:
     for notice in loaded.notices:
         print(f"dfdaemon: {notice}", file=sys.stderr)
     if args.print_config:
-        print("\n".join(loaded.describe({"": config, "proxy": proxy_config})))
+        print("\n".join(loaded.describe({"": config, "proxy": proxy_config, "serf": config.serf})))
+        return 0
+    if args.print_serf_key:
+        from dfget.coordinators.serfwire import gossip_key
+
+        secret_file = str(config.secret_file) if config.secret_file else None
+        try:
+            secret = load_secret(secret_file, os.environ.get("DRAGONFLY_SECRET"))
+        except (OSError, ValueError) as exc:
+            print(f"dfdaemon: {exc}", file=sys.stderr)
+            return 2
+        if secret is None:
+            print(
+                "dfdaemon: no cluster secret (--secret-file or DRAGONFLY_SECRET)", file=sys.stderr
+            )
+            return 2
+        print(gossip_key(secret))
         return 0
     verbose = args.verbose
     logging.basicConfig(
@@ -97,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         uvloop.run(serve(config, proxy_config))
-    except OSError as exc:
+    except (OSError, SerfNodeError) as exc:
         print(f"dfdaemon: {exc}", file=sys.stderr)
         return 1
     return 0

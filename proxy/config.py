@@ -23,6 +23,7 @@ work, with a notice.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
+from dfget.coordinators.serfoptions import SerfOptions
+from dfget.coordinators.serfsettings import coordinator_setting, serf_settings
 from dfget.handoff import default_socket
 from peerwire import settingkinds as kinds
 from peerwire.settings import CLUSTER_SECRET, Loaded, Setting, Settings
@@ -87,11 +90,17 @@ class DaemonConfig:
     #: A group that may read the cache (files 0640, directories 0750, group-owned); None:
     #: owner-only (0600 and 0700).
     cache_group: str | None = None
+    #: Decentralized mode (``--coordinator serf``): the node's Serf agent and discovery; the
+    #: trackers are then not used. None: the trackers (or none).
+    serf: SerfOptions | None = None
+    #: ``/stats`` (for dftop) and ``/metrics`` over TCP in decentralized mode; None: off.
+    stats_host: str = "127.0.0.1"
+    stats_port: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("proxy_port", "peer_port"):
-            if not 0 <= getattr(self, name) <= 65535:
+        for name in ("proxy_port", "peer_port", "stats_port"):
+            if not 0 <= (getattr(self, name) or 0) <= 65535:
                 problems.append(f"{name} must be in 0..65535")
         if self.cache_size_bytes <= 0:
             problems.append("cache_size_bytes must be positive")
@@ -341,6 +350,14 @@ SETTINGS: Final = Settings(
             "secret_file", kinds.SECRET_FILE,
             "the cluster secret (else DRAGONFLY_SECRET); see SECURITY.md",
         ),
+        coordinator_setting(""),
+        *serf_settings("serf", example="--join 10.0.0.5:7946"),
+        _daemon("stats_host", kinds.TEXT, "address of --stats-port", metavar="ADDRESS"),
+        _daemon(
+            "stats_port", kinds.optional(kinds.PORT, "off", "none", ""),
+            "with --coordinator serf: serve /stats (dftop --tracker http://HOST:PORT) and "
+            "/metrics on this TCP port (0: any free one)",
+        ),
         _proxy(
             "registries", kinds.Kind(_registries, _show_registries, "HOST=URL"),
             "a registry containerd may name with ?ns=HOST, and its URL (repeatable; the "
@@ -389,6 +406,8 @@ def load_config(
     ``peerwire.settings.SettingsError`` (a ValueError) names the source of a bad value."""
     loaded = SETTINGS.load(flags, environ, SETTINGS.find_config_file(config_file, environ))
     daemon = loaded.build(DaemonConfig)
+    if loaded.values["coordinator"] == "serf":
+        daemon = dataclasses.replace(daemon, serf=loaded.build(SerfOptions, "serf"))
     proxy = loaded.build(
         ProxyConfig,
         "proxy",

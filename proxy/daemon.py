@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 
 from dfget import engine
+from dfget.coordinators.serfnode import SerfNode
 from dfget.host import Host
 from dfget.identity import normalize_url, task_id_for
 from dfget.options import DownloadOptions, DownloadResult, OriginInfo, ProgressReport
@@ -111,6 +112,18 @@ class Daemon:
         self.peer_port = await self.host.listener.start(
             self.config.peer_host, self.config.peer_port
         )
+        if self.config.serf is not None:
+            # Decentralized mode: one Serf node for every download and seed (SerfNodeError
+            # when it cannot take part: no agent, one without the cluster secret's key).
+            node = SerfNode(
+                self.config.serf,
+                secret=self.secret,
+                directory=self.config.cache_dir / "serf",
+                zone=self.config.zone,
+            )
+            node.set_port(self.peer_port, 0)
+            await node.start()
+            self.host = dataclasses.replace(self.host, serf=node)
         for entry in load_entries(self.config.cache_dir):
             self.entries[entry.task_id] = entry
             if entry.complete:
@@ -131,6 +144,8 @@ class Daemon:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.host.serf is not None:
+            await self.host.serf.close()
         assert self.host.listener is not None
         await self.host.listener.close()
         if self.host.origin_session is not None:
@@ -247,6 +262,7 @@ class Daemon:
             url=request.url,
             output=entry.data_path,
             trackers=self.config.tracker,
+            serf=self.config.serf,
             rate_bps=request.rate_bps,
             digest_sha256=request.digest_sha256,
             headers=request.headers,
@@ -323,6 +339,7 @@ class Daemon:
             url=entry.url,
             output=entry.data_path,
             trackers=self.config.tracker,
+            serf=self.config.serf,
             zone=self.config.zone,
             secret=self.secret,
         )
