@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # PROGRAM=DEBIAN_PACKAGE pairs the test suite runs for real (installed when root).
-TEST_PROGRAMS := aria2c=aria2 nginx=nginx wrk=wrk docker-registry=docker-registry skopeo=skopeo htpasswd=apache2-utils ip=iproute2 tc=iproute2
+TEST_PROGRAMS := aria2c=aria2 nginx=nginx wrk=wrk docker-registry=docker-registry skopeo=skopeo htpasswd=apache2-utils ip=iproute2 tc=iproute2 serf=serf dnsmasq=dnsmasq
 # Programs the benchmarks compare against.
 BENCH_PROGRAMS := aria2c=aria2 nginx=nginx wrk=wrk
 

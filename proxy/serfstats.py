@@ -192,6 +192,8 @@ class SerfDaemonCollector(DaemonCollector):
              "unauthenticated, replayed, stale).", counters.rejected, "reason"),
             ("queries_sent", "Queries this node asked.", counters.queries_sent, "query"),
             ("queries_answered", "Queries this node answered.", counters.queries_answered, "query"),
+            ("reports", "Reports of this node's downloads: bad peers, refuted manifests.",
+             counters.reports, "reason"),
         ):  # fmt: skip
             family = CounterMetricFamily(PREFIX + name, help, labels=[label])
             for key, value in sorted(values.items()):

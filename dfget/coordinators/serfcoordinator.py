@@ -158,15 +158,9 @@ class SerfCoordinator:
                     except wire.Rejected as exc:
                         node.counters.rejected[exc.reason] += 1
                         continue
-                    self._learn(key, found)
+                    node.view.learn_digests(key, found)
 
         await asyncio.gather(*(one(*w) for w in wanted))
-
-    def _learn(self, key: bytes, found: dict[int, bytes]) -> None:
-        state = self.node.view.task(key)
-        for index, digest in found.items():
-            if index not in state.believed:  # this node's own reads stand
-                state.digests[index] = digest
 
     async def put_manifest(self, task: TaskId, manifest: TaskManifestDoc) -> TaskManifestDoc:
         """This node's description of the task (its own probe of the origin): it replaces a
@@ -221,6 +215,9 @@ class SerfCoordinator:
         for index, digest in digests.items():
             state.digests[index] = digest
             state.believed.add(index)
+        local = self.node.local.get(task.raw)
+        if local is not None:
+            local.unsent_digests.update(digests)
         if conflicts:
             raise ManifestConflict(
                 f"pieces {conflicts[:5]} of {task.hex()}: the cluster said other digests"

@@ -57,6 +57,9 @@ MEMBERSHIP_EVERY_S: Final = 2.0
 #: A member that seems to hold more than its events said is asked at most this often.
 ASK_HAVE_EVERY_S: Final = 3.0
 RECONNECT_PAUSE_S: Final = 1.0
+#: What a node holds is published again this long after its last news even when unchanged:
+#: gossip may lose an event (a partition, an agent restart), and a seed's news never changes.
+REFRESH_S: Final = 30.0
 
 
 class SerfNodeError(Exception):
@@ -86,6 +89,9 @@ class LocalTask:
     published_flags: int = -1
     start_sent: bool = False
     recover: bool = False
+    #: Digests of this node's origin reads not published yet.
+    unsent_digests: dict[int, bytes] = field(default_factory=dict)
+    published_at: float = -1e9
 
 
 class SerfNode:
@@ -327,6 +333,9 @@ class SerfNode:
             self.view.removed(envelope.sender, wire.task_of(body))
         elif name == wire.EVENT_LENGTH:
             self.view.learn_geometry(wire.parse_geometry(body), believed=self.vouched)
+        elif name == wire.EVENT_DIGESTS:
+            task, found = wire.parse_digests_event(body)
+            self.view.learn_digests(task, found)
 
     def _on_members(self, kind: str, records: list[Any]) -> None:
         from dfget.coordinators.serfrpc import Member
@@ -498,18 +507,29 @@ class SerfNode:
             except SerfRpcError as exc:
                 log.debug("serf: publishing: %s", exc)
 
+    async def publish_digests(self, task: bytes, local: LocalTask) -> None:
+        """The digests of this node's origin reads, ``DIGESTS_PER_EVENT`` an event."""
+        while local.unsent_digests:
+            batch = sorted(local.unsent_digests.items())[: wire.DIGESTS_PER_EVENT]
+            flat = [value for item in batch for value in item]
+            if not await self.publish(wire.EVENT_DIGESTS, [task, flat]):
+                log.warning("serf: a digests event does not fit: left to queries")
+                local.unsent_digests.clear()
+                return
+            for index, _ in batch:
+                local.unsent_digests.pop(index, None)
+
     async def publish_have(self, task: bytes, local: LocalTask) -> None:
         """This node's news of ``task``, if any (see the module docstring)."""
         state = self.view.tasks.get(task)
         mine = state.holders.get(self.me) if state else None
         if state is None or mine is None or state.geometry is None:
             return
+        await self.publish_digests(task, local)
         recover = local.recover
-        if (
-            not recover
-            and mine.mask == local.published_mask
-            and local.flags == local.published_flags
-        ):
+        stale = self.view.now() - local.published_at > REFRESH_S
+        unchanged = mine.mask == local.published_mask and local.flags == local.published_flags
+        if not recover and unchanged and not stale:
             return
         num_pieces = state.geometry.num_pieces
         name = wire.EVENT_RECOVER if recover else wire.EVENT_HAVE
@@ -529,4 +549,4 @@ class SerfNode:
                 runs = runs[: len(runs) * 3 // 4]
             sent_mask = runs_mask(runs, num_pieces) | (0 if recover else local.published_mask)
         local.published_mask, local.published_flags = sent_mask, local.flags
-        local.recover = False
+        local.recover, local.published_at = False, self.view.now()

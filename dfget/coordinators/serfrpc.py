@@ -248,7 +248,6 @@ class SerfRpc:
             raise
         finally:
             self._calls.pop(seq, None)
-        stream.acknowledged = True
         return seq, _records(stream)
 
     # -- the reader ----------------------------------------------------------------------------
@@ -302,6 +301,10 @@ class SerfRpc:
                 return
             _put(stream, body)
             return
+        if stream is not None and not error:
+            # Acknowledged here, not when the caller wakes: its first records may follow in
+            # the same read, and they carry a body.
+            stream.acknowledged = True
         call = self._calls.get(seq)
         if call is None or call[0].done():
             return

@@ -37,6 +37,10 @@ SETTLE_S: Final = 1.0
 #: Announces are answered locally: the core may announce this often.
 INTERVAL_S: Final = 1.0
 MIN_INTERVAL_S: Final = 0.5
+#: A piece a member holds whose digest has not come with the events (``df-digests``) for this
+#: long is asked of a holder (``df-q-digests``): queries cost gossip, events carry digests
+#: once.
+DIGEST_GRACE_S: Final = 3.0
 #: Tag names on the Serf member: the peer port, the zone, the upload load.
 TAG_PORT: Final = "dfp"
 TAG_ZONE: Final = "dfz"
@@ -129,6 +133,8 @@ class TaskState:
     digests: dict[int, bytes] = field(default_factory=dict)
     #: Digests this node read from the origin itself or checked a piece against.
     believed: set[int] = field(default_factory=set)
+    #: Pieces held by a member, digest unknown here: since when.
+    lacking: dict[int, float] = field(default_factory=dict)
     #: This node takes part since (None: it does not).
     started_at: float | None = None
     created_at: float = 0.0
@@ -252,6 +258,14 @@ class ClusterView:
         shift = bit_count(num_pieces) - 8 * (offset + len(chunk))
         holding.mask |= (int.from_bytes(chunk, "big") << shift) & full_mask(num_pieces)
 
+    def learn_digests(self, task: bytes, found: dict[int, bytes]) -> None:
+        """Digests from another node (an event or an answer); this node's own reads stand."""
+        state = self.task(task)
+        limit = state.geometry.num_pieces if state.geometry else 1 << 24
+        for index, digest in found.items():
+            if index < limit and index not in state.believed:
+                state.digests[index] = digest
+
     def learn_geometry(self, geometry: Geometry, *, believed: bool) -> Geometry:
         """A task's geometry: the first one heard, unless a believed one replaces a claim.
         Returns the geometry the task has now."""
@@ -362,19 +376,29 @@ class ClusterView:
         }
 
     def pieces_known(self, state: TaskState) -> int | None:
-        """Digests this node has or can ask for (None: it knows no geometry: supply one)."""
+        """Digests this node has, or can ask a holder for once ``DIGEST_GRACE_S`` passed (None:
+        it knows no geometry: supply one)."""
         geometry = state.geometry
         if geometry is None:
             return None
+        now = self.now()
+        known = sum(1 for i in state.digests if i < geometry.num_pieces)
+        return known + len(self._overdue(state, now))
+
+    def _overdue(self, state: TaskState, now: float) -> list[int]:
+        """Pieces a live member holds whose digest has been missing here for the grace time."""
+        assert state.geometry is not None
         union = 0
         for name, holding in state.holders.items():
             if self.alive(name):
                 union |= holding.mask
-        top = bit_count(geometry.num_pieces) - 1
-        extra = sum(
-            1 for i in state.digests if i < geometry.num_pieces and not union >> (top - i) & 1
-        )
-        return union.bit_count() + extra
+        overdue: list[int] = []
+        for index in pieces_of(union, state.geometry.num_pieces):
+            if index in state.digests:
+                state.lacking.pop(index, None)
+            elif now - state.lacking.setdefault(index, now) >= DIGEST_GRACE_S:
+                overdue.append(index)
+        return overdue
 
     def wanted_digests(self, task: bytes) -> list[tuple[int, int, str]]:
         """``(first, count, holder)`` for each range of pieces whose digest this node lacks
@@ -391,10 +415,11 @@ class ClusterView:
             for name, h in state.holders.items()
             if name != self.me and self.alive(name) and h.mask
         ]
+        overdue = set(self._overdue(state, self.now()))
         wanted: list[tuple[int, int, str]] = []
         for first in range(0, num_pieces, DIGESTS_PER_ANSWER):
             count = min(DIGESTS_PER_ANSWER, num_pieces - first)
-            lacking = [i for i in range(first, first + count) if i not in state.digests]
+            lacking = [i for i in range(first, first + count) if i in overdue]
             if not lacking:
                 continue
             best, best_score = "", 0

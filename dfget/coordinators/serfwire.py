@@ -22,6 +22,10 @@ Events (Serf's user events: ``UserEventSizeLimit`` is 512 bytes, name included):
   the node (``df-q-have``). ``counters``: ``[downloaded, uploaded, origin]`` bytes, for /stats.
 * ``df-recover``: the body of ``df-have``; the receiver *replaces* what it knew of the sender
   (a node that rejoins, or restarted, says what it still holds).
+* ``df-digests`` ``[task, [index, digest, ...]]``: digests of pieces the sender read from the
+  origin itself (``DIGESTS_PER_EVENT`` at most; the origin serves each piece about once, so the
+  manifest travels about once). Digests that were missed are asked of a holder
+  (``df-q-digests``).
 * ``df-removed`` ``[task]``: the sender no longer serves the task.
 * ``df-length`` ``[task, total_length, piece_length, validator, ranges, url]``: the task's
   geometry (the manifest without its digests); ``url`` is "" when it did not fit.
@@ -51,11 +55,14 @@ EVENT_START: Final = "df-start"
 EVENT_HAVE: Final = "df-have"
 EVENT_RECOVER: Final = "df-recover"
 EVENT_REMOVED: Final = "df-removed"
+EVENT_DIGESTS: Final = "df-digests"
 EVENT_LENGTH: Final = "df-length"
 QUERY_HAVE: Final = "df-q-have"
 QUERY_DIGESTS: Final = "df-q-digests"
 QUERY_MANIFEST: Final = "df-q-manifest"
-EVENTS: Final = (EVENT_START, EVENT_HAVE, EVENT_RECOVER, EVENT_REMOVED, EVENT_LENGTH)
+EVENTS: Final = (
+    EVENT_START, EVENT_HAVE, EVENT_RECOVER, EVENT_REMOVED, EVENT_LENGTH, EVENT_DIGESTS
+)  # fmt: skip
 QUERIES: Final = (QUERY_HAVE, QUERY_DIGESTS, QUERY_MANIFEST)
 
 FLAG_SOURCE: Final = 1
@@ -73,6 +80,8 @@ TASK_BYTES: Final = 20
 DIGEST_BYTES: Final = 32
 #: Pieces per ``df-q-digests`` answer: 20 digests and the framing fit ``ANSWER_LIMIT``.
 DIGESTS_PER_ANSWER: Final = 20
+#: Digests per ``df-digests`` event (with the framing and the tag, within ``EVENT_LIMIT``).
+DIGESTS_PER_EVENT: Final = 10
 #: Bitfield bytes per ``df-q-have`` answer.
 BITFIELD_PER_ANSWER: Final = 640
 _COUNTER_MAX: Final = 1 << 62
@@ -347,6 +356,21 @@ def parse_digests_answer(body: list[Any], task: bytes, first: int) -> dict[int, 
         if digest:
             found[first + offset] = digest
     return found
+
+
+def parse_digests_event(body: list[Any]) -> tuple[bytes, dict[int, bytes]]:
+    task = task_of(body)
+    if len(body) != 2 or not isinstance(body[1], list) or len(body[1]) % 2:
+        raise Rejected("malformed", "digests body")
+    flat = body[1]
+    if len(flat) > 2 * DIGESTS_PER_EVENT:
+        raise Rejected("malformed", "too many digests")
+    found: dict[int, bytes] = {}
+    for index, digest in zip(flat[::2], flat[1::2], strict=True):
+        if not _uint(index) or not isinstance(digest, bytes) or len(digest) != DIGEST_BYTES:
+            raise Rejected("malformed", "digest")
+        found[index] = digest
+    return task, found
 
 
 def parse_have_answer(body: list[Any], task: bytes, offset: int) -> tuple[int, bytes]:

@@ -1,0 +1,95 @@
+"""An outsider in a decentralized cluster, for the trust tests: it drives a Serf agent of its
+own (joined to the cluster) and lies. Whenever a node starts a task it claims to hold every
+piece (``df-start``, ``df-have``), repeats the task's geometry, and answers every digest query
+with digests of bytes the origin never served. It knows no cluster secret (``key`` None), or
+another one: its payloads carry no tag, or a wrong one.
+
+It runs its own event loop in a thread; ``answered`` counts the forged answers it sent, so a
+test can tell that the lie was put to the victims at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from typing import Any
+
+from dfget.coordinators import serfwire as wire
+from dfget.coordinators.serfrpc import SerfRpc
+
+
+class Forger:
+    def __init__(self, rpc: str, name: str, key: bytes | None = None) -> None:
+        self.rpc = rpc
+        self.codec = wire.Codec(name, key)
+        self.answered = 0
+        self.geometry: dict[bytes, list[Any]] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._main: asyncio.Future[None] | None = None
+
+    def __enter__(self) -> Forger:
+        self._thread.start()
+        self._main = asyncio.run_coroutine_threadsafe(self._run(), self._loop)  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._main is not None:
+            self._loop.call_soon_threadsafe(self._main.cancel)  # type: ignore[arg-type]
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    async def _run(self) -> None:
+        host, _, port = self.rpc.rpartition(":")
+        rpc = await SerfRpc.connect(host, int(port))
+        types = ",".join(
+            [f"user:{wire.EVENT_START}", f"user:{wire.EVENT_LENGTH}"]
+            + [f"query:{q}" for q in wire.QUERIES]
+        )
+        _, records = await rpc.stream(types)
+        try:
+            async for record in records:
+                try:
+                    await self._on(rpc, record)
+                except wire.Rejected:
+                    continue
+        finally:
+            await rpc.close()
+
+    async def _on(self, rpc: SerfRpc, record: dict[str, Any]) -> None:
+        name, payload = record["Name"], record["Payload"]
+        body = _peek(name, payload)
+        task = wire.task_of(body)
+        if record["Event"] == "user":
+            if name == wire.EVENT_LENGTH:
+                self.geometry[task] = body
+                await self._claim(rpc, task)
+            return
+        if name == wire.QUERY_DIGESTS:
+            first, count = body[1], body[2]
+            forged = [hashlib.sha256(b"forged %d" % i).digest() for i in range(count)]
+            answer = [task, first, forged]
+        elif name == wire.QUERY_MANIFEST and task in self.geometry:
+            answer = self.geometry[task]
+        else:
+            return
+        await rpc.respond(record["ID"], self.codec.seal_answer(name, payload, answer))
+        self.answered += 1
+
+    async def _claim(self, rpc: SerfRpc, task: bytes) -> None:
+        geometry = wire.parse_geometry(self.geometry[task])
+        pieces = geometry.num_pieces
+        flags = wire.FLAG_SOURCE | wire.FLAG_COMPLETE
+        have = wire.have_body(task, flags, pieces, pieces, None, [(0, pieces)], (0, 0, 0))
+        for name, body in ((wire.EVENT_START, [task, flags]), (wire.EVENT_HAVE, have)):
+            await rpc.event(name, self.codec.seal(name, body))
+
+
+def _peek(name: str, payload: bytes) -> list[Any]:
+    """The body of anyone's payload, tagged or not (the forger checks nothing)."""
+    reader = wire.Codec("reader", None)
+    try:
+        return reader.open(name, payload).body
+    except wire.Rejected:
+        return reader.open(name, payload[: -wire.TAG_BYTES]).body
