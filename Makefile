@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # PROGRAM=DEBIAN_PACKAGE pairs the test suite runs for real (installed when root).
-TEST_PROGRAMS := aria2c=aria2 nginx=nginx wrk=wrk docker-registry=docker-registry skopeo=skopeo htpasswd=apache2-utils ip=iproute2 tc=iproute2 serf=serf dnsmasq=dnsmasq
+TEST_PROGRAMS := aria2c=aria2 nginx=nginx wrk=wrk docker-registry=docker-registry skopeo=skopeo htpasswd=apache2-utils ip=iproute2 tc=iproute2 serf=serf dnsmasq=dnsmasq redis-server=redis-server redis-cli=redis-tools
 # Programs the benchmarks compare against.
-BENCH_PROGRAMS := aria2c=aria2 nginx=nginx wrk=wrk
+BENCH_PROGRAMS := aria2c=aria2 nginx=nginx wrk=wrk opentracker=opentracker redis-server=redis-server redis-cli=redis-tools
 
 .PHONY: demo test bench venv clean
 

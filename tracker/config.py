@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from peerwire import settingkinds as kinds
 from peerwire.settings import CLUSTER_SECRET, Setting, Settings
+from tracker.redislink import parse_target
 
 ENV_PREFIX: Final = "DFTRACKER_"
 
@@ -73,6 +74,11 @@ class TrackerConfig:
     #: File holding the cluster secret (``peerwire.auth``); without it (and without
     #: ``DRAGONFLY_SECRET`` in the environment) announces and manifests are not authenticated.
     secret_file: str | None = None
+    #: Keep the swarm in this Redis (``redis://[user:password@]host:port/db``, ``rediss://``
+    #: for TLS), shared with every tracker given the same URL; None: in this process's memory.
+    redis: str | None = None
+    #: A Redis that does not answer within this long is unavailable (the request is refused).
+    redis_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -87,6 +93,7 @@ class TrackerConfig:
             "head_timeout_s",
             "keepalive_timeout_s",
             "task_ttl_s",
+            "redis_timeout_s",
         ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -131,6 +138,29 @@ def _renamed(name: str, kind: kinds.Kind, help: str, field: str) -> Setting:
 def _plain(name: str, kind: kinds.Kind, help: str, **extra: Any) -> Setting:
     return Setting(name, kind, help, getattr(_D, name), **extra)
 
+
+def _parse_redis(raw: object) -> str:
+    url = kinds.parse_text(raw).strip()
+    parse_target(url)  # ValueError (without the URL) when it is not one
+    return url
+
+
+def show_redis(value: object) -> str:
+    """The URL without its password (``--print-config``, ``--help``)."""
+    if not value:
+        return ""
+    text = str(value)
+    scheme, sep, rest = text.partition("://")
+    authority, slash, path = rest.partition("/")
+    if sep and "@" in authority:
+        user, _, host = authority.rpartition("@")
+        name = user.partition(":")[0]
+        authority = f"{name}:<hidden>@{host}" if ":" in user else f"<hidden>@{host}"
+    return f"{scheme}{sep}{authority}{slash}{path}"
+
+
+#: Sensitive: an error never quotes the URL (it may hold a password); shown without it.
+_REDIS: Final = kinds.Kind(_parse_redis, show_redis, "URL", True)
 
 _SECRET_FILE: Final = kinds.Kind(
     lambda raw: str(kinds.parse_secret_file(raw)), kinds.show_plain, "FILE"
@@ -220,6 +250,19 @@ SETTINGS: Final = Settings(
             _SECRET_FILE,
             "the cluster secret (else DRAGONFLY_SECRET): announces and manifest updates must "
             "prove they hold it; see SECURITY.md",
+        ),
+        Setting(
+            "redis",
+            _REDIS,
+            "keep the swarm in this Redis, shared by every tracker given it: "
+            "redis://[[user]:password@]host[:port][/db], rediss:// (TLS) or unix://PATH "
+            "(default: in this process's memory)",
+        ),
+        _renamed(
+            "redis_timeout",
+            kinds.DURATION,
+            "a Redis that does not answer within this is unavailable",
+            "redis_timeout_s",
         ),
         CLUSTER_SECRET,
     ],

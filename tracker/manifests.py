@@ -297,6 +297,32 @@ class TaskManifest:
             manifest._store(piece_index, digest)
         return manifest
 
+    @classmethod
+    def from_stored(
+        cls,
+        url: str,
+        total_length: int,
+        piece_length: int,
+        num_pieces: int,
+        validator: str | None,
+        ranges: bool,
+        digests: bytes,
+        known: bytes,
+    ) -> TaskManifest:
+        """A manifest as a shared store holds it (``tracker.redisstore``): the digests and the
+        bitmap of known ones as stored, padded to their full size."""
+        manifest = cls(url, total_length, piece_length, num_pieces)
+        manifest.validator = validator
+        manifest.ranges = ranges
+        manifest._digests[: len(digests)] = digests[: len(manifest._digests)]
+        manifest._have[: len(known)] = known[: len(manifest._have)]
+        manifest.known = int.from_bytes(manifest._have, "big").bit_count()
+        return manifest
+
+    def stored_digests(self) -> tuple[bytes, bytes]:
+        """(digests, bitmap of the known ones) as a shared store keeps them."""
+        return bytes(self._digests), bytes(self._have)
+
     def merge(self, update: ManifestUpdate) -> int:
         """Apply what ``update`` adds; returns how many digests were new.
 

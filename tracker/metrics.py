@@ -17,7 +17,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from tracker.redisstore import RedisSwarm
 from tracker.routes import LATENCY_BUCKETS_S, Routes
+from tracker.swarm import Swarm
 
 PREFIX = "dragonfly_tracker_"
 
@@ -73,28 +75,38 @@ class TrackerCollector(Collector):
             sum_value=routes.latency_sum_s,
         )
 
-        yield GaugeMetricFamily(PREFIX + "peers", "Peers currently in any swarm.", swarm.peer_count)
-        yield GaugeMetricFamily(
-            PREFIX + "seeds", "Peers that have the whole file.", swarm.seed_count
-        )
-        yield GaugeMetricFamily(PREFIX + "tasks", "Tasks currently tracked.", swarm.task_count)
+        shared = routes.shared
+        if swarm is not None:
+            peers, seeds, tasks = swarm.peer_count, swarm.seed_count, swarm.task_count
+            store: Swarm | RedisSwarm = swarm
+        else:
+            assert shared is not None
+            totals = shared.totals
+            peers, seeds, tasks = totals.peers, totals.seeds, totals.tasks
+            store = shared
+        scope = " (every tracker sharing the store)" if shared is not None else ""
+        yield GaugeMetricFamily(PREFIX + "peers", "Peers currently in any swarm" + scope, peers)
+        yield GaugeMetricFamily(PREFIX + "seeds", "Peers that have the whole file" + scope, seeds)
+        yield GaugeMetricFamily(PREFIX + "tasks", "Tasks currently tracked" + scope, tasks)
+        if shared is not None:
+            yield from _shared_metrics(routes, shared)
         yield CounterMetricFamily(
             PREFIX + "source_assigned_pieces",
             "Pieces handed to peers to fetch from the origin (back-to-source assignments).",
-            swarm.assigned_pieces_total,
+            store.assigned_pieces_total,
         )
         yield CounterMetricFamily(
-            PREFIX + "bad_peer_reports", "Reports of misbehaving peers.", swarm.reports_total
+            PREFIX + "bad_peer_reports", "Reports of misbehaving peers.", store.reports_total
         )
         yield CounterMetricFamily(
             PREFIX + "completions",
             "Downloads completed (scrape 'downloaded').",
-            swarm.completions_total,
+            store.completions_total,
         )
         yield CounterMetricFamily(
             PREFIX + "peers_expired",
             "Peers dropped after missing announces.",
-            swarm.peers_expired_total,
+            store.peers_expired_total,
         )
         yield CounterMetricFamily(
             PREFIX + "manifest_refutations",
@@ -104,6 +116,28 @@ class TrackerCollector(Collector):
         yield CounterMetricFamily(
             PREFIX + "http_requests", "HTTP requests answered, any route.", routes.requests_total
         )
+
+
+def _shared_metrics(routes: Routes, shared: RedisSwarm) -> Iterator[Metric]:
+    """The Redis store's: whether it answers, the trackers sharing it, this tracker's traffic."""
+    link = shared.link
+    yield GaugeMetricFamily(
+        PREFIX + "store_up", "1 while Redis answers, 0 while it is unreachable.",
+        0 if link.problem else 1,
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        PREFIX + "cluster_trackers", "Trackers sharing the store (heartbeats of the last 10 s).",
+        shared.totals.trackers,
+    )  # fmt: skip
+    yield CounterMetricFamily(
+        PREFIX + "store_unavailable", "Requests refused because Redis could not be reached.",
+        routes.unavailable,
+    )  # fmt: skip
+    yield CounterMetricFamily(
+        PREFIX + "redis_round_trips", "Writes to Redis, each carrying one or more commands.",
+        link.round_trips,
+    )  # fmt: skip
+    yield CounterMetricFamily(PREFIX + "redis_commands", "Commands sent to Redis.", link.commands)
 
 
 def make_registry(routes: Routes) -> CollectorRegistry:

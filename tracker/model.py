@@ -123,6 +123,9 @@ class AnnounceResult:
     #: How many piece digests the tracker's manifest holds, or None without a manifest; a peer
     #: fetches ``GET /tasks/<id>`` again when this grows past what it has.
     pieces_known: int | None = None
+    #: The compact peer lists already made (BEP 23 ``peers``, BEP 7 ``peers6``), when the store
+    #: answered a compact announce that way (``tracker.redisstore``); ``peers`` is then empty.
+    packed: tuple[bytes, bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)

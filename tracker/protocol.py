@@ -359,7 +359,11 @@ def encode_announce(result: AnnounceResult, *, compact: bool, no_peer_id: bool) 
         b"incomplete": result.incomplete,
     }
     peers = result.peers
-    if compact:
+    if compact and result.packed is not None:
+        response[b"peers"] = result.packed[0]
+        if result.packed[1]:
+            response[b"peers6"] = result.packed[1]
+    elif compact:
         response[b"peers"] = b"".join([p.compact4 for p in peers if p.compact4 is not None])
         peers6 = b"".join([p.compact6 for p in peers if p.compact6 is not None])
         if peers6:

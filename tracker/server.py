@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Final, cast
 
@@ -30,6 +31,8 @@ import httptools
 from peerwire.auth import load_secret
 from tracker.config import TrackerConfig
 from tracker.metrics import make_registry, render
+from tracker.redislink import RedisLink, ReplyError, StoreUnavailable
+from tracker.redisstore import MAINTAIN_S, RedisSwarm
 from tracker.routes import Response, Routes
 from tracker.swarm import Swarm
 
@@ -45,6 +48,7 @@ _REASONS: Final = {
     413: b"Content Too Large",
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
     503: b"Service Unavailable",
 }
 #: The cluster secret itself, when not in a file (``--secret-file``).
@@ -52,6 +56,8 @@ SECRET_ENV: Final = "DRAGONFLY_SECRET"
 METRICS_CONTENT_TYPE: Final = b"text/plain; version=0.0.4; charset=utf-8"
 #: How often deadlines are checked; a timeout fires up to this much late.
 SWEEP_S: Final = 1.0
+#: Answers a connection may have waiting (pipelined requests) before its reading pauses.
+MAX_PENDING: Final = 64
 
 
 class _RequestTooLarge(Exception):
@@ -65,9 +71,18 @@ class TrackerServer:
 
     def __init__(self, config: TrackerConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
-        self.swarm = Swarm(config, clock)
         secret = load_secret(config.secret_file, os.environ.get(SECRET_ENV))
-        self.routes = Routes(config, self.swarm, secret=secret)
+        self.swarm: Swarm | None = None
+        self.shared: RedisSwarm | None = None
+        self.link: RedisLink | None = None
+        if config.redis is None:
+            self.swarm = Swarm(config, clock)
+            self.routes = Routes(config, self.swarm, secret=secret)
+        else:
+            # Trackers sharing Redis share its times: the wall clock, not each one's monotonic.
+            self.link = RedisLink(config.redis, config.redis_timeout_s)
+            self.shared = RedisSwarm(config, self.link)
+            self.routes = Routes(config, None, secret=secret, shared=self.shared)
         self.registry = make_registry(self.routes)
         self.connections: set[HttpConnection] = set()
         self._server: asyncio.Server | None = None
@@ -84,7 +99,11 @@ class TrackerServer:
             lambda: HttpConnection(self), self.config.host, self.config.port, backlog=1024
         )
         self._tasks.append(asyncio.create_task(self._sweep_connections()))
-        self._tasks.append(asyncio.create_task(self._expire_peers()))
+        if self.link is not None:
+            await self.link.start()
+            self._tasks.append(asyncio.create_task(self._maintain_shared()))
+        else:
+            self._tasks.append(asyncio.create_task(self._expire_peers()))
 
     async def close(self) -> None:
         if self._server is not None:
@@ -96,6 +115,8 @@ class TrackerServer:
         if self._server is not None:
             await self._server.wait_closed()
         self._tasks.clear()
+        if self.link is not None:
+            await self.link.close()
 
     def metrics_response(self) -> Response:
         return Response(200, render(self.registry), METRICS_CONTENT_TYPE)
@@ -109,12 +130,28 @@ class TrackerServer:
                 connection.timed_out()
 
     async def _expire_peers(self) -> None:
+        assert self.swarm is not None
         period_s = max(self.config.interval_s / 2, 0.5)
         while True:
             await asyncio.sleep(period_s)
             removed = self.swarm.expire()
             if removed:
                 log.info("expired %d silent peers", removed)
+
+    async def _maintain_shared(self) -> None:
+        """The shared store's index, heartbeat and totals every second; its sweep every half
+        interval (by one tracker of the cluster at a time). Redis away is logged by the link,
+        once; this only tries again."""
+        assert self.shared is not None
+        sweep_every = max(1, round(self.config.interval_s / 2 / MAINTAIN_S))
+        turn = 0
+        while True:
+            await asyncio.sleep(MAINTAIN_S)
+            turn += 1
+            try:
+                await self.shared.maintain(sweep=turn % sweep_every == 0)
+            except (StoreUnavailable, ReplyError) as exc:
+                log.debug("store maintenance skipped: %s", exc)
 
 
 class HttpConnection(asyncio.Protocol):
@@ -136,6 +173,13 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._body_bytes = 0
         self._paused = False
+        #: Answers not written yet, in request order (with the shared store an answer may
+        #: wait for Redis while the next request's is ready): (answer, method, keep-alive,
+        #: HTTP/1.0 keep-alive).
+        self._pending: deque[tuple[Response | asyncio.Future[Response], bytes, bool, bool]] = (
+            deque()
+        )
+        self._reading_paused = False
         self.deadline = 0.0
 
     # --- asyncio.Protocol ------------------------------------------------------------------
@@ -231,15 +275,49 @@ class HttpConnection(asyncio.Protocol):
         upgrade = self._parser.should_upgrade()
         keep_alive = self._parser.should_keep_alive() and not upgrade
         path = self._url.partition(b"?")[0]
+        answer: Response | asyncio.Future[Response]
         if upgrade and self._announces_body:
-            response = Response(400, b"Upgrade with a request body is not supported\n")
+            answer = Response(400, b"Upgrade with a request body is not supported\n")
         elif path == b"/metrics" and method in (b"GET", b"HEAD"):
-            response = self._server.metrics_response()
+            answer = self._server.metrics_response()
         else:
-            response = self._routes.handle(
+            answer = self._routes.handle(
                 method, self._url, b"".join(self._body), self._remote_ip, self._auth_header
             )
         http10_keep_alive = keep_alive and self._parser.get_http_version() == "1.0"
+        if type(answer) is Response and not self._pending:
+            self._write(answer, method, keep_alive, http10_keep_alive)
+            return
+        self._pending.append((answer, method, keep_alive, http10_keep_alive))
+        if not isinstance(answer, Response):
+            answer.add_done_callback(self._answered)
+        if len(self._pending) >= MAX_PENDING and not self._reading_paused:
+            self._reading_paused = True
+            transport.pause_reading()
+        self._answered(None)
+
+    def _answered(self, _: object) -> None:
+        """Write every answer that is ready, in request order."""
+        pending = self._pending
+        while pending and self._transport is not None:
+            answer, method, keep_alive, http10_keep_alive = pending[0]
+            if not isinstance(answer, Response):
+                if not answer.done():
+                    return
+                answer = answer.result()
+            pending.popleft()
+            self._write(answer, method, keep_alive, http10_keep_alive)
+        if self._reading_paused and len(pending) < MAX_PENDING // 2 and self._transport:
+            self._reading_paused = False
+            if not self._paused:
+                self._transport.resume_reading()
+
+    def _write(
+        self, response: Response, method: bytes, keep_alive: bool, http10_keep_alive: bool
+    ) -> None:
+        transport = self._transport
+        if transport is None:
+            return
         body = b"" if method == b"HEAD" else response.body
         transport.write(
             _response(
@@ -253,6 +331,7 @@ class HttpConnection(asyncio.Protocol):
             )
         )
         if not keep_alive:
+            self._pending.clear()
             transport.close()
             return
         self.deadline = self._loop.time() + self._config.keepalive_timeout_s

@@ -103,7 +103,7 @@ def _peer_stats(swarm: Swarm, task: TaskRecord, peer: PeerRecord, now: float) ->
     have = peer.have
     return {
         "id": peer.peer_id.hex(),
-        "client": _client(peer.peer_id),
+        "client": client_of(peer.peer_id),
         "address": peer.contact.address,
         "zone": peer.zone,
         "progress": peer.progress,
@@ -122,7 +122,7 @@ def _peer_stats(swarm: Swarm, task: TaskRecord, peer: PeerRecord, now: float) ->
     }
 
 
-def _client(peer_id: bytes) -> str:
+def client_of(peer_id: bytes) -> str:
     """The printable head of a peer id (at most 8 characters): ``-DF0100-``, ``-qB4620-``."""
     head = []
     for byte in peer_id[:8]:

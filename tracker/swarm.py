@@ -118,8 +118,8 @@ class Swarm:
         if stopped:
             self._depart(req.info_hash, peer, now)
             self._remove(task, peer, now)
-            if not peers and task.manifest is None:
-                del self._tasks[req.info_hash]  # nothing worth keeping
+            if not peers and not _worth_keeping(task):
+                del self._tasks[req.info_hash]
             return self._answer(task, [])
         chosen = task.ranking.select(req.peer_id, peer.contact, peer.zone, req.numwant)
         assignment: tuple[int, ...] = ()
@@ -415,7 +415,8 @@ class Swarm:
 
         A peer silent for more than ``peer_timeout_s`` is gone (its assignment is released at
         once). A task without peers is dropped once idle for ``task_ttl_s`` (it keeps its
-        manifest for returning peers until then), at once when it has no manifest.
+        manifest for returning peers and its counts for scrapes until then), at once when it
+        has neither a manifest nor a completion.
         """
         now = self._clock()
         deadline = now - self._config.peer_timeout_s
@@ -439,13 +440,20 @@ class Swarm:
             if task.planner is not None and task.planner.fetchers:
                 task.planner.expire(now)
             if not task.peers and (
-                task.manifest is None or now - task.idle_since > self._config.task_ttl_s
+                not _worth_keeping(task) or now - task.idle_since > self._config.task_ttl_s
             ):
                 idle.append(key)
         for key in idle:
             self._tasks.pop(key, None)
         self.peers_expired_total += removed
         return removed
+
+    def assignment_of(self, task: bytes, peer_id: bytes) -> tuple[int, ...]:
+        """The pieces ``peer_id`` is assigned now, in the order to fetch them."""
+        record = self._tasks.get(task)
+        if record is None or record.planner is None:
+            return ()
+        return record.planner.assignment_of(peer_id)
 
     # --- stats (dftop) --------------------------------------------------------------------
 
@@ -465,3 +473,9 @@ class Swarm:
 
     def now(self) -> float:
         return self._clock()
+
+
+def _worth_keeping(task: TaskRecord) -> bool:
+    """A task without peers is kept for ``task_ttl``: its manifest for returning peers, its
+    completions for scrapes (BEP 48 ``downloaded``). One with neither goes at once."""
+    return task.manifest is not None or task.completions > 0

@@ -1,18 +1,21 @@
-"""Swarm semantics, one behaviour per test, with a fake clock."""
+"""Swarm semantics, one behaviour per test, with a fake clock; every test runs against both
+stores: the in-memory ``Swarm`` and ``RedisSwarm`` on a real ``redis-server``."""
 
 from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from peerwire.auth import MAX_SKEW_S
 from peerwire.manifest import ManifestConflict
+from tests.tracker.stores import SyncRedisSwarm
 from tracker.config import TrackerConfig
 from tracker.manifests import ManifestError, ManifestUpdate
 from tracker.model import AnnounceRequest, Event, PeerReport, ScrapeCounts
@@ -58,23 +61,41 @@ def manifest(**fields: Any) -> ManifestUpdate:
     return dataclasses.replace(base, **fields)
 
 
-def make(**config: Any) -> tuple[Swarm, Clock]:
-    clock = Clock()
-    return Swarm(TrackerConfig(**config), clock), clock
+Store = Any  # Swarm or SyncRedisSwarm: the same methods and counters
+Make = Callable[..., tuple[Store, Clock]]
 
 
-def ids(swarm: Swarm, n: int, **fields: Any) -> list[bytes]:
+@pytest.fixture(params=["memory", "redis"])
+def make(request: pytest.FixtureRequest) -> Iterator[Make]:
+    """``make(**config)`` -> (store, clock), for each store in turn."""
+    made: list[SyncRedisSwarm] = []
+
+    def factory(**config: Any) -> tuple[Store, Clock]:
+        clock = Clock()
+        if request.param == "memory":
+            return Swarm(TrackerConfig(**config), clock), clock
+        url = request.getfixturevalue("redis_url")
+        store = SyncRedisSwarm(TrackerConfig(**config), clock, url)
+        made.append(store)
+        return store, clock
+
+    yield factory
+    for store in made:
+        store.close()
+
+
+def ids(swarm: Store, n: int, **fields: Any) -> list[bytes]:
     return [c.peer_id for c in swarm.announce(req(n, **fields)).peers]
 
 
-def task_stats(swarm: Swarm, task: bytes = TASK) -> dict[str, Any]:
+def task_stats(swarm: Store, task: bytes = TASK) -> dict[str, Any]:
     document = swarm.stats(task)
     assert len(document["tasks"]) == 1
     result: dict[str, Any] = document["tasks"][0]
     return result
 
 
-def peer_stats(swarm: Swarm, n: int) -> dict[str, Any]:
+def peer_stats(swarm: Store, n: int) -> dict[str, Any]:
     found: list[dict[str, Any]] = [
         p for p in task_stats(swarm)["peer_list"] if p["id"] == pid(n).hex()
     ]
@@ -85,14 +106,14 @@ def peer_stats(swarm: Swarm, n: int) -> dict[str, Any]:
 # --- peers in answers --------------------------------------------------------------------
 
 
-def test_two_peers_see_each_other_and_never_themselves() -> None:
+def test_two_peers_see_each_other_and_never_themselves(make: Make) -> None:
     swarm, _ = make()
     assert ids(swarm, 1) == []
     assert ids(swarm, 2) == [pid(1)]
     assert ids(swarm, 1) == [pid(2)]
 
 
-def test_returning_peer_with_new_port_is_updated_not_duplicated() -> None:
+def test_returning_peer_with_new_port_is_updated_not_duplicated(make: Make) -> None:
     swarm, _ = make()
     swarm.announce(req(1))
     swarm.announce(req(1, port=7000))
@@ -101,27 +122,27 @@ def test_returning_peer_with_new_port_is_updated_not_duplicated() -> None:
     assert swarm.peer_count == 2
 
 
-def test_peer_at_the_askers_address_and_port_is_not_returned() -> None:
+def test_peer_at_the_askers_address_and_port_is_not_returned(make: Make) -> None:
     swarm, _ = make()
     swarm.announce(req(1))
     twin = req(2, ip4=req(1).ip4)
     assert swarm.announce(twin).peers == []
 
 
-def test_peer_with_port_zero_is_never_handed_out() -> None:
+def test_peer_with_port_zero_is_never_handed_out(make: Make) -> None:
     swarm, _ = make()
     swarm.announce(req(1, port=0))
     assert ids(swarm, 2) == []
 
 
-def test_numwant_caps_the_answer() -> None:
+def test_numwant_caps_the_answer(make: Make) -> None:
     swarm, _ = make()
     for n in range(10):
         swarm.announce(req(n))
     assert len(ids(swarm, 99, numwant=4)) == 4
 
 
-def test_stopped_removes_the_peer_and_answers_without_peers() -> None:
+def test_stopped_removes_the_peer_and_answers_without_peers(make: Make) -> None:
     swarm, _ = make()
     swarm.announce(req(1))
     result = swarm.announce(req(2, event=Event.STOPPED))
@@ -130,13 +151,13 @@ def test_stopped_removes_the_peer_and_answers_without_peers() -> None:
     assert swarm.peer_count == 2
 
 
-def test_stopped_for_an_unknown_task_creates_nothing() -> None:
+def test_stopped_for_an_unknown_task_creates_nothing(make: Make) -> None:
     swarm, _ = make()
     result = swarm.announce(req(1, event=Event.STOPPED))
     assert (result.complete, result.incomplete, swarm.task_count) == (0, 0, 0)
 
 
-def test_task_without_manifest_goes_away_with_its_last_peer() -> None:
+def test_task_without_manifest_goes_away_with_its_last_peer(make: Make) -> None:
     swarm, _ = make()
     swarm.announce(req(1))
     swarm.announce(req(1, event=Event.STOPPED))
@@ -146,7 +167,7 @@ def test_task_without_manifest_goes_away_with_its_last_peer() -> None:
 # --- counts and completions ---------------------------------------------------------------
 
 
-def test_complete_and_incomplete_counts_with_unknown_left_as_incomplete() -> None:
+def test_complete_and_incomplete_counts_with_unknown_left_as_incomplete(make: Make) -> None:
     swarm, _ = make()
     swarm.announce(req(1, left_bytes=0))
     swarm.announce(req(2, left_bytes=10))
@@ -157,7 +178,7 @@ def test_complete_and_incomplete_counts_with_unknown_left_as_incomplete() -> Non
     assert swarm.scrape((TASK,))[TASK].complete == 1
 
 
-def test_event_completed_counts_once_per_peer() -> None:
+def test_event_completed_counts_once_per_peer(make: Make) -> None:
     swarm, _ = make()
     swarm.announce(req(1, left_bytes=10))
     swarm.announce(req(1, left_bytes=0, event=Event.COMPLETED))
@@ -167,14 +188,14 @@ def test_event_completed_counts_once_per_peer() -> None:
     assert swarm.scrape((TASK,))[TASK].downloaded == 1
 
 
-def test_left_reaching_zero_counts_as_a_completion_without_event() -> None:
+def test_left_reaching_zero_counts_as_a_completion_without_event(make: Make) -> None:
     swarm, _ = make()
     swarm.announce(req(1, left_bytes=10))
     swarm.announce(req(1, left_bytes=0))
     assert swarm.completions_total == 1
 
 
-def test_stopped_with_left_zero_after_downloading_counts_as_a_completion() -> None:
+def test_stopped_with_left_zero_after_downloading_counts_as_a_completion(make: Make) -> None:
     swarm, _ = make()  # aria2c --seed-time=0: never sends completed
     swarm.announce(req(1, left_bytes=10))
     swarm.announce(req(2, left_bytes=10))
@@ -183,7 +204,7 @@ def test_stopped_with_left_zero_after_downloading_counts_as_a_completion() -> No
     assert swarm.scrape((TASK,))[TASK] == ScrapeCounts(complete=0, incomplete=1, downloaded=1)
 
 
-def test_peer_arriving_complete_is_a_seed_not_a_completion() -> None:
+def test_peer_arriving_complete_is_a_seed_not_a_completion(make: Make) -> None:
     swarm, _ = make()
     swarm.announce(req(1, left_bytes=0, event=Event.STARTED))
     swarm.announce(req(1, left_bytes=0))
@@ -195,7 +216,7 @@ def test_peer_arriving_complete_is_a_seed_not_a_completion() -> None:
 # --- pieces, progress, rates ---------------------------------------------------------------
 
 
-def test_progress_from_have_then_from_left_then_from_left_zero() -> None:
+def test_progress_from_have_then_from_left_then_from_left_zero(make: Make) -> None:
     swarm, _ = make()
     swarm.announce(req(1, left_bytes=0))
     swarm.announce(req(2, left_bytes=5))
@@ -208,7 +229,7 @@ def test_progress_from_have_then_from_left_then_from_left_zero() -> None:
     assert peer_stats(swarm, 2)["progress"] == 2 / PIECES
 
 
-def test_have_of_the_wrong_length_is_ignored_not_fatal() -> None:
+def test_have_of_the_wrong_length_is_ignored_not_fatal(make: Make) -> None:
     swarm, _ = make()
     swarm.put_manifest(TASK, manifest())
     result = swarm.announce(req(1, left_bytes=TOTAL // 2, have=b"\xff" * 9))
@@ -217,7 +238,7 @@ def test_have_of_the_wrong_length_is_ignored_not_fatal() -> None:
     assert peer_stats(swarm, 1)["progress"] == 0.5
 
 
-def test_stock_seed_holds_every_piece_and_spare_bits_are_ignored() -> None:
+def test_stock_seed_holds_every_piece_and_spare_bits_are_ignored(make: Make) -> None:
     swarm, _ = make()
     swarm.put_manifest(TASK, manifest())
     swarm.announce(req(1, left_bytes=0))
@@ -227,7 +248,7 @@ def test_stock_seed_holds_every_piece_and_spare_bits_are_ignored() -> None:
     assert peer_stats(swarm, 2)["progress"] == 0.0
 
 
-def test_available_pieces_shrink_when_a_holder_leaves() -> None:
+def test_available_pieces_shrink_when_a_holder_leaves(make: Make) -> None:
     swarm, _ = make()
     swarm.put_manifest(TASK, manifest())
     swarm.announce(req(1, left_bytes=1, have=have(0, 1)))
@@ -239,7 +260,7 @@ def test_available_pieces_shrink_when_a_holder_leaves() -> None:
     assert task_stats(swarm)["pieces_available"] == 1
 
 
-def test_rates_come_from_deltas_between_announces() -> None:
+def test_rates_come_from_deltas_between_announces(make: Make) -> None:
     swarm, clock = make()
     swarm.announce(req(1, downloaded_bytes=1000, uploaded_bytes=50))
     assert peer_stats(swarm, 1)["download_bps"] == 0.0
@@ -255,7 +276,7 @@ def test_rates_come_from_deltas_between_announces() -> None:
     assert peer_stats(swarm, 1)["download_bps"] == 0.0
 
 
-def test_origin_and_peer_bytes_accumulate_and_outlive_the_peer() -> None:
+def test_origin_and_peer_bytes_accumulate_and_outlive_the_peer(make: Make) -> None:
     swarm, clock = make()
     swarm.put_manifest(TASK, manifest())
     swarm.announce(req(1, downloaded_bytes=100, origin_bytes=100))  # first: no delta
@@ -272,7 +293,7 @@ def test_origin_and_peer_bytes_accumulate_and_outlive_the_peer() -> None:
 # --- back-to-source ------------------------------------------------------------------------
 
 
-def test_source_peer_gets_an_assignment_with_ttl_and_known_count() -> None:
+def test_source_peer_gets_an_assignment_with_ttl_and_known_count(make: Make) -> None:
     swarm, _ = make(assign_ttl_s=20.5, assign_max_pieces=2)
     swarm.put_manifest(TASK, manifest(digests={0: b"\1" * 32}))
     result = swarm.announce(req(1, left_bytes=TOTAL, have=have(), can_source=True))
@@ -283,7 +304,7 @@ def test_source_peer_gets_an_assignment_with_ttl_and_known_count() -> None:
     assert task_stats(swarm)["source_fetchers"] == 1
 
 
-def test_no_assignment_without_manifest_permission_or_need() -> None:
+def test_no_assignment_without_manifest_permission_or_need(make: Make) -> None:
     swarm, _ = make()
     assert swarm.announce(req(1, left_bytes=5, can_source=True)).pieces_known is None
     assert swarm.announce(req(1, left_bytes=5, can_source=True)).assignment == ()
@@ -292,7 +313,7 @@ def test_no_assignment_without_manifest_permission_or_need() -> None:
     assert swarm.announce(req(3, left_bytes=0, can_source=True)).assignment == ()
 
 
-def test_assignments_are_disjoint_and_respect_the_origin_budget() -> None:
+def test_assignments_are_disjoint_and_respect_the_origin_budget(make: Make) -> None:
     swarm, _ = make(origin_budget=2, assign_max_pieces=2)
     swarm.put_manifest(TASK, manifest())
     first = swarm.announce(req(1, left_bytes=TOTAL, have=have(), can_source=True)).assignment
@@ -301,7 +322,7 @@ def test_assignments_are_disjoint_and_respect_the_origin_budget() -> None:
     assert (first, second, third) == ((0, 1), (2, 3), ())
 
 
-def test_stopped_and_expired_peers_release_their_assignment() -> None:
+def test_stopped_and_expired_peers_release_their_assignment(make: Make) -> None:
     swarm, clock = make(origin_budget=1, interval_s=5.0, assign_ttl_s=1000.0, assign_max_pieces=2)
     swarm.put_manifest(TASK, manifest())
     swarm.announce(req(1, left_bytes=TOTAL, have=have(), can_source=True))
@@ -314,7 +335,7 @@ def test_stopped_and_expired_peers_release_their_assignment() -> None:
     assert swarm.announce(req(3, left_bytes=TOTAL, can_source=True)).assignment == (0, 1)
 
 
-def test_assignment_grows_with_the_peers_rate() -> None:
+def test_assignment_grows_with_the_peers_rate(make: Make) -> None:
     swarm, clock = make(interval_s=5.0, assign_max_pieces=16)
     swarm.put_manifest(TASK, manifest())
     swarm.announce(req(1, left_bytes=TOTAL, can_source=True, downloaded_bytes=0))
@@ -323,7 +344,9 @@ def test_assignment_grows_with_the_peers_rate() -> None:
     assert len(swarm.announce(fast).assignment) == 16  # 10 pieces/s * 5 s, capped
 
 
-def test_fetched_pieces_leave_the_assignment_and_a_finished_peer_gives_back_the_rest() -> None:
+def test_fetched_pieces_leave_the_assignment_and_a_finished_peer_gives_back_the_rest(
+    make: Make,
+) -> None:
     swarm, _ = make(origin_budget=1, assign_max_pieces=2)
     swarm.put_manifest(TASK, manifest())
     swarm.announce(req(1, left_bytes=TOTAL, have=have(), can_source=True))
@@ -336,7 +359,7 @@ def test_fetched_pieces_leave_the_assignment_and_a_finished_peer_gives_back_the_
 # --- limits --------------------------------------------------------------------------------
 
 
-def test_new_peer_in_a_full_task_is_answered_but_not_stored() -> None:
+def test_new_peer_in_a_full_task_is_answered_but_not_stored(make: Make) -> None:
     swarm, _ = make(max_peers_per_task=2)
     swarm.announce(req(1))
     swarm.announce(req(2))
@@ -345,7 +368,7 @@ def test_new_peer_in_a_full_task_is_answered_but_not_stored() -> None:
     assert pid(3) not in ids(swarm, 1)
 
 
-def test_new_task_past_max_tasks_is_refused() -> None:
+def test_new_task_past_max_tasks_is_refused(make: Make) -> None:
     swarm, _ = make(max_tasks=1)
     swarm.announce(req(1))
     with pytest.raises(SwarmFull, match="too many tasks"):
@@ -360,7 +383,7 @@ def test_new_task_past_max_tasks_is_refused() -> None:
     [(5.0, 1.0, (5, 1)), (2.6, 0.4, (3, 1)), (0.5, 0.2, (1, 1))],
 )
 def test_intervals_are_rounded_whole_seconds_of_at_least_one(
-    interval_s: float, min_interval_s: float, expected: tuple[int, int]
+    interval_s: float, min_interval_s: float, expected: tuple[int, int], make: Make
 ) -> None:
     swarm, _ = make(interval_s=interval_s, min_interval_s=min_interval_s)
     result = swarm.announce(req(1))
@@ -370,7 +393,7 @@ def test_intervals_are_rounded_whole_seconds_of_at_least_one(
 # --- expiry --------------------------------------------------------------------------------
 
 
-def test_silent_peers_expire_and_counts_follow() -> None:
+def test_silent_peers_expire_and_counts_follow(make: Make) -> None:
     swarm, clock = make(interval_s=5.0)
     swarm.announce(req(1, left_bytes=0))
     clock.now_s += 10
@@ -381,7 +404,7 @@ def test_silent_peers_expire_and_counts_follow() -> None:
     assert ids(swarm, 3) == [pid(2)]
 
 
-def test_task_without_manifest_and_peers_is_dropped_at_once() -> None:
+def test_task_without_manifest_and_peers_is_dropped_at_once(make: Make) -> None:
     swarm, clock = make(interval_s=5.0)
     swarm.announce(req(1))
     clock.now_s += 16
@@ -389,7 +412,7 @@ def test_task_without_manifest_and_peers_is_dropped_at_once() -> None:
     assert swarm.task_count == 0
 
 
-def test_task_with_manifest_outlives_its_peers_until_task_ttl() -> None:
+def test_task_with_manifest_outlives_its_peers_until_task_ttl(make: Make) -> None:
     swarm, clock = make(interval_s=5.0, task_ttl_s=100.0)
     swarm.put_manifest(TASK, manifest())
     swarm.announce(req(1))
@@ -407,10 +430,11 @@ def test_task_with_manifest_outlives_its_peers_until_task_ttl() -> None:
 # --- manifests -----------------------------------------------------------------------------
 
 
-def test_put_manifest_creates_merges_and_counts_conflicts() -> None:
+def test_put_manifest_creates_merges_and_counts_conflicts(make: Make) -> None:
     swarm, _ = make()
     created = swarm.put_manifest(TASK, manifest(digests={0: b"\1" * 32}))
-    assert swarm.get_manifest(TASK) is created
+    stored = swarm.get_manifest(TASK)
+    assert stored is not None and stored.to_json(TASK) == created.to_json(TASK)
     merged = swarm.put_manifest(TASK, manifest(url=None, digests={1: b"\2" * 32}))
     assert merged.known == 2
     with pytest.raises(ManifestConflict):
@@ -419,14 +443,14 @@ def test_put_manifest_creates_merges_and_counts_conflicts() -> None:
     assert swarm.announce(req(1)).pieces_known == 2
 
 
-def test_invalid_first_manifest_creates_no_task() -> None:
+def test_invalid_first_manifest_creates_no_task(make: Make) -> None:
     swarm, _ = make()
     with pytest.raises(ManifestError):
         swarm.put_manifest(TASK, manifest(url=None))
     assert swarm.task_count == 0
 
 
-def test_manifest_put_again_after_a_restart_works_for_a_task_known_by_announces() -> None:
+def test_manifest_put_again_after_a_restart_works_for_a_task_known_by_announces(make: Make) -> None:
     swarm, _ = make()  # a fresh tracker: peers announce first, then PUT what they know
     swarm.announce(req(1, left_bytes=0))
     swarm.put_manifest(TASK, manifest(digests={3: b"\4" * 32}))
@@ -438,7 +462,7 @@ def test_manifest_put_again_after_a_restart_works_for_a_task_known_by_announces(
 # --- reports -------------------------------------------------------------------------------
 
 
-def test_reported_peer_is_listed_last_and_excluded_by_two_reporters() -> None:
+def test_reported_peer_is_listed_last_and_excluded_by_two_reporters(make: Make) -> None:
     swarm, clock = make(bad_peer_ttl_s=60.0, bad_peer_exclude_reports=2, interval_s=30.0)
     swarm.announce(req(1, left_bytes=0))
     swarm.announce(req(2, left_bytes=10))
@@ -455,7 +479,7 @@ def test_reported_peer_is_listed_last_and_excluded_by_two_reporters() -> None:
     assert ids(swarm, 9) == [pid(1), pid(2)]
 
 
-def test_report_about_an_unknown_task_or_peer_is_not_found() -> None:
+def test_report_about_an_unknown_task_or_peer_is_not_found(make: Make) -> None:
     swarm, _ = make()
     swarm.announce(req(1))
     assert not swarm.report(OTHER_TASK, PeerReport(reporter=pid(7), reason="x", peer_id=pid(1)))
@@ -463,7 +487,7 @@ def test_report_about_an_unknown_task_or_peer_is_not_found() -> None:
     assert not swarm.report(TASK, PeerReport(reporter=pid(7), reason="x", address="1.2.3.4:1"))
 
 
-def test_a_peer_cannot_report_itself_out() -> None:
+def test_a_peer_cannot_report_itself_out(make: Make) -> None:
     swarm, _ = make(bad_peer_exclude_reports=1)
     swarm.announce(req(1))
     assert swarm.report(TASK, PeerReport(reporter=pid(1), reason="x", peer_id=pid(1)))
@@ -485,7 +509,7 @@ PEER_KEYS = {
 }  # fmt: skip
 
 
-def test_stats_document_has_exactly_the_agreed_keys() -> None:
+def test_stats_document_has_exactly_the_agreed_keys(make: Make) -> None:
     swarm, clock = make()
     swarm.put_manifest(TASK, manifest())
     swarm.announce(req(1, left_bytes=0, zone="rack1", load=3))
@@ -509,7 +533,7 @@ def test_stats_document_has_exactly_the_agreed_keys() -> None:
     assert (peer["state"], peer["load"], peer["last_seen_s"]) == ("seeding", 3, 2.0)
 
 
-def test_stats_lists_hottest_tasks_first_and_filters_by_task() -> None:
+def test_stats_lists_hottest_tasks_first_and_filters_by_task(make: Make) -> None:
     swarm, _ = make()
     swarm.announce(req(1, task=OTHER_TASK, left_bytes=0))
     swarm.announce(req(2, left_bytes=5))
@@ -521,7 +545,7 @@ def test_stats_lists_hottest_tasks_first_and_filters_by_task() -> None:
     assert len(swarm.stats(tasks_limit=1)["tasks"]) == 1
 
 
-def test_stats_peer_list_is_best_progress_first_and_truncated() -> None:
+def test_stats_peer_list_is_best_progress_first_and_truncated(make: Make) -> None:
     swarm, _ = make()
     for n, left in enumerate((5, 0, 7)):
         swarm.announce(req(n, left_bytes=left))
@@ -531,7 +555,7 @@ def test_stats_peer_list_is_best_progress_first_and_truncated() -> None:
     assert task["completion"] == pytest.approx(1 / 3)
 
 
-def test_peer_state_is_stalled_when_downloaded_does_not_grow() -> None:
+def test_peer_state_is_stalled_when_downloaded_does_not_grow(make: Make) -> None:
     swarm, clock = make(interval_s=5.0)
     swarm.announce(req(1, left_bytes=5, downloaded_bytes=0))
     assert peer_stats(swarm, 1)["state"] == "downloading"
@@ -550,10 +574,11 @@ def test_peer_state_is_stalled_when_downloaded_does_not_grow() -> None:
 class SwarmMachine(RuleBasedStateMachine):
     """Random announces, stops, reports and expiry; the counters always match the records."""
 
+    make: Make
+
     def __init__(self) -> None:
         super().__init__()
-        self.clock = Clock()
-        self.swarm = Swarm(TrackerConfig(origin_budget=3, interval_s=5.0), self.clock)
+        self.swarm, self.clock = self.make(origin_budget=3, interval_s=5.0)
         self.swarm.put_manifest(TASK, manifest())
         self.completed: set[int] = set()
 
@@ -591,30 +616,34 @@ class SwarmMachine(RuleBasedStateMachine):
 
     @invariant()
     def counters_match_records(self) -> None:
-        tasks = self.swarm.stats(peers_limit=1000)["tasks"]
-        assert self.swarm.peer_count == sum(t["peers"] for t in tasks)
-        assert self.swarm.seed_count == sum(t["seeds"] for t in tasks)
+        document = self.swarm.stats(peers_limit=1000)
+        tasks = document["tasks"]
+        assert document["totals"]["peers"] == sum(t["peers"] for t in tasks)
+        assert document["totals"]["seeds"] == sum(t["seeds"] for t in tasks)
         assert self.swarm.task_count == len(tasks)
         for task in tasks:
+            assert len(task["peer_list"]) == task["peers"]
             assert task["seeds"] == sum(p["left_bytes"] == 0 for p in task["peer_list"])
             assert task["completed"] <= self.swarm.completions_total
 
     @invariant()
     def assignments_are_disjoint_and_within_budget(self) -> None:
         peer_list = self.swarm.stats(TASK, peers_limit=1000)["tasks"][0]["peer_list"]
-        planner = self.swarm._tasks[TASK].planner  # white box: the pieces themselves
-        assert planner is not None
-        held = [planner.assignment_of(bytes.fromhex(p["id"])) for p in peer_list]
+        held = [self.swarm.assignment_of(TASK, bytes.fromhex(p["id"])) for p in peer_list]
         pieces = [i for assignment in held for i in assignment]
         assert len(pieces) == len(set(pieces))
         assert sum(1 for assignment in held if assignment) <= 3
+        assert [p["assigned"] for p in peer_list] == [len(a) for a in held]
 
 
-SwarmMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
-test_swarm_state_machine = SwarmMachine.TestCase
+def test_swarm_state_machine(make: Make) -> None:
+    machine = type("Machine", (SwarmMachine,), {"make": staticmethod(make)})
+    run_state_machine_as_test(
+        machine, settings=settings(max_examples=60, stateful_step_count=30, deadline=None)
+    )
 
 
-def test_origin_without_ranges_gets_one_fetcher_streaming_every_piece() -> None:
+def test_origin_without_ranges_gets_one_fetcher_streaming_every_piece(make: Make) -> None:
     swarm, _ = make(origin_budget=4, assign_max_pieces=2)
     swarm.put_manifest(TASK, manifest(ranges=False))
     first = swarm.announce(req(1, have=have(), can_source=True, left_bytes=TOTAL))
@@ -623,7 +652,7 @@ def test_origin_without_ranges_gets_one_fetcher_streaming_every_piece() -> None:
     assert second.assignment == ()
 
 
-def test_first_announces_split_the_file_over_the_fetcher_slots_left() -> None:
+def test_first_announces_split_the_file_over_the_fetcher_slots_left(make: Make) -> None:
     """A peer's first announce says nothing of how many will follow (the first of a crowd of
     200 sees one contender): each newcomer takes its share over the origin budget's slots
     left, so a crowd's first round puts the whole file on ``origin_budget`` fetchers."""
@@ -637,7 +666,7 @@ def test_first_announces_split_the_file_over_the_fetcher_slots_left() -> None:
     assert second == tuple(range(PIECES // 4, PIECES // 4 + third_share))
 
 
-def test_a_lone_fetcher_is_given_the_whole_file_in_one_round() -> None:
+def test_a_lone_fetcher_is_given_the_whole_file_in_one_round(make: Make) -> None:
     swarm, _ = make(origin_budget=1)
     swarm.put_manifest(TASK, manifest())
     answer = swarm.announce(req(1, left_bytes=TOTAL, have=have(), can_source=True))
@@ -647,7 +676,9 @@ def test_a_lone_fetcher_is_given_the_whole_file_in_one_round() -> None:
 # -- replays (announces with the cluster secret carry df_seq) -----------------------------------
 
 
-def test_an_announce_whose_seq_is_not_above_the_last_is_a_replay_and_changes_nothing() -> None:
+def test_an_announce_whose_seq_is_not_above_the_last_is_a_replay_and_changes_nothing(
+    make: Make,
+) -> None:
     swarm, _ = make()
     swarm.announce(req(1, seq=5, left_bytes=TOTAL))
     swarm.announce(req(1, seq=6, left_bytes=0))
@@ -658,7 +689,7 @@ def test_an_announce_whose_seq_is_not_above_the_last_is_a_replay_and_changes_not
     swarm.announce(req(1, seq=7, left_bytes=0))
 
 
-def test_a_departed_peer_cannot_be_brought_back_by_a_replay_for_the_skew_window() -> None:
+def test_a_departed_peer_cannot_be_brought_back_by_a_replay_for_the_skew_window(make: Make) -> None:
     swarm, clock = make()
     swarm.announce(req(1, seq=1, event=Event.STARTED))
     swarm.announce(req(1, seq=2, event=Event.STOPPED))
@@ -669,7 +700,7 @@ def test_a_departed_peer_cannot_be_brought_back_by_a_replay_for_the_skew_window(
     assert len(task_stats(swarm)["peer_list"]) == 1
 
 
-def test_a_silent_peer_dropped_by_expiry_keeps_its_seq_for_a_while() -> None:
+def test_a_silent_peer_dropped_by_expiry_keeps_its_seq_for_a_while(make: Make) -> None:
     swarm, clock = make(interval_s=5.0)
     swarm.announce(req(1, seq=3))
     clock.now_s += 16
@@ -679,7 +710,7 @@ def test_a_silent_peer_dropped_by_expiry_keeps_its_seq_for_a_while() -> None:
     swarm.announce(req(1, seq=4))
 
 
-def test_announces_without_seq_are_not_checked() -> None:
+def test_announces_without_seq_are_not_checked(make: Make) -> None:
     swarm, _ = make()
     swarm.announce(req(1, left_bytes=TOTAL))
     swarm.announce(req(1, left_bytes=TOTAL))
