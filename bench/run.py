@@ -1,3 +1,4 @@
+#!/usr/bin/env -S sh -c 'p="${0%/*}/../.venv/bin/python";[ -x "$p" ]||p=python3;exec "$p" "$0" "$@"'
 """Native against P2P on emulated links, held against the theoretical bound (issue #7).
 
     python bench/run.py 200 clients [--size 4M] [--client-bw 2mbit] [--origin-bw 40mbit]

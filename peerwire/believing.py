@@ -52,6 +52,8 @@ class Believing(Generic[C]):
 
     def _refill_all(self) -> None: ...
 
+    def _drop_buffer(self, index: int) -> None: ...
+
     def usable(self, index: int) -> bool:
         """Whether a piece received from peers can be checked against a believed digest."""
         trust = self.digests.trust(index)
@@ -148,6 +150,7 @@ class Believing(Generic[C]):
             elif index not in self.scheduler.have and self.scheduler.hold(index):
                 self.origin_claimed.add(index)
                 taken.append(index)
+                self._drop_buffer(index)  # a stalled piece's partial buffer, if any
         return taken
 
     def release_from_origin(self, indices: list[int]) -> None:

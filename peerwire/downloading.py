@@ -159,6 +159,12 @@ class Downloading(Generic[C]):
             return self._free_buffers.pop()
         return bytearray(size)
 
+    def _drop_buffer(self, index: int) -> None:
+        """Piece ``index`` will not be completed from peers: its buffer goes back to the pool."""
+        buffer = self._buffers.pop(index, None)
+        if buffer is not None:
+            self._give_buffer(buffer)
+
     def _give_buffer(self, buffer: bytearray) -> None:
         if len(buffer) == self.layout.piece_length and len(self._free_buffers) < BUFFER_POOL_SIZE:
             self._free_buffers.append(buffer)

@@ -99,13 +99,13 @@ class Scheduler(Generic[P]):
         #: Missing pieces not to request from peers for now (``hold``): their digest is not
         #: known yet, or this peer fetches them from the origin.
         self._held: set[int] = set()
-        for index in held:
-            self.hold(index)
         self._active: dict[int, PieceBlocks[P]] = {}
         self._open_pieces: OrderedDict[int, None] = OrderedDict()  # active, with open blocks
         self._receiving: dict[Block, P] = {}
         self._peers: dict[P, PeerBlocks] = {}
         self._banned: set[P] = set()
+        for index in held:
+            self.hold(index)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -324,12 +324,25 @@ class Scheduler(Generic[P]):
 
     def hold(self, index: int) -> bool:
         """Do not start piece ``index`` from peers until ``unhold``. True when it is held now;
-        False when it is already being received from peers or verified (too late to hold)."""
+        False when it is verified, or on its way from peers (a block of it requested or being
+        received). A piece started and then stalled - the peers that had it left - is held
+        too: what it received so far is dropped, and it starts over wherever it comes from."""
         if index in self._unstarted:
             self._unstarted.remove(index)
             self._held.add(index)
             return True
-        return index in self._held
+        if index in self._held:
+            return True
+        piece = self._active.get(index)
+        if piece is None:
+            return False
+        requests, receiving = self._requests, self._receiving
+        if any(requests.copies(block) or block in receiving for block in piece.blocks):
+            return False
+        del self._active[index]
+        self._open_pieces.pop(index, None)
+        self._held.add(index)
+        return True
 
     def unhold(self, index: int) -> None:
         """Peers may be asked for piece ``index`` again (a no-op unless it is held)."""

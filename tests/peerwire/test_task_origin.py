@@ -142,3 +142,20 @@ def test_a_peer_with_only_held_pieces_is_still_interesting() -> None:
     assert scheduler.next_requests("peer") == []
     scheduler.unhold(1)
     assert scheduler.next_requests("peer") == piece_blocks(1)
+
+
+def test_a_piece_started_and_stalled_can_be_held_for_the_origin() -> None:
+    """Its only sender left with blocks missing: nobody has it now, and the origin must be
+    able to take it over (what was received is dropped)."""
+    scheduler = make()
+    join(scheduler, "a")
+    first = scheduler.next_requests("a")
+    index = first[0].index
+    assert not scheduler.hold(index)  # requested from a: on its way
+    scheduler.peer_left("a")
+    assert scheduler.hold(index)
+    assert scheduler.is_held(index)
+    join(scheduler, "b")
+    assert index not in indices(scheduler.next_requests("b"))
+    scheduler.unhold(index)
+    assert index in indices(scheduler.next_requests("b", max_blocks=64))
