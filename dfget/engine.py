@@ -41,6 +41,7 @@ from dfget.options import DownloadOptions, DownloadResult, OriginInfo, ProgressR
 from dfget.origin import Origin
 from dfget.originfetch import OriginFetcher
 from dfget.originplan import OriginMeasure, origin_key
+from dfget.outage import origin_share, wait_for_tracker
 from dfget.swarmclient import SwarmClient
 from dfget.taskmanifest import (
     digests_path,
@@ -152,6 +153,8 @@ class _Download:
         )
         self.coordinator: Coordinator | None = coordinator_for(options, host)
         self.fallback_reason: str | None = None
+        #: No tracker answered at the start (``dfget.outage``): why.
+        self.outage: str | None = None
         #: Whether the coordinator's claims are checked against the origin before belief.
         self.check_claims = options.back_to_source
         self.phase = "starting"
@@ -172,12 +175,18 @@ class _Download:
                 await self._lose_coordinator(f"{found.refuted} is not the origin's")
             elif found.lost is not None:
                 await self._lose_coordinator(found.lost)
+            elif found.outage is not None and self.on_piece is not None:
+                await self._lose_coordinator(found.outage)  # a reader streaming it cannot wait
+            else:
+                self.outage = found.outage
             doc, info = found.doc, found.info
             self.check_claims = self.options.back_to_source and not found.unchecked
             store, digests = await self._open_store(doc, executor)
             if self.on_store is not None:
                 self.on_store(store)
             shell = await self._start(store, digests, info, executor)
+            if self.outage is not None:
+                background.append(asyncio.create_task(self._ride_outage(self.outage, shell, info)))
             if self.on_progress is not None:
                 background.append(asyncio.create_task(self._report_loop(self.on_progress)))
             background.append(asyncio.create_task(self._saver.loop(shell)))
@@ -292,10 +301,28 @@ class _Download:
                 on_refused=self._refused,
                 on_conflict=self._conflict,
             )
-            self.client.start()
+            if self.outage is None:
+                self.client.start()
         else:
             self.fetcher.fetch_everything(DIRECT_FETCHERS)
         return shell
+
+    async def _ride_outage(self, reason: str, shell: TaskShell, info: OriginInfo) -> None:
+        """No tracker at the start: this peer's share from the origin while it tries again."""
+        assert self.client is not None and self.fetcher is not None and self.coordinator
+        log.warning("%s: fetching this peer's share from the origin, retrying the tracker", reason)
+        core = shell.core
+        self.fetcher.assigned(origin_share(core.peer_id, core.layout.num_pieces), False)
+        problem = await wait_for_tracker(
+            self.coordinator, self.task_id, lambda: self._manifest_doc(info)
+        )
+        if problem is None:
+            self.client.start()
+            return
+        client, self.client = self.client, None
+        await client.close()
+        await self._lose_coordinator(problem)
+        self.fetcher.fetch_everything(DIRECT_FETCHERS)
 
     def _on_command(self, command: cmd.Command[PeerConnection]) -> None:
         """The core's commands the shell does not carry out itself."""

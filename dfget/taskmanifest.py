@@ -22,7 +22,13 @@ from dfget.errors import NoPeers, OriginChanged, OriginError
 from dfget.identity import normalize_url
 from dfget.options import DownloadOptions, OriginInfo
 from dfget.origin import Origin
-from peerwire.coordination import Coordinator, PeerAddress, TaskManifestDoc, TrackerError
+from peerwire.coordination import (
+    Coordinator,
+    PeerAddress,
+    TaskManifestDoc,
+    TrackerError,
+    TrackerUnavailable,
+)
 from peerwire.digests import DigestBook, Trust
 from peerwire.ids import PeerId, TaskId
 from peerwire.layout import PieceLayout, choose_piece_length
@@ -48,6 +54,9 @@ class FoundManifest:
     #: The origin could not be reached to check the coordinator's claims: they are believed
     #: as they are (SECURITY.md, the limits without a secret).
     unchecked: bool = False
+    #: No tracker answered at the start: the download begins with its own description of
+    #: the task and its share from the origin while it tries again (``dfget.outage``).
+    outage: str | None = None
 
 
 async def task_manifest(
@@ -57,6 +66,7 @@ async def task_manifest(
     NoPeers when back-to-source is disabled and no manifest can be had; OriginChanged when the
     origin no longer matches the task's manifest."""
     lost: str | None = None
+    outage: str | None = None
     doc: TaskManifestDoc | None = None
     if coordinator is not None:
         try:
@@ -67,7 +77,7 @@ async def task_manifest(
             else:
                 doc = await coordinator.get_manifest(task_id)
         except TrackerError as exc:
-            lost = _lose(options, f"tracker unreachable: {exc}")
+            outage, lost = _unreachable(options, exc)
             coordinator = None
     if doc is None and not options.back_to_source:
         doc = await _wait_for_manifest(coordinator, task_id)
@@ -88,13 +98,13 @@ async def task_manifest(
             raise
         log.warning("the origin is unreachable (%s): the tracker's manifest is not checked", exc)
         expect = OriginInfo(origin.url, doc.total_length, doc.validator, doc.ranges)
-        return FoundManifest(doc, expect, lost, unchecked=True)
+        return FoundManifest(doc, expect, lost, unchecked=True, outage=outage)
     own = new_manifest(public_url(options), info)
     if doc is None and coordinator is not None:
         try:
             doc = await _offer(coordinator, task_id, own)
         except TrackerError as exc:
-            lost = _lose(options, f"tracker unreachable: {exc}")
+            outage, lost = _unreachable(options, exc)
     doc = doc or own
     if doc.validator != info.validator or doc.total_length != info.total_length:
         difference = (
@@ -104,7 +114,7 @@ async def task_manifest(
         if claim:
             return FoundManifest(own, info, lost, refuted=f"the tracker's manifest ({difference})")
         raise OriginChanged(f"the origin's content differs from the task's manifest ({difference})")
-    return FoundManifest(doc, info, lost)
+    return FoundManifest(doc, info, lost, outage=outage)
 
 
 def public_url(options: DownloadOptions) -> str:
@@ -124,6 +134,15 @@ async def _offer(
         return await coordinator.put_manifest(task_id, doc)
     except ManifestConflict:
         return await coordinator.get_manifest(task_id)
+
+
+def _unreachable(options: DownloadOptions, exc: TrackerError) -> tuple[str | None, str | None]:
+    """(outage, lost): no tracker reachable now is an outage to ride out (``dfget.outage``);
+    a refusal loses the coordinator."""
+    reason = f"tracker unreachable: {exc}"
+    if isinstance(exc, TrackerUnavailable) and options.back_to_source:
+        return reason, None
+    return None, _lose(options, reason)
 
 
 def _lose(options: DownloadOptions, reason: str) -> str:
