@@ -12,7 +12,7 @@ import uvloop
 
 from peerwire.settings import ArgumentParser, SettingsError
 from tracker.config import ENV_PREFIX, SETTINGS, TrackerConfig
-from tracker.server import TrackerServer, serve
+from tracker.server import TrackerServer, serve, steady_collector
 
 
 def build_parser() -> ArgumentParser:
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Modules and config live as long as the process: keep them out of the cyclic GC's scans.
     gc.freeze()
+    steady_collector()
     try:
         uvloop.run(serve(config, ready))
     except OSError as exc:

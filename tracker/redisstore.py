@@ -10,8 +10,9 @@ others of the same turn of the event loop.
 
 What is not per request runs in ``maintain`` every second: the index of tasks (``df:tasks``,
 for ``/stats``, the full scrape and the sweep; touched tasks are added in one batch), this
-tracker's heartbeat (``df:trackers``), the cluster's totals for ``/metrics``, and every half
-interval the sweep of silent peers and idle tasks, by whichever tracker takes the lock.
+tracker's heartbeat (``df:trackers``), every ten seconds the cluster's totals for
+``/metrics``, and every interval the sweep of silent peers and idle tasks, by whichever
+tracker takes the lock.
 
 Counters (announces, completions, assigned pieces...) are this tracker's; gauges (tasks,
 peers, seeds, trackers) are the cluster's.
@@ -20,6 +21,7 @@ peers, seeds, trackers) are the cluster's.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -53,8 +55,10 @@ log = logging.getLogger(__name__)
 INDEX_KEY: Final = "df:tasks"
 TRACKERS_KEY: Final = "df:trackers"
 SWEEP_KEY: Final = "df:sweep"
-#: How often the index, the heartbeat and the cluster's totals are brought up to date.
+#: How often the index and the heartbeat are brought up to date; the cluster's totals (for
+#: ``/metrics``: one command per task) every ``TOTALS_EVERY`` of these.
 MAINTAIN_S: Final = 1.0
+TOTALS_EVERY: Final = 10
 _EVENTS: Final = {Event.NONE: b"0", Event.STARTED: b"1", Event.COMPLETED: b"2", Event.STOPPED: b"3"}
 
 
@@ -356,9 +360,10 @@ class RedisSwarm:
         self.peers_expired_total += removed
         return removed
 
-    async def maintain(self, sweep: bool) -> None:
-        """The index, the heartbeat, the totals; the sweep when ``sweep`` and the lock is
-        ours. StoreUnavailable propagates (the caller logs it and tries again later)."""
+    async def maintain(self, *, totals: bool, sweep: bool) -> None:
+        """The index and the heartbeat; the cluster's totals when ``totals``; the sweep when
+        ``sweep`` and the lock is ours (one tracker sweeps per interval). StoreUnavailable
+        propagates (the caller tries again later)."""
         await self.flush_index()
         now = self._clock()
         pipe = [
@@ -368,20 +373,25 @@ class RedisSwarm:
                 ("ZREMRANGEBYSCORE", TRACKERS_KEY, "-inf", repr(now - 10 * MAINTAIN_S)),
             ),
             self.link.command(TRACKERS_KEY, ("ZCARD", TRACKERS_KEY)),
-            self.link.command(INDEX_KEY, ("ZRANGE", INDEX_KEY, 0, -1)),
+            self.link.command(INDEX_KEY, ("ZCARD", INDEX_KEY)),
         ]
-        _, _, trackers, hexes = await asyncio.gather(*pipe)
-        counts = await asyncio.gather(
-            *[self.link.command(_key_of(h), ("HMGET", _key_of(h), "n", "s")) for h in hexes]
-        )
-        peers = sum(int(n) for n, _ in counts if n is not None)
-        seeds = sum(int(s) for n, s in counts if n is not None)
-        self.task_estimate = len(hexes)
-        self.totals = ClusterTotals(len(hexes), peers, seeds, int(trackers))
+        _, _, trackers, tasks = await asyncio.gather(*pipe)
+        self.task_estimate = int(tasks)
+        if totals:
+            hexes = await self.link.command(INDEX_KEY, ("ZRANGE", INDEX_KEY, 0, -1))
+            counts = await asyncio.gather(
+                *[self.link.command(_key_of(h), ("HMGET", _key_of(h), "n", "s")) for h in hexes]
+            )
+            live = [(int(n), int(s)) for n, s in counts if n is not None]
+            self.totals = ClusterTotals(
+                len(live), sum(n for n, _ in live), sum(s for _, s in live), int(trackers)
+            )
+        else:
+            self.totals = dataclasses.replace(self.totals, trackers=int(trackers))
         if sweep:
-            period_ms = max(500, int(self._config.interval_s * 500))
+            period_ms = max(500, int(self._config.interval_s * 1000))
             if await self.link.command(
-                SWEEP_KEY, ("SET", SWEEP_KEY, self.tracker_id, "NX", "PX", period_ms - 50)
+                SWEEP_KEY, ("SET", SWEEP_KEY, self.tracker_id, "NX", "PX", period_ms - 100)
             ):
                 removed = await self.expire()
                 if removed:

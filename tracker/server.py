@@ -18,6 +18,7 @@ was never read), and CONNECT, which only a proxy serves, gets the 404 of an unkn
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -32,7 +33,7 @@ from peerwire.auth import load_secret
 from tracker.config import TrackerConfig
 from tracker.metrics import make_registry, render
 from tracker.redislink import RedisLink, ReplyError, StoreUnavailable
-from tracker.redisstore import MAINTAIN_S, RedisSwarm
+from tracker.redisstore import MAINTAIN_S, TOTALS_EVERY, RedisSwarm
 from tracker.routes import Response, Routes
 from tracker.swarm import Swarm
 
@@ -139,17 +140,19 @@ class TrackerServer:
                 log.info("expired %d silent peers", removed)
 
     async def _maintain_shared(self) -> None:
-        """The shared store's index, heartbeat and totals every second; its sweep every half
-        interval (by one tracker of the cluster at a time). Redis away is logged by the link,
-        once; this only tries again."""
+        """The shared store's index and heartbeat every second, the cluster's totals every ten
+        seconds (and at once), its sweep every interval (by one tracker of the cluster at a
+        time). Redis away is logged by the link, once; this only tries again."""
         assert self.shared is not None
-        sweep_every = max(1, round(self.config.interval_s / 2 / MAINTAIN_S))
-        turn = 0
+        sweep_every = max(1, round(self.config.interval_s / MAINTAIN_S))
+        turn = -1
         while True:
             await asyncio.sleep(MAINTAIN_S)
             turn += 1
             try:
-                await self.shared.maintain(sweep=turn % sweep_every == 0)
+                await self.shared.maintain(
+                    totals=turn % TOTALS_EVERY == 0, sweep=turn % sweep_every == 0
+                )
             except (StoreUnavailable, ReplyError) as exc:
                 log.debug("store maintenance skipped: %s", exc)
 
@@ -201,6 +204,9 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         self._transport = None
+        # The parser calls back into this object: without the cycle, a closed connection is
+        # freed by its reference count, also once the collector froze it (steady_collector).
+        self._parser = _CLOSED_PARSER
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -380,6 +386,37 @@ def _response(
         connection,
         body,
     )
+
+
+#: What a closed connection's parser is (nothing calls back into the connection).
+_CLOSED_PARSER: Final = httptools.HttpRequestParser(object())
+#: A frozen object is never collected: all are thawed and collected this often.
+THAW_S: Final = 3600.0
+
+
+def steady_collector() -> None:
+    """Keep the cyclic collector's pauses short while the swarm is large.
+
+    A full collection walks every tracked object: with 100,000 peers that took 30-85 ms here,
+    an answer held up that long (bench/README.md). The swarm's records form no cycles (they
+    are freed by their reference counts), so after each full collection what survived is
+    frozen (``gc.freeze``) and the next one walks only what was made since. Once every
+    ``THAW_S`` everything is thawed and collected, so cyclic garbage frozen by chance (an
+    exception's traceback) is not kept for ever.
+    """
+    last_thaw = [time.monotonic()]
+
+    def after(phase: str, info: dict[str, int]) -> None:
+        if phase != "stop" or info.get("generation") != 2:
+            return
+        now = time.monotonic()
+        if now - last_thaw[0] >= THAW_S:
+            last_thaw[0] = now
+            gc.unfreeze()  # the next full collection walks everything once
+        else:
+            gc.freeze()
+
+    gc.callbacks.append(after)
 
 
 async def serve(
