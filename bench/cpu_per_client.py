@@ -265,11 +265,17 @@ def dfget_swarm(args: argparse.Namespace, work: Path, data: Path, rate: int) -> 
         commands = []
         for index in range(args.clients):
             out = work / f"dfget{index:02d}.bin"
+            if index == 0 and args.profile:
+                # cProfile of one client (every call counted; wall-clock times), for pstats.
+                profiler = ["-m", "cProfile", "-o", str(args.profile)]
+            else:
+                profiler = []
             commands.append(
                 (
                     f"dfget{index:02d}",
                     [
                         PYTHON,
+                        *profiler,
                         "-m",
                         "dfget.cli",
                         f"{origin}/files/{data.name}",
@@ -379,6 +385,9 @@ def main() -> int:
     parser.add_argument("--rate", default="1mbit", help="each client's download and upload limit")
     parser.add_argument("--source-rate", help="the origin's / seeder's rate (default 20x --rate)")
     parser.add_argument("--only", choices=("dfget", "aria2c"))
+    parser.add_argument(
+        "--profile", type=Path, help="run dfget client 0 under cProfile, its stats to this file"
+    )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "cpu_per_client.json"
     )

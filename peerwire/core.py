@@ -118,8 +118,10 @@ class TaskCore(Downloading[C], Believing[C]):
         #: A refill stopped at a task-wide bound (verify backlog, bytes in flight): whatever
         #: lifts it refills every peer. Otherwise a peer is refilled when it changes.
         self._refill_held = False
-        #: Peers whose refill waits for the download bucket, and until when.
-        self._refill_at: dict[C, float] = {}
+        #: Peers whose refill waits for the download bucket, first come first served, and
+        #: when the bucket is out of debt again (one deadline for them all).
+        self._bucket_waiters: dict[C, None] = {}
+        self._bucket_at = math.inf
         self._buffers: dict[int, bytearray] = {}
         self._free_buffers: list[bytearray] = []
         self._verifying: set[int] = set()
@@ -212,7 +214,7 @@ class TaskCore(Downloading[C], Believing[C]):
         for block in peer.receiving:
             self.scheduler.block_aborted(conn, block)
         self.scheduler.peer_left(conn)
-        self._refill_at.pop(conn, None)
+        self._bucket_waiters.pop(conn, None)
         self.admission.left(peer.peer_id, conn)
         if not self.closed:
             self._unchoke(self._choker.left(conn, self._clock()))
@@ -418,21 +420,15 @@ class TaskCore(Downloading[C], Believing[C]):
         now = self._clock()
         if now >= self._have_flush_at:
             self._flush_haves()
-        if self._refill_at:
-            due = [conn for conn, when in self._refill_at.items() if when <= now]
-            for conn in due:
-                del self._refill_at[conn]
-                peer = self._peers.get(conn)
-                if peer is not None:
-                    self._refill(peer)
+        if now >= self._bucket_at:
+            self._serve_bucket_waiters(now)
         if now >= self._tick_at:
             self._tick_at = now + self.config.tick_s
             self._tick(now)
         self.swarm.poll()
-        deadline = min(self._tick_at, self._have_flush_at, self.swarm.deadline)
-        if self._refill_at:
-            deadline = min(deadline, *self._refill_at.values())
-        self.deadline = deadline
+        self.deadline = min(
+            self._tick_at, self._have_flush_at, self._bucket_at, self.swarm.deadline
+        )
 
     def _tick(self, now: float) -> None:
         config = self.config

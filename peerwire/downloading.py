@@ -56,7 +56,8 @@ class Downloading(Generic[C]):
     _download_bucket: TokenBucket | None
     _max_inflight_blocks: int
     _refill_held: bool
-    _refill_at: dict[C, float]
+    _bucket_waiters: dict[C, None]
+    _bucket_at: float
     _buffers: dict[int, bytearray]
     _free_buffers: list[bytearray]
     _verifying: set[int]
@@ -124,10 +125,30 @@ class Downloading(Generic[C]):
             peer.pipeline.requested(self._clock())
             request = m.Request(block.index, block.begin, block.length)
             self._send(peer, [*self._take_haves(peer), request])
-        if room > 0 and conn not in self._refill_at:
-            when = self._clock() + delay_s
-            self._refill_at[conn] = when
-            self._wake_at(when)
+        if room > 0:
+            # Waits for the bucket with the others: one wake-up when it is out of debt.
+            self._bucket_waiters[conn] = None
+            if self._bucket_at == math.inf:
+                self._bucket_at = self._clock() + delay_s
+                self._wake_at(self._bucket_at)
+
+    def _serve_bucket_waiters(self, now: float) -> None:
+        """The download bucket is out of debt: refill the peers waiting for it, first come
+        first served, while it stays so (a peer that takes the last token waits again, last)."""
+        self._bucket_at = math.inf
+        bucket = self._download_bucket
+        waiters = self._bucket_waiters
+        while waiters and bucket is not None:
+            delay_s = bucket.delay_s()
+            if delay_s > 0:
+                self._bucket_at = now + delay_s
+                self._wake_at(self._bucket_at)
+                return
+            conn = next(iter(waiters))
+            del waiters[conn]
+            peer = self._peers.get(conn)
+            if peer is not None:
+                self._refill(peer)
 
     def _expected_wait_s(self, conn: C) -> float | None:
         """How long ``conn`` should take for every request we have in flight there, from the
