@@ -52,13 +52,6 @@ local R_RKEY, R_RZONE, R_RMEM, R_REPORTS = 21, 22, 23, 24
 local function fmt(x) return string.format('%.17g', x) end
 local function num(v, default) if v then return tonumber(v) end return default end
 
-local POP = {{}}
-for i = 0, 255 do
-  local c, v = 0, i
-  while v > 0 do c = c + v % 2; v = math.floor(v / 2) end
-  POP[i] = c
-end
-
 local function seq_le(a, b)
   if #a ~= #b then return #a < #b end
   return a <= b

@@ -59,6 +59,9 @@ SWEEP_KEY: Final = "df:sweep"
 #: ``/metrics``: one command per task) every ``TOTALS_EVERY`` of these.
 MAINTAIN_S: Final = 1.0
 TOTALS_EVERY: Final = 10
+#: The sweep and the totals send this many tasks' commands at a time: Redis runs a batch in
+#: one go, and the announces sent meanwhile wait behind it.
+SWEEP_BATCH: Final = 16
 _EVENTS: Final = {Event.NONE: b"0", Event.STARTED: b"1", Event.COMPLETED: b"2", Event.STOPPED: b"3"}
 
 
@@ -346,9 +349,14 @@ class RedisSwarm:
         await self.flush_index()
         hexes = await self.link.command(INDEX_KEY, ("ZRANGE", INDEX_KEY, 0, -1))
         now = repr(self._clock())
-        replies = await asyncio.gather(
-            *[self.link.eval(self._expire, _key_of(h), [now]) for h in hexes]
-        )
+        replies: list[Any] = []
+        for start in range(0, len(hexes), SWEEP_BATCH):
+            replies += await asyncio.gather(
+                *[
+                    self.link.eval(self._expire, _key_of(h), [now])
+                    for h in hexes[start : start + SWEEP_BATCH]
+                ]
+            )
         removed = 0
         gone: list[Any] = []
         for hex_id, (dropped, deleted) in zip(hexes, replies, strict=True):
@@ -379,9 +387,12 @@ class RedisSwarm:
         self.task_estimate = int(tasks)
         if totals:
             hexes = await self.link.command(INDEX_KEY, ("ZRANGE", INDEX_KEY, 0, -1))
-            counts = await asyncio.gather(
-                *[self.link.command(_key_of(h), ("HMGET", _key_of(h), "n", "s")) for h in hexes]
-            )
+            counts: list[Any] = []
+            for start in range(0, len(hexes), SWEEP_BATCH):
+                counts += await asyncio.gather(
+                    *[self.link.command(_key_of(h), ("HMGET", _key_of(h), "n", "s"))
+                      for h in hexes[start : start + SWEEP_BATCH]]
+                )  # fmt: skip
             live = [(int(n), int(s)) for n, s in counts if n is not None]
             self.totals = ClusterTotals(
                 len(live), sum(n for n, _ in live), sum(s for _, s in live), int(trackers)
