@@ -5,6 +5,7 @@ once; replays do not pass from one tracker to another; Redis away is a clear 503
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -215,3 +216,47 @@ def test_a_stopped_stock_swarm_keeps_its_scrape_counts() -> None:
         _announce(tracker, announce_query(task, done, "completed"))
         _announce(tracker, announce_query(task, done, "stopped"))
         assert scrape(tracker, task.raw) == {b"complete": 0, b"downloaded": 1, b"incomplete": 0}
+
+
+def test_redis_lost_mid_swarm_is_survived_like_a_tracker_restart(tmp_path: Path) -> None:
+    """Redis killed mid-swarm (its data gone with it) and back empty three seconds later:
+    meanwhile the tracker answers 503 and the peers keep trading; then they re-announce and
+    re-offer the manifest. Every copy byte-exact, no partial output left."""
+    root = tmp_path / "origin"
+    root.mkdir()
+    size = 16 * MIB
+    source = random_file(root / "file.bin", size)
+    with ExitStack() as stack:
+        redis = stack.enter_context(redis_server())
+        origin = stack.enter_context(origin_process(root))
+        tracker = stack.enter_context(cluster_tracker(redis.url, "--interval", "1s"))
+        url = f"{origin.base_url}/files/file.bin"
+        task = task_id_for(url).hex()
+        outputs = [tmp_path / f"out{i}.bin" for i in range(6)]
+        processes = [
+            dfget(url, out, "--tracker", tracker.base_url, "--rate", "2M", "--seed-time", "3s",
+                  secret=SECRET)
+            for out in outputs
+        ]  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and tracker.stats()["totals"]["peer_bytes"] < size:
+            time.sleep(0.1)
+        redis.process.kill()
+        redis.process.wait(timeout=10)
+        time.sleep(3)
+        redis.start()
+        deadline = time.monotonic() + 30
+        while True:  # the peers bring the swarm and its manifest back
+            try:
+                manifest = json.loads(tracker.get(f"/tasks/{task}"))
+                break
+            except urllib.error.HTTPError:
+                assert time.monotonic() < deadline, "the manifest never came back"
+                time.sleep(0.2)
+        assert manifest["total_length"] == size
+        for process, output in zip(processes, outputs, strict=True):
+            code, err = finish(process, 180)
+            assert code == 0, err[-3000:]
+            assert sha256(output) == sha256(source)
+        assert not list(tmp_path.glob("*.dfpart"))
+        assert "Traceback" not in tracker.stderr()

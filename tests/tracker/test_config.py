@@ -119,3 +119,35 @@ def test_a_validation_error_names_the_flag() -> None:
 def test_validation_explains_the_problem(changes: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TrackerConfig(**changes)  # type: ignore[arg-type]
+
+
+def test_redis_comes_from_the_flag_the_environment_or_the_file(tmp_path: Path) -> None:
+    url = "redis://10.0.0.2:6379/1"
+    assert load_config({}, environ={"DFTRACKER_REDIS": url}).redis == url
+    config_file = tmp_path / "tracker.toml"
+    config_file.write_text(f'redis = "{url}"\nredis_timeout = "500ms"\n')
+    config = load_config({}, environ={}, config_file=config_file)
+    assert (config.redis, config.redis_timeout_s) == (url, 0.5)
+    assert load_config({}, environ={}).redis is None
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:hunter2secret@h:6379/0", "redis://:<hidden>@h:6379/0"),
+        ("rediss://alice:hunter2secret@h/2", "rediss://alice:<hidden>@h/2"),
+        ("redis://h:6379", "redis://h:6379"),
+    ],
+)
+def test_print_config_never_shows_the_redis_password(url: str, shown: str) -> None:
+    loaded = SETTINGS.load({}, {"DFTRACKER_REDIS": url}, None)
+    config = loaded.build(TrackerConfig)
+    (line,) = [line for line in loaded.describe({"": config}) if line.startswith("redis ")]
+    assert line.split("  #")[0].rstrip() == f"redis = {shown}"
+    assert line.endswith("# env DFTRACKER_REDIS") and "hunter2" not in line
+
+
+def test_a_bad_redis_url_is_refused_without_quoting_it() -> None:
+    with pytest.raises(ValueError, match=r"^DFTRACKER_REDIS: must be redis://") as refused:
+        load_config({}, environ={"DFTRACKER_REDIS": "http://u:hunter2secret@h"})
+    assert "hunter2" not in str(refused.value)
