@@ -62,11 +62,13 @@ def free_port() -> int:
 def _spawn(port: int, extra: list[str]) -> subprocess.Popen[bytes]:
     server = require_program("redis-server")
     directory = tempfile.mkdtemp(prefix="dfredis-")
+    listen = ["--port", str(port)]
+    if "--tls-cert-file" in extra:  # TLS only, on the port
+        listen = ["--port", "0", "--tls-port", str(port)]
     process = subprocess.Popen(
         [
             server,
-            "--port",
-            str(port),
+            *listen,
             "--bind",
             "127.0.0.1",
             "--save",

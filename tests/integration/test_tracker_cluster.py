@@ -25,6 +25,7 @@ from dfget.identity import task_id_for
 from peerwire import bencoding
 from peerwire.coordination import Progress
 from peerwire.ids import PeerId, TaskId
+from tests.conftest import require_program
 from tests.helpers.origin_server import origin_process
 from tests.helpers.redis_server import redis_server
 from tests.integration.peers import random_file
@@ -260,3 +261,31 @@ def test_redis_lost_mid_swarm_is_survived_like_a_tracker_restart(tmp_path: Path)
             assert sha256(output) == sha256(source)
         assert not list(tmp_path.glob("*.dfpart"))
         assert "Traceback" not in tracker.stderr()
+
+
+def test_rediss_with_a_password_and_a_wrong_password_said_without_it(tmp_path: Path) -> None:
+    """``rediss://`` (TLS, the server's certificate checked against a given CA) with a
+    password; a wrong password is a clear 503 that never shows the password."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [require_program("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    tls = ["--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file",
+           str(cert), "--tls-auth-clients", "no"]  # fmt: skip
+    task = TaskId(b"\x05" * 20)
+    progress = Progress(peer_id=PeerId.generate(), port=7000, left_bytes=100)
+    with redis_server(*tls, password="right-password-123") as redis:
+        good = f"rediss://:right-password-123@127.0.0.1:{redis.port}/0?ssl_ca_certs={cert}"
+        with cluster_tracker(good, secret=None) as tracker:
+            status, answer = _announce(tracker, announce_query(task, progress, "started"))
+            assert (status, answer[b"incomplete"]) == (200, 1)
+        bad = f"rediss://:wrong-password-456@127.0.0.1:{redis.port}/0?ssl_ca_certs={cert}"
+        with cluster_tracker(bad, secret=None) as tracker:
+            status, answer = _announce(tracker, announce_query(task, progress, "started"))
+            reason = answer[b"failure reason"]
+            assert status == 503 and b"refused the login" in reason, reason  # type: ignore[operator]
+            assert b"wrong-password" not in reason  # type: ignore[operator]
+            assert "wrong-password" not in tracker.stderr()
