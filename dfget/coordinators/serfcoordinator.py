@@ -82,6 +82,7 @@ class SerfCoordinator:
             if not local.start_sent:
                 await node.publish(wire.EVENT_START, [key, local.flags])
                 local.start_sent = True
+                node.ask_holders_soon(key)  # the next announces list who holds what
             answer = node.view.announce(key, progress, event)
             if event == "completed":
                 await node.publish_have(key, local)

@@ -33,6 +33,7 @@ from dfget.coordinators import serfwire as wire
 from dfget.coordinators.serfagent import SerfAgent
 from dfget.coordinators.serfdiscovery import Discovery, resolve
 from dfget.coordinators.serfoptions import SerfOptions, split_host_port
+from dfget.coordinators.serfqueries import Queries
 from dfget.coordinators.serfrpc import SerfRpc, SerfRpcError
 from dfget.coordinators.serfview import (
     TAG_LOAD,
@@ -50,8 +51,6 @@ log = logging.getLogger(__name__)
 PUBLISH_S: Final = 0.5
 #: The load tag changes gossip a member update: not more often than this.
 TAG_EVERY_S: Final = 5.0
-#: A query waits this long for its answers at most.
-QUERY_TIMEOUT_S: Final = 1.5
 #: Membership upkeep (rejoin when alone, DNS when the cluster shrank) runs this often.
 MEMBERSHIP_EVERY_S: Final = 2.0
 #: A member that seems to hold more than its events said is asked at most this often.
@@ -94,7 +93,7 @@ class LocalTask:
     published_at: float = -1e9
 
 
-class SerfNode:
+class SerfNode(Queries):
     """This node in the cluster: agent, RPC, view, publisher, query answers, discovery."""
 
     def __init__(
@@ -363,98 +362,6 @@ class SerfNode:
         task = asyncio.create_task(coroutine)
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
-
-    # -- answering -----------------------------------------------------------------------------
-
-    async def _answer(self, name: str, query_id: int, payload: bytes) -> None:
-        try:
-            envelope = self.codec.open(name, payload)
-            body = None if envelope.sender == self.me else self._answer_body(name, envelope.body)
-        except wire.Rejected as exc:
-            self.counters.rejected[exc.reason] += 1
-            return
-        if body is None:
-            return
-        answer = self.codec.seal_answer(name, payload, body)
-        with contextlib.suppress(SerfRpcError):
-            await self.rpc_or_fail().respond(query_id, answer)
-            self.counters.queries_answered[name] += 1
-
-    def _answer_body(self, name: str, body: list[Any]) -> list[Any] | None:
-        task = wire.task_of(body)
-        state = self.view.tasks.get(task)
-        if state is None or state.geometry is None:
-            return None
-        num_pieces = state.geometry.num_pieces
-        if name == wire.QUERY_MANIFEST:
-            if not state.geometry_believed:
-                return None  # only what this node read itself, or was vouched for
-            return wire.length_body(state.geometry, wire.ANSWER_LIMIT - 100)
-        mine = state.holders.get(self.me)
-        if name == wire.QUERY_HAVE:
-            (offset,) = wire.query_fields(body, 1)
-            if mine is None:
-                return None
-            bitfield = mine.mask.to_bytes(bit_count(num_pieces) // 8, "big")
-            return [task, num_pieces, offset, bitfield[offset : offset + wire.BITFIELD_PER_ANSWER]]
-        if name == wire.QUERY_DIGESTS:
-            first, count = wire.query_fields(body, 2)
-            count = min(count, wire.DIGESTS_PER_ANSWER, max(0, num_pieces - first))
-            return [
-                task,
-                first,
-                [
-                    state.digests.get(i, b"") if i in state.believed else b""
-                    for i in range(first, first + count)
-                ],
-            ]
-        return None
-
-    # -- asking --------------------------------------------------------------------------------
-
-    async def ask(
-        self, name: str, body: list[Any], nodes: list[str] | None, want: int
-    ) -> list[wire.Envelope]:
-        """A query; the envelopes of the first ``want`` answers that open (checked)."""
-        payload = self.codec.seal(name, body)
-        self.counters.queries_sent[name] += 1
-        answers: list[wire.Envelope] = []
-        responses = await self.rpc_or_fail().query(
-            name, payload, nodes=nodes, timeout_s=QUERY_TIMEOUT_S
-        )
-        try:
-            async for node, answer in responses:
-                try:
-                    envelope = self.codec.open_answer(name, payload, answer)
-                except wire.Rejected as exc:
-                    self.counters.rejected[exc.reason] += 1
-                    continue
-                if envelope.sender != node:
-                    self.counters.rejected["impersonated"] += 1
-                    continue
-                answers.append(envelope)
-                if len(answers) >= want:
-                    break
-        finally:
-            await responses.aclose()  # type: ignore[attr-defined]
-        if not answers:
-            self.counters.query_failures += 1
-        return answers
-
-    async def ask_have(self, sender: str, task: bytes) -> None:
-        state = self.view.tasks.get(task)
-        if state is None or state.geometry is None:
-            return
-        size = bit_count(state.geometry.num_pieces) // 8
-        for offset in range(0, size, wire.BITFIELD_PER_ANSWER):
-            try:
-                answers = await self.ask(wire.QUERY_HAVE, [task, offset], [sender], 1)
-                for envelope in answers:
-                    _, chunk = wire.parse_have_answer(envelope.body, task, offset)
-                    self.view.bitfield_part(sender, task, offset, chunk)
-            except (SerfRpcError, wire.Rejected) as exc:
-                log.debug("serf: have of %s: %s", sender, exc)
-                return
 
     # -- publishing ----------------------------------------------------------------------------
 

@@ -30,12 +30,15 @@ Events (Serf's user events: ``UserEventSizeLimit`` is 512 bytes, name included):
 * ``df-length`` ``[task, total_length, piece_length, validator, ranges, url]``: the task's
   geometry (the manifest without its digests); ``url`` is "" when it did not fit.
 
-Queries (Serf's queries: payload and each answer at most 1024 bytes), each answered by one
-node the asker names:
+Queries (Serf's queries: payload and each answer at most 1024 bytes), answered by the node
+the asker names, or by every node that can:
 
 * ``df-q-have`` ``[task, offset]`` -> ``[task, num_pieces, offset, bitfield bytes from offset]``;
 * ``df-q-digests`` ``[task, first, count]`` -> ``[task, first, [digest or b"", ...]]``;
-* ``df-q-manifest`` ``[task]`` -> the body of ``df-length`` (asked of every node).
+* ``df-q-manifest`` ``[task]`` -> the body of ``df-length`` (asked of every node);
+* ``df-q-holders`` ``[task]`` -> the body of ``df-have`` (asked of every node by one that
+  starts a task: the nodes that take part answer, straight to the asker, so that a newcomer
+  learns who holds what without every holder gossiping it again).
 """
 
 from __future__ import annotations
@@ -60,10 +63,11 @@ EVENT_LENGTH: Final = "df-length"
 QUERY_HAVE: Final = "df-q-have"
 QUERY_DIGESTS: Final = "df-q-digests"
 QUERY_MANIFEST: Final = "df-q-manifest"
+QUERY_HOLDERS: Final = "df-q-holders"
 EVENTS: Final = (
     EVENT_START, EVENT_HAVE, EVENT_RECOVER, EVENT_REMOVED, EVENT_LENGTH, EVENT_DIGESTS
 )  # fmt: skip
-QUERIES: Final = (QUERY_HAVE, QUERY_DIGESTS, QUERY_MANIFEST)
+QUERIES: Final = (QUERY_HAVE, QUERY_DIGESTS, QUERY_MANIFEST, QUERY_HOLDERS)
 
 FLAG_SOURCE: Final = 1
 FLAG_COMPLETE: Final = 2

@@ -124,13 +124,14 @@ def _answers(rpc: str) -> bool:
 
 
 def stop(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL; reaped, its pipes closed."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
     try:
-        process.wait(timeout=20)
+        process.communicate(timeout=20)
     except subprocess.TimeoutExpired:
         process.kill()
-        process.wait()
+        process.communicate()
 
 
 @dataclass

@@ -24,21 +24,21 @@ class Forger:
         self.rpc = rpc
         self.codec = wire.Codec(name, key)
         self.answered = 0
+        self.digests_answered = 0
         self.geometry: dict[bytes, list[Any]] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._main: asyncio.Future[None] | None = None
 
     def __enter__(self) -> Forger:
         self._thread.start()
-        self._main = asyncio.run_coroutine_threadsafe(self._run(), self._loop)  # type: ignore[assignment]
+        asyncio.run_coroutine_threadsafe(self._run(), self._loop)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._main is not None:
-            self._loop.call_soon_threadsafe(self._main.cancel)  # type: ignore[arg-type]
+        asyncio.run_coroutine_threadsafe(_cancel_others(), self._loop).result(timeout=20)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        self._loop.close()
 
     async def _run(self) -> None:
         host, _, port = self.rpc.rpartition(":")
@@ -70,18 +70,24 @@ class Forger:
             first, count = body[1], body[2]
             forged = [hashlib.sha256(b"forged %d" % i).digest() for i in range(count)]
             answer = [task, first, forged]
+            self.digests_answered += 1
         elif name == wire.QUERY_MANIFEST and task in self.geometry:
             answer = self.geometry[task]
+        elif name == wire.QUERY_HOLDERS and task in self.geometry:
+            answer = self._everything(task)
         else:
             return
         await rpc.respond(record["ID"], self.codec.seal_answer(name, payload, answer))
         self.answered += 1
 
-    async def _claim(self, rpc: SerfRpc, task: bytes) -> None:
-        geometry = wire.parse_geometry(self.geometry[task])
-        pieces = geometry.num_pieces
+    def _everything(self, task: bytes) -> list[Any]:
+        pieces = wire.parse_geometry(self.geometry[task]).num_pieces
         flags = wire.FLAG_SOURCE | wire.FLAG_COMPLETE
-        have = wire.have_body(task, flags, pieces, pieces, None, [(0, pieces)], (0, 0, 0))
+        return wire.have_body(task, flags, pieces, pieces, None, [(0, pieces)], (0, 0, 0))
+
+    async def _claim(self, rpc: SerfRpc, task: bytes) -> None:
+        flags = wire.FLAG_SOURCE | wire.FLAG_COMPLETE
+        have = self._everything(task)
         for name, body in ((wire.EVENT_START, [task, flags]), (wire.EVENT_HAVE, have)):
             await rpc.event(name, self.codec.seal(name, body))
 
@@ -93,3 +99,11 @@ def _peek(name: str, payload: bytes) -> list[Any]:
         return reader.open(name, payload).body
     except wire.Rejected:
         return reader.open(name, payload[: -wire.TAG_BYTES]).body
+
+
+async def _cancel_others() -> None:
+    """Cancel the forger's tasks and wait for them (its RPC connection closes)."""
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -18,6 +20,7 @@ from tests.integration.serfcluster import (
     dfget_via,
     finish,
     sha256,
+    stop,
     wait_until,
 )
 
@@ -62,10 +65,15 @@ def test_ten_daemons_without_a_tracker_copy_exactly_and_the_origin_serves_the_fi
         task = watcher.stats()["tasks"][0]
         assert task["size_bytes"] == SIZE and task["peers"] == NODES
         assert {p["id"] for p in task["peer_list"]} == {d.name for d in daemons}
+        frame = subprocess.run(
+            [sys.executable, "-m", "tracker.top", "--tracker", watcher.stats_url, "--once"],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        assert "blob.bin" in frame and "n1" in frame, frame
         metrics = watcher.metrics()
         assert f'dragonfly_serf_members{{status="alive"}} {NODES}.0' in metrics
         assert 'dragonfly_serf_events_received_total{event="df-have"}' in metrics
-        assert 'dragonfly_serf_queries_answered_total{query="df-q-digests"}' in metrics
+        assert 'dragonfly_serf_events_received_total{event="df-digests"}' in metrics
         assert "dragonfly_dfdaemon_downloads_total" in metrics
 
 
@@ -93,7 +101,7 @@ def test_three_daemons_killed_mid_download_leave_the_others_to_finish_exactly(
             for pid in agents:
                 os.kill(pid, signal.SIGKILL)
         for daemon in doomed:
-            downloads.pop(daemon.name).kill()
+            stop(downloads.pop(daemon.name))
         wait_until(
             lambda: watcher.stats()["serf"]["members"].get("failed", 0) == len(doomed),
             "Serf to declare the three failed",

@@ -20,11 +20,14 @@ from tests.integration.serfcluster import (
     GOSSIP_PORT,
     Daemon,
     daemon_cluster,
+    dfget_serf,
     dfget_via,
     finish,
+    loopback_net,
     rpc_call,
     serf_agent,
     sha256,
+    stop,
     wait_until,
 )
 from tests.integration.serfforger import Forger
@@ -46,9 +49,10 @@ def origin(tmp_path: Path) -> Iterator[tuple[OriginServer, str, str]]:
 
 
 def counter(daemon: Daemon, family: str) -> float:
+    """The sum of a metric family's samples, or of one sample (``family{label="..."}``)."""
     total = 0.0
     for line in daemon.metrics().splitlines():
-        if re.match(rf"{family}(\{{|\s)", line):
+        if line.startswith(family) and re.match(r"[{\s]", line[len(family) :] or " "):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -73,17 +77,36 @@ def download_through(daemons: list[Daemon], url: str, root: Path, digest: str) -
 def test_without_a_secret_forged_digests_from_gossip_are_refuted_by_the_origin(
     tmp_path: Path, origin: tuple[OriginServer, str, str]
 ) -> None:
+    """Plain dfgets (their own agents, no secret) and a member that claims every piece and
+    answers every digest query with forged digests: the claims are checked against the
+    origin, refuted, and the file comes from the origin instead; nothing forged is written."""
     _, url, digest = origin
+    net = loopback_net()
     with ExitStack() as stack:
-        daemons = daemon_cluster(stack, tmp_path, 3)
-        first = _bind_of(daemons[0])
-        agent = stack.enter_context(serf_agent(tmp_path / "agents", "0-forger", _next(first)))
-        assert join(agent.rpc, first) == 1
-        forger = stack.enter_context(Forger(agent.rpc, "0-forger"))
-        download_through(daemons, url, tmp_path, digest)
+        agents = [
+            stack.enter_context(serf_agent(tmp_path / "agents", name, f"{net}.{i}"))
+            for i, name in ((1, "g1"), (2, "g2"), (3, "g3"), (9, "0-forger"))
+        ]
+        for agent in agents[1:]:
+            assert join(agent.rpc, agents[0].bind) == 1
+        forger = stack.enter_context(Forger(agents[3].rpc, "0-forger"))
+        seed = dfget_serf(agents[0], url, tmp_path / "seed.bin", "--seed-time", "10m")
+        try:
+            wait_until(lambda: (tmp_path / "seed.bin").exists(), "the first copy")
+            wait_until(lambda: bool(forger.geometry), "the forger to make its claim")
+            victims = [
+                dfget_serf(agent, url, tmp_path / f"{agent.name}.bin", "--seed-time", "0")
+                for agent in agents[1:3]
+            ]
+            summaries = [finish(victim) for victim in victims]
+        finally:
+            stop(seed)
+        for path in (tmp_path / "seed.bin", tmp_path / "g2.bin", tmp_path / "g3.bin"):
+            assert sha256(path) == digest, path.name
         assert forger.answered > 0, "the forged digests were never asked for: nothing tested"
-        refuted = sum(counter(d, "dragonfly_serf_reports_total") for d in daemons)
-        assert refuted > 0
+        # A victim that was given the forged digests read a piece from the origin that
+        # contradicts them, and took the rest from the origin.
+        assert any("is not the origin's" in summary for summary in summaries), summaries
 
 
 def test_with_a_secret_an_agent_without_its_key_cannot_join(tmp_path: Path) -> None:
@@ -120,12 +143,15 @@ def test_with_a_secret_untagged_payloads_from_inside_the_gossip_are_dropped_and_
         assert join(agent.rpc, first) == 1
         forger = stack.enter_context(Forger(agent.rpc, "0-forger", key=b"not the secret's key"))
         download_through(daemons, url, tmp_path, digest)
+        rejected = 'dragonfly_serf_events_rejected_total{reason="unauthenticated"}'
         wait_until(
-            lambda: sum(counter(d, "dragonfly_serf_events_rejected_total") for d in daemons) > 0,
+            lambda: sum(counter(d, rejected) for d in daemons) > 0,
             "the forger's payloads to be dropped",
         )
+        # Nothing of it was taken: no digest to refute, and it was never asked for digests
+        # (its claim to hold every piece was dropped with the rest).
         assert all(counter(d, "dragonfly_serf_reports_total") == 0 for d in daemons)
-        assert forger.answered == 0  # its claims were dropped: no node asked it anything
+        assert forger.digests_answered == 0
 
 
 def _bind_of(daemon: Daemon) -> str:
