@@ -715,3 +715,17 @@ def test_announces_without_seq_are_not_checked(make: Make) -> None:
     swarm.announce(req(1, left_bytes=TOTAL))
     swarm.announce(req(1, left_bytes=TOTAL))
     assert len(task_stats(swarm)["peer_list"]) == 1
+
+
+def test_scrape_counts_outlive_the_last_peer_for_the_task_ttl(make: Make) -> None:
+    swarm, clock = make(interval_s=5.0, task_ttl_s=100.0)  # stock clients: no manifest
+    swarm.announce(req(1, left_bytes=10, event=Event.STARTED))
+    swarm.announce(req(1, left_bytes=0, event=Event.COMPLETED))
+    swarm.announce(req(1, left_bytes=0, event=Event.STOPPED))
+    assert swarm.scrape((TASK,)) == {TASK: ScrapeCounts(complete=0, incomplete=0, downloaded=1)}
+    clock.now_s += 99
+    swarm.expire()
+    assert swarm.scrape((TASK,))[TASK].downloaded == 1
+    clock.now_s += 2
+    swarm.expire()
+    assert swarm.scrape((TASK,)) == {}
