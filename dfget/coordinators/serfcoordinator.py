@@ -147,6 +147,8 @@ class SerfCoordinator:
         """Ask holders for the digests this node lacks (a few queries at once)."""
         node = self.node
         wanted = node.view.wanted_digests(key)
+        if wanted:
+            log.debug("serf: asking for digests %s", wanted)
         limit = asyncio.Semaphore(PARALLEL_QUERIES)
 
         async def one(first: int, count: int, holder: str) -> None:
@@ -160,6 +162,7 @@ class SerfCoordinator:
                         node.counters.rejected[exc.reason] += 1
                         continue
                     node.view.learn_digests(key, found)
+                    log.debug("serf: %s answered %d digests from %d", holder, len(found), first)
 
         await asyncio.gather(*(one(*w) for w in wanted))
 

@@ -48,7 +48,7 @@ from dfget.coordinators.serfview import (
 
 log = logging.getLogger(__name__)
 
-PUBLISH_S: Final = 0.5
+PUBLISH_S: Final = 0.25
 #: The load tag changes gossip a member update: not more often than this.
 TAG_EVERY_S: Final = 5.0
 #: Membership upkeep (rejoin when alone, DNS when the cluster shrank) runs this often.
