@@ -13,10 +13,12 @@ recommended configuration: no origin check per client); aria2c, a stock client, 
 tracker. Clients start together and leave when done (``--seed-time 0`` / ``--seed-time=0``).
 
 Per client: CPU seconds (user + system, psutil) for the whole process and without start-up
-(dfget's start-up is the CPU of ``dfget --help``, measured apart; aria2c's is negligible), CPU
-per second of download, read and write syscalls and voluntary context switches (wakeups) per
+(the CPU of ``dfget --help`` / ``aria2c --version``, measured apart), CPU per second of
+download, read and write syscalls and voluntary context switches (wakeups) per
 second (``/proc``, sampled every 0.2 s), the download time, and what it took from peers and
 the origin and uploaded (dfget's summary line). The bound: the file at one client's rate.
+dfget's fixed cost is measured too: the CPU of one dfget alone fetching 1 KiB through the same
+tracker and origin (start-up, tracker, manifest, teardown), and the CPU without it.
 JSON to bench/results/cpu_per_client*.json; bench/README.md has the story.
 """
 
@@ -35,7 +37,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +54,17 @@ from peerwire.units import format_rate, parse_rate, parse_size
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 SAMPLE_S = 0.2
+#: ``python -c`` this, the stats file, the module, its arguments: the module under cProfile, every
+#: call counted and timed in CPU time (a wall clock would charge idle waits to whatever awaits).
+PROFILE_MODULE = """
+import atexit, cProfile, runpy, sys, time
+out = sys.argv.pop(1)
+module = sys.argv.pop(1)
+profile = cProfile.Profile(time.process_time)
+atexit.register(lambda: (profile.disable(), profile.dump_stats(out)))
+profile.enable()
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
 
 
 @dataclass
@@ -126,10 +141,47 @@ def run_clients(
     return clients
 
 
-def child_cpu_s(command: list[str]) -> float:
+@contextlib.contextmanager
+def origin_timeline(origin: str) -> Iterator[list[tuple[float, int]]]:
+    """(seconds since the start, body bytes the origin has written) every second, from a
+    thread asking its ``/__stats``: how busy the origin was, and when it was done."""
+    timeline: list[tuple[float, int]] = []
+    stop = threading.Event()
+    began = time.monotonic()
+
+    def sample() -> None:
+        while not stop.wait(1.0):
+            with contextlib.suppress(OSError, ValueError):
+                with urllib.request.urlopen(f"{origin}/__stats", timeout=2) as answer:
+                    written = json.loads(answer.read()).get("bytes_written", 0)
+                timeline.append((round(time.monotonic() - began, 1), written))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield timeline
+    finally:
+        stop.set()
+        sampler.join()
+
+
+def client_env() -> dict[str, str]:
+    """The clients' environment: none of this shell's dfget settings, and Python writing and
+    reading its bytecode caches as on a user's machine (``PYTHONDONTWRITEBYTECODE`` would
+    compile every module from source in every client)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DFGET_", "DRAGONFLY_")) and k != "PYTHONDONTWRITEBYTECODE"
+    }
+
+
+def child_cpu_s(command: list[str], env: dict[str, str] | None = None) -> float:
     """The exact user + system CPU of one run of ``command`` (its rusage at exit)."""
     before = os.times()
-    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    subprocess.run(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=False
+    )
     after = os.times()
     return (after.children_user - before.children_user) + (
         after.children_system - before.children_system
@@ -220,6 +272,10 @@ def describe(clients: list[Client], size: int, startup_s: float) -> dict[str, An
         }
         per_client.append(row)
     ok = [row for row in per_client if row["exit"] == 0]
+    for client in clients:
+        if client.exit_code != 0:
+            tail = client.stderr.strip().splitlines()[-3:]
+            print(f"{client.name} exited {client.exit_code}: {' | '.join(tail)}", file=sys.stderr)
 
     def median(key: str) -> float | None:
         values = [row[key] for row in ok if row[key] is not None]
@@ -240,11 +296,12 @@ def describe(clients: list[Client], size: int, startup_s: float) -> dict[str, An
 
 
 def dfget_swarm(args: argparse.Namespace, work: Path, data: Path, rate: int) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DFGET_", "DRAGONFLY_"))}
+    env = client_env()
     env.update({"DRAGONFLY_SECRET": secrets.token_urlsafe(32), "DFGET_DAEMON_SOCKET": ""})
     origin_dir = work / "origin"
     origin_dir.mkdir()
     shutil.copy(data, origin_dir / data.name)
+    (origin_dir / "tiny.bin").write_bytes(os.urandom(1024))
     source_rate = int(parse_rate(args.source_rate)) if args.source_rate else 20 * rate
     with (
         started(
@@ -266,17 +323,15 @@ def dfget_swarm(args: argparse.Namespace, work: Path, data: Path, rate: int) -> 
         for index in range(args.clients):
             out = work / f"dfget{index:02d}.bin"
             if index == 0 and args.profile:
-                # cProfile of one client (every call counted; wall-clock times), for pstats.
-                profiler = ["-m", "cProfile", "-o", str(args.profile)]
+                profiler = ["-c", PROFILE_MODULE, str(args.profile)]
             else:
-                profiler = []
+                profiler = ["-m"]
             commands.append(
                 (
                     f"dfget{index:02d}",
                     [
                         PYTHON,
                         *profiler,
-                        "-m",
                         "dfget.cli",
                         f"{origin}/files/{data.name}",
                         "-O",
@@ -293,8 +348,25 @@ def dfget_swarm(args: argparse.Namespace, work: Path, data: Path, rate: int) -> 
                 )
             )
         began = time.monotonic()
-        clients = run_clients(commands, env, work)
+        with origin_timeline(origin) as timeline:
+            clients = run_clients(commands, env, work)
         wall = time.monotonic() - began
+        # The fixed cost of a download: one dfget alone fetching 1 KiB through the same
+        # tracker and origin (interpreter, imports, tracker, manifest, file, teardown).
+        tiny = [
+            PYTHON,
+            "-m",
+            "dfget.cli",
+            f"{origin}/files/tiny.bin",
+            "-O",
+            str(work / "tiny.bin"),
+            "--tracker",
+            tracker,
+            "--seed-time",
+            "0s",
+            "--quiet",
+        ]
+        fixed_s = min(child_cpu_s(tiny, env) for _ in range(3))
         origin_stats = json.loads(
             subprocess.run(
                 ["curl", "-s", f"{origin}/__stats"], capture_output=True, text=True, check=False
@@ -303,6 +375,12 @@ def dfget_swarm(args: argparse.Namespace, work: Path, data: Path, rate: int) -> 
         )
     result = describe(clients, data.stat().st_size, args.dfget_startup_s)
     result["wall_s"] = round(wall, 3)
+    result["origin_timeline"] = timeline
+    result["fixed_cpu_s"] = round(fixed_s, 4)
+    without_fixed = [c["cpu_s"] - fixed_s for c in result["clients"] if c["exit"] == 0]
+    result["median_cpu_s_without_fixed"] = (
+        round(statistics.median(without_fixed), 4) if without_fixed else None
+    )
     result["origin_bytes"] = origin_stats.get("bytes_sent")
     result["source_rate_bps"] = source_rate
     expected = hashlib.sha256(data.read_bytes()).hexdigest()
@@ -318,7 +396,7 @@ def aria2c_swarm(args: argparse.Namespace, work: Path, data: Path, rate: int) ->
     aria2 = shutil.which("aria2c")
     if aria2 is None:
         raise SystemExit("cpu_per_client: aria2c is not installed (apt-get install aria2)")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DFGET_", "DRAGONFLY_"))}
+    env = client_env()
     piece = choose_piece_length(data.stat().st_size)
     source_rate = int(parse_rate(args.source_rate)) if args.source_rate else 20 * rate
     seed_dir = work / "seed"
@@ -364,7 +442,7 @@ def aria2c_swarm(args: argparse.Namespace, work: Path, data: Path, rate: int) ->
         finally:
             seeder.terminate()
             seeder.wait(timeout=10)
-    result = describe(clients, data.stat().st_size, 0.0)
+    result = describe(clients, data.stat().st_size, args.aria2c_startup_s or 0.0)
     result["wall_s"] = round(wall, 3)
     result["source_rate_bps"] = source_rate
     expected = hashlib.sha256(data.read_bytes()).hexdigest()
@@ -394,8 +472,22 @@ def main() -> int:
     args = parser.parse_args()
     rate = int(parse_rate(args.rate))
     size = parse_size(args.size)
+    # Bytecode caches of the project's modules, as an installed copy has them.
+    subprocess.run(
+        [PYTHON, "-m", "compileall", "-q", "dfget", "peerwire", "tracker", "proxy"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        env=client_env(),
+        check=False,
+    )
     # dfget's start-up: the least CPU of five runs of `dfget --help` (interpreter, imports).
-    args.dfget_startup_s = min(child_cpu_s([PYTHON, "-m", "dfget.cli", "--help"]) for _ in range(5))
+    args.dfget_startup_s = min(
+        child_cpu_s([PYTHON, "-m", "dfget.cli", "--help"], client_env()) for _ in range(5)
+    )
+    aria2 = shutil.which("aria2c")
+    args.aria2c_startup_s = (
+        min(child_cpu_s([aria2, "--version"]) for _ in range(5)) if aria2 else None
+    )
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "commit": subprocess.run(
@@ -411,6 +503,7 @@ def main() -> int:
         "bound_s": round(size / rate, 3),
         "load_before": os.getloadavg(),
         "dfget_help_cpu_s": round(args.dfget_startup_s, 4),
+        "aria2c_version_cpu_s": args.aria2c_startup_s,
     }
     with tempfile.TemporaryDirectory(prefix="cpu-per-client-", dir="/dev/shm") as tmp:
         data = Path(tmp) / "payload.bin"
@@ -429,7 +522,13 @@ def main() -> int:
                 f"(bound {report['bound_s']} s), CPU median "
                 f"{row['median_cpu_s_without_startup']} s without start-up "
                 f"({row['median_cpu_ms_per_s']} ms/s), {row['median_syscalls_per_s']} syscalls/s, "
-                f"{row['median_wakeups_per_s']} wakeups/s",
+                f"{row['median_wakeups_per_s']} wakeups/s"
+                + (
+                    f"; fixed cost {row['fixed_cpu_s']} s, without it "
+                    f"{row['median_cpu_s_without_fixed']} s"
+                    if "fixed_cpu_s" in row
+                    else ""
+                ),
                 flush=True,
             )
     report["load_after"] = os.getloadavg()

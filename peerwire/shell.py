@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 INLINE_VERIFY_BYTES: Final = 64 * 1024
 #: Outgoing connection attempts at once.
 MAX_DIALS: Final = 16
+#: The timer is set this much after the core's deadline. uvloop's clock and timers count whole
+#: milliseconds (a delay is rounded to the nearest one): set at the deadline itself, the timer
+#: could fire up to half a millisecond before it, find nothing due, and be set again for "now"
+#: until the clock ticked over, dozens of idle turns of the loop each time.
+TIMER_SLACK_S: Final = 0.001
 
 #: What the shell hands on: the commands it does not carry out itself.
 CommandHandler = Callable[[cmd.Command[PeerConnection]], object]
@@ -207,7 +212,7 @@ class TaskShell:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = deadline
-        self._timer = self._loop.call_at(deadline, self._fire)
+        self._timer = self._loop.call_at(deadline + TIMER_SLACK_S, self._fire)
 
     def _fire(self) -> None:
         self._timer = None

@@ -4,8 +4,9 @@
 
 Serves ``DIR/NAME`` at ``/files/NAME`` (aiohttp's file responses: ``Range``, ``ETag``,
 ``Last-Modified``), prints ``listening http://HOST:PORT`` once ready, and counts what it serves:
-``GET /__stats`` answers ``{"bytes_sent": ..., "requests": ...}`` (body bytes of every file
-response, from their Content-Length). A tool for people and scripts, never imported by the
+``GET /__stats`` answers ``{"bytes_sent": ..., "requests": ..., "bytes_written": ...}`` (body
+bytes of every file response, from their Content-Length; with ``--rate``, also the body bytes
+written so far, for a timeline). A tool for people and scripts, never imported by the
 packages. ``--rate`` paces every response body together (one token bucket for the whole
 origin, as a link of that speed would), for benchmarks that give the origin a speed.
 """
@@ -26,7 +27,7 @@ from peerwire.units import parse_rate
 
 
 def build_app(root: Path, rate_bps: float | None = None) -> web.Application:
-    counters = {"bytes_sent": 0, "requests": 0}
+    counters = {"bytes_sent": 0, "requests": 0, "bytes_written": 0}
     limiter = None
     if rate_bps is not None:
         limiter = AsyncRateLimiter(TokenBucket(rate_bps, clock=time.monotonic))
@@ -39,7 +40,7 @@ def build_app(root: Path, rate_bps: float | None = None) -> web.Application:
         counters["requests"] += 1
         if limiter is None:
             return web.FileResponse(path)
-        return await paced(request, path, limiter)
+        return await paced(request, path, limiter, counters)
 
     async def count(request: web.Request, response: web.StreamResponse) -> None:
         if request.path.startswith("/files/") and request.method == "GET":
@@ -55,7 +56,9 @@ def build_app(root: Path, rate_bps: float | None = None) -> web.Application:
     return app
 
 
-async def paced(request: web.Request, path: Path, limiter: AsyncRateLimiter) -> web.StreamResponse:
+async def paced(
+    request: web.Request, path: Path, limiter: AsyncRateLimiter, counters: dict[str, int]
+) -> web.StreamResponse:
     """``path`` (or the one ``bytes=FIRST-LAST`` range asked for) written in 16 KiB chunks as
     the origin's bucket allows."""
     size = path.stat().st_size
@@ -83,6 +86,7 @@ async def paced(request: web.Request, path: Path, limiter: AsyncRateLimiter) -> 
             chunk = stream.read(min(16384, left))
             await limiter.acquire(len(chunk))
             await response.write(chunk)
+            counters["bytes_written"] += len(chunk)
             left -= len(chunk)
     await response.write_eof()
     return response
