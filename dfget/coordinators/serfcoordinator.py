@@ -130,11 +130,15 @@ class SerfCoordinator:
         )
 
     async def _ask_geometry(self, key: bytes) -> None:
-        """Ask the task's members (everyone, when none is known) for its geometry."""
+        """Ask the task's members for its geometry (none known: nobody is asked, and this
+        node describes the task from its own probe of the origin, as the first peer does with
+        a tracker)."""
         node = self.node
         state = node.view.tasks.get(key)
         members = [n for n in (state.holders if state else {}) if n != node.me][:3]
-        for envelope in await node.ask(wire.QUERY_MANIFEST, [key], members or None, 1):
+        if not members:
+            return  # nobody said it takes part: this node describes the task itself
+        for envelope in await node.ask(wire.QUERY_MANIFEST, [key], members, 1):
             try:
                 geometry = wire.parse_geometry(envelope.body)
             except wire.Rejected as exc:
