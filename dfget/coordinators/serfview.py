@@ -33,7 +33,7 @@ from peerwire.coordination import AnnounceAnswer, PeerAddress, Progress
 #: knows all their digests.
 GROUP: Final = 4
 #: A node starts reading the origin this long after it joined a task (see the module doc).
-SETTLE_S: Final = 0.5
+SETTLE_S: Final = 1.0
 #: Announces are answered locally: the core may announce this often (once a second is the
 #: least interval it takes), and sooner when an assignment runs out.
 INTERVAL_S: Final = 1.0

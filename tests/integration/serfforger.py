@@ -16,7 +16,7 @@ import threading
 from typing import Any
 
 from dfget.coordinators import serfwire as wire
-from dfget.coordinators.serfrpc import SerfRpc
+from dfget.coordinators.serfrpc import SerfRpc, SerfRpcError
 
 
 class Forger:
@@ -28,21 +28,29 @@ class Forger:
         self.geometry: dict[bytes, list[Any]] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._rpc: SerfRpc | None = None
 
     def __enter__(self) -> Forger:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._run(), self._loop)
+        self._done = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        asyncio.run_coroutine_threadsafe(_cancel_others(), self._loop).result(timeout=20)
+        # Closing the connection ends the event stream: ``_run`` returns by itself.
+        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout=20)
+        self._done.result(timeout=20)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        self._loop.run_until_complete(self._loop.shutdown_asyncgens())
         self._loop.close()
+
+    async def _close(self) -> None:
+        if self._rpc is not None:
+            await self._rpc.close()
 
     async def _run(self) -> None:
         host, _, port = self.rpc.rpartition(":")
-        rpc = await SerfRpc.connect(host, int(port))
+        rpc = self._rpc = await SerfRpc.connect(host, int(port))
         types = ",".join(
             [f"user:{wire.EVENT_START}", f"user:{wire.EVENT_LENGTH}"]
             + [f"query:{q}" for q in wire.QUERIES]
@@ -52,8 +60,8 @@ class Forger:
             async for record in records:
                 try:
                     await self._on(rpc, record)
-                except wire.Rejected:
-                    continue
+                except (wire.Rejected, SerfRpcError, IndexError, KeyError):
+                    continue  # not a payload it can read, or a query already over
         finally:
             await rpc.close()
 
@@ -99,11 +107,3 @@ def _peek(name: str, payload: bytes) -> list[Any]:
         return reader.open(name, payload).body
     except wire.Rejected:
         return reader.open(name, payload[: -wire.TAG_BYTES]).body
-
-
-async def _cancel_others() -> None:
-    """Cancel the forger's tasks and wait for them (its RPC connection closes)."""
-    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for task in others:
-        task.cancel()
-    await asyncio.gather(*others, return_exceptions=True)

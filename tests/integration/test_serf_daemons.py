@@ -16,6 +16,8 @@ import pytest
 from tests.helpers.origin_server import OriginServer, origin_process
 from tests.integration.peers import random_file
 from tests.integration.serfcluster import (
+    Daemon,
+    alive_count,
     daemon_cluster,
     dfget_via,
     finish,
@@ -110,3 +112,35 @@ def test_three_daemons_killed_mid_download_leave_the_others_to_finish_exactly(
             finish(download)
             assert sha256(outputs[name]) == digest, name
         assert 'dragonfly_serf_members{status="failed"} 3.0' in watcher.metrics()
+
+
+def test_a_daemon_supervises_its_agent_and_stops_it_on_exit(tmp_path: Path) -> None:
+    import psutil
+
+    with ExitStack() as stack:
+        first, second = daemon_cluster(stack, tmp_path, 2)
+        [agent] = first.agent_pids()
+        os.kill(agent, signal.SIGKILL)
+        wait_until(
+            lambda: (
+                counter(first, "dragonfly_serf_agent_restarts_total") >= 1
+                and counter(first, "dragonfly_serf_reconnects_total") >= 1
+            ),
+            "the daemon to start its agent again and reconnect",
+        )
+        [restarted] = first.agent_pids()
+        assert restarted != agent
+        wait_until(
+            lambda: alive_count(first) == 2 and alive_count(second) == 2,
+            "the restarted agent to rejoin the cluster",
+        )
+        [other] = second.agent_pids()
+        stop(second.process)  # SIGTERM: the daemon leaves and stops its agent
+        assert not psutil.pid_exists(other) or psutil.Process(other).status() == "zombie"
+
+
+def counter(daemon: Daemon, name: str) -> float:
+    for line in daemon.metrics().splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
