@@ -3,18 +3,21 @@
 One per process (dfdaemon shares it between every download; a plain dfget has its own): the
 RPC connection to the agent (``serfrpc``), the agent itself with ``--serf-agent auto``
 (``serfagent``), the event stream that keeps the ``ClusterView`` current, the publisher that
-sends this node's news (``serfwire``: start, have, recover, removed, length), the answers to
-other nodes' queries, and discovery. ``SerfCoordinator`` (``serfcoordinator``) is the tracker
-interface the download engine calls, on top of it.
+sends this node's news (``serfwire``: start, have, digests, recover, removed, length), the
+answers to other nodes' queries (``serfqueries``), and discovery. ``SerfCoordinator``
+(``serfcoordinator``) is the tracker interface the download engine calls, on top of it.
 
 What this node holds of a task is published at most once per ``PUBLISH_S``: the whole bitfield
 when it fits an event, else the runs added since the last event (what still does not fit goes
 next time, and a receiver that counts fewer pieces than the sender says it holds asks it with
-``df-q-have``). When a member joins (a newcomer, or one back after a failure) and when this
-node's own agent connection comes back, every task this node takes part in is published again
-as ``df-recover``, so that the newcomer - or the rest, after this node's restart - knows what it
-holds. A malformed, stale, replayed or unauthenticated payload is dropped and counted
-(``SerfCounters.rejected``), never raised.
+``df-q-have``); it is published again ``REFRESH_S`` after the last news even when unchanged
+(gossip may lose an event). The digests of this node's origin reads go out as ``df-digests``
+in the same cycle. A node that starts a task asks who holds what (``df-q-holders``). When a
+member joins (a newcomer, or one back after a failure) and when this node's own agent
+connection comes back, every task this node takes part in is published again as
+``df-recover``, so that the rest know what it holds after its restart. A malformed, stale,
+replayed or unauthenticated payload is dropped and counted (``SerfCounters.rejected``), never
+raised.
 """
 
 from __future__ import annotations
