@@ -8,8 +8,10 @@ the same moment (``dfget`` through each daemon's socket) and measures the last c
 that moment), the bytes the origin sent, and - with Serf - the gossip: every agent reports
 memberlist's ``udp.sent`` and ``tcp.sent`` byte counters to a statsd listener of this script
 (Serf's ``statsd_addr``), summed over the download and divided by nodes and seconds. The
-agents use Serf's LAN profile (its defaults). Modes alternate run by run. The load average is
-recorded before each run (the machine may be shared).
+agents use Serf's LAN profile (its defaults). The nodes share a generated cluster secret, as a
+fleet's should (the tracker and the agents' gossip key too), so no node checks a manifest
+against the origin. Modes alternate run by run; each run starts from empty caches. The load
+average is recorded before each run (the machine may be shared).
 
 From the measured events a node fires per download and Serf's published gossip defaults
 (memberlist's LAN profile: fanout 3, 200 ms interval, 1400-byte packets, each message sent
@@ -21,6 +23,7 @@ to ``bench/results/serf_vs_tracker.json``.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import math
 import os
@@ -40,6 +43,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from dfget.coordinators.serfwire import gossip_key  # noqa: E402
+
 PYTHON = sys.executable
 GOSSIP_PORT = 7946
 #: memberlist's LAN defaults (``DefaultLANConfig``), the figures Serf's convergence simulator
@@ -126,29 +132,40 @@ def metric_total(url: str, family: str) -> float:
     )
 
 
-def run_once(mode: str, work: Path, url: str, origin: str, nodes: int) -> dict[str, Any]:
+def run_once(
+    mode: str, work: Path, url: str, origin: str, nodes: int, secret: str
+) -> dict[str, Any]:
     net = f"127.{100 + os.getpid() % 100}.{1 + int(time.time()) % 200}"
     load = os.getloadavg()[0]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DFDAEMON_", "DFGET_"))}
+    env["DRAGONFLY_SECRET"] = secret
+    run = work / f"{mode}-{time.monotonic_ns()}"
+    run.mkdir()
     with ExitStack() as stack:
+        stack.callback(shutil.rmtree, run, True)
         extra: list[list[str]] = [[] for _ in range(nodes)]
         statsd = None
         if mode == "tracker":
-            _, line = stack.enter_context(
-                running([PYTHON, "-m", "tracker.cli", "serve", "--port", "0"], "dftracker")
-            )
+            secret_file = run / "secret"
+            secret_file.write_text(secret)
+            command = [PYTHON, "-m", "tracker.cli", "serve", "--port", "0",
+                       "--secret-file", str(secret_file)]  # fmt: skip
+            _, line = stack.enter_context(running(command, "dftracker"))
             tracker = line.split()[1].removesuffix("/announce")
             extra = [["--tracker", tracker] for _ in range(nodes)]
         else:
             statsd = StatsdCounter()
             stack.callback(statsd.close)
-            config = work / "agent.json"
+            config = run / "agent.json"
             config.write_text(json.dumps({"statsd_addr": statsd.address}))
+            keyring = run / "keyring.json"
+            keyring.write_text(json.dumps([gossip_key(secret.encode())]))
             for i in range(1, nodes + 1):
                 rpc = f"127.0.0.1:{free_port()}"
                 command = [shutil.which("serf") or "serf", "agent", f"-node=b{i}",
                            f"-bind={net}.{i}:{GOSSIP_PORT}", f"-rpc-addr={rpc}",
-                           f"-config-file={config}", "-log-level=err"]  # fmt: skip
+                           f"-config-file={config}", f"-keyring-file={keyring}",
+                           "-log-level=err"]  # fmt: skip
                 if i > 1:
                     command.append(f"-join={net}.1:{GOSSIP_PORT}")
                 agent = subprocess.Popen(
@@ -159,9 +176,9 @@ def run_once(mode: str, work: Path, url: str, origin: str, nodes: int) -> dict[s
                 extra[i - 1] = ["--coordinator", "serf", "--serf-rpc", rpc, "--stats-port", "0"]
         daemons: list[tuple[Path, str]] = []
         for i in range(1, nodes + 1):
-            sock = work / f"{mode}-{i}.sock"
+            sock = run / f"{i}.sock"
             command = [PYTHON, "-m", "proxy.cli", "--proxy-port", "0", "--socket", str(sock),
-                       "--cache-dir", str(work / f"{mode}-{i}-cache"), *extra[i - 1]]  # fmt: skip
+                       "--cache-dir", str(run / f"{i}-cache"), *extra[i - 1]]  # fmt: skip
             _, line = stack.enter_context(running(command, f"dfdaemon {i}", env=env))
             stats = line.split(" stats ")[1] if " stats " in line else ""
             daemons.append((sock, stats))
@@ -180,7 +197,7 @@ def run_once(mode: str, work: Path, url: str, origin: str, nodes: int) -> dict[s
         downloads = []
         for i, (sock, _) in enumerate(daemons, 1):
             denv = dict(env, DFGET_DAEMON_SOCKET=str(sock))
-            command = [PYTHON, "-m", "dfget.cli", url, "-O", str(work / f"out-{mode}-{i}"), "-q"]
+            command = [PYTHON, "-m", "dfget.cli", url, "-O", str(run / f"out-{i}"), "-q"]
             downloads.append(subprocess.Popen(command, env=denv, cwd=ROOT, stderr=subprocess.PIPE))
         finished = []
         for download in downloads:
@@ -210,8 +227,6 @@ def run_once(mode: str, work: Path, url: str, origin: str, nodes: int) -> dict[s
                 metric_total(s + "/metrics", "dragonfly_serf_queries_sent_total")
                 for _, s in daemons
             )
-        for i in range(1, nodes + 1):
-            (work / f"out-{mode}-{i}").unlink(missing_ok=True)
         return result
 
 
@@ -258,9 +273,10 @@ def main() -> int:
             origin = line.split()[1]
             url = origin + "/files/blob.bin"
             runs = []
+            secret = base64.b64encode(os.urandom(32)).decode()
             for index in range(args.runs * 2):
                 mode = ("tracker", "serf")[index % 2]
-                result = run_once(mode, work, url, origin, args.nodes)
+                result = run_once(mode, work, url, origin, args.nodes, secret)
                 result["origin_copies"] = round(result["origin_bytes"] / size, 3)
                 print(json.dumps(result), flush=True)
                 runs.append(result)
