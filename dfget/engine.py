@@ -149,7 +149,7 @@ class _Download:
         self.upload_bucket = bucket(options.upload_rate_bps, host.upload, clock)
         limiter = AsyncRateLimiter(self.download_bucket) if self.download_bucket else None
         self.origin = Origin(
-            options.url, options.headers, limiter=limiter, session=host.origin_session
+            options.url, options.headers, limiter=limiter, client=host.origin_client
         )
         self.coordinator: Coordinator | None = coordinator_for(options, host)
         self.fallback_reason: str | None = None

@@ -12,19 +12,21 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-import aiohttp
 import uvloop
 
 from dfget import errors
+from dfget.httpclient import ConnectError, HttpClient, HttpClientError, Response
 from dfget.options import DownloadOptions, DownloadResult, ProgressReport
 
 log = logging.getLogger(__name__)
 
 SOCKET_ENV = "DFGET_DAEMON_SOCKET"
+#: Longest line of the daemon's answer (a progress report is a few hundred bytes).
+MAX_LINE_BYTES: Final = 1 << 20
 
 
 def default_socket() -> Path:
@@ -74,16 +76,22 @@ async def download_via_daemon(
         "timeout_s": options.timeout_s,
     }
     last: ProgressReport | None = None
+    client = HttpClient(unix_socket=str(socket))
     try:
-        connector = aiohttp.UnixConnector(path=str(socket))
-        async with (
-            aiohttp.ClientSession(connector=connector) as session,
-            session.post("http://dfdaemon/v1/downloads", json=body) as response,
-        ):
+        # No read timeout: the daemon may rightly say nothing for long (a stalled swarm, the
+        # copy of a large file to the output).
+        response = await client.request(
+            "POST",
+            "http://dfdaemon/v1/downloads",
+            headers=[("Content-Type", "application/json")],
+            body=json.dumps(body).encode(),
+            read_timeout_s=None,
+        )
+        async with response:
             if response.status != 200:
-                document = await response.json(content_type=None)
+                document = json.loads(await response.read_all(MAX_LINE_BYTES))
                 raise ValueError(f"dfdaemon refused the download: {document.get('error')}")
-            async for line in response.content:
+            async for line in _lines(response):
                 message: dict[str, Any] = json.loads(line)
                 if "progress" in message:
                     last = ProgressReport(**message["progress"])
@@ -96,11 +104,28 @@ async def download_via_daemon(
                     error = error_class(f"(dfdaemon) {message['error']}")
                     error.exit_code = int(message["exit_code"])
                     raise error
-    except (aiohttp.ClientConnectorError, ConnectionRefusedError, FileNotFoundError) as exc:
+    except ConnectError as exc:
         raise DaemonUnavailable(str(exc)) from exc
-    except aiohttp.ClientError as exc:
+    except HttpClientError as exc:
         raise errors.DownloadError(f"dfdaemon connection failed: {exc}") from exc
+    finally:
+        await client.close()
     raise errors.DownloadError("dfdaemon closed the connection before the download finished")
+
+
+async def _lines(response: Response) -> AsyncIterator[bytes]:
+    """The body's lines (newline-delimited JSON), each as soon as it is complete."""
+    pending = b""
+    while chunk := await response.read():
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield line
+        if len(pending) > MAX_LINE_BYTES:
+            raise errors.DownloadError(f"dfdaemon sent a line longer than {MAX_LINE_BYTES} bytes")
+    if pending.strip():
+        yield pending
 
 
 def download_sync_via_daemon(

@@ -10,8 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import aiohttp
-
+from dfget.httpclient import HttpClient
 from dfget.originplan import OriginMeasure
 from peerwire.ratelimit import TokenBucket
 from peerwire.shell import SharedListener
@@ -34,9 +33,9 @@ class Host:
     #: task from it skips the slow start of its Range requests and knows how many to send.
     origins: dict[str, OriginMeasure] = field(default_factory=dict)
     #: One HTTP client for every task's origin requests, so that connections to an origin are
-    #: kept and reused from one task to the next (no cookies kept: tasks carry their own
+    #: kept and reused from one task to the next (it keeps no cookies: tasks carry their own
     #: credentials). None: each download opens its own.
-    origin_session: aiohttp.ClientSession | None = None
+    origin_client: HttpClient | None = None
     #: The node's part in a decentralized cluster (``--coordinator serf``), shared by every
     #: download; None: each download with ``options.serf`` starts its own.
     serf: SerfNode | None = None

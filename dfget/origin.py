@@ -28,10 +28,17 @@ from contextlib import asynccontextmanager
 from typing import Final, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from dfget.errors import OriginChanged, OriginError
+from dfget.httpclient import (
+    ConnectionLost,
+    HttpClient,
+    HttpClientError,
+    InvalidRequest,
+    Response,
+    TooManyRedirects,
+)
 from dfget.options import OriginInfo
 from peerwire.ratelimit import AsyncRateLimiter
 
@@ -92,7 +99,7 @@ def parse_content_range(value: str | None) -> tuple[int, int, int | None]:
     return first, last, total
 
 
-def content_length(response: aiohttp.ClientResponse) -> int | None:
+def content_length(response: Response) -> int | None:
     """The Content-Length header as a number, None when absent."""
     value = response.headers.get("Content-Length")
     if value is None:
@@ -102,7 +109,7 @@ def content_length(response: aiohttp.ClientResponse) -> int | None:
     return int(value)
 
 
-def _check_identity(response: aiohttp.ClientResponse) -> None:
+def _check_identity(response: Response) -> None:
     encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise OriginError(
@@ -112,7 +119,7 @@ def _check_identity(response: aiohttp.ClientResponse) -> None:
         )
 
 
-def _status_error(response: aiohttp.ClientResponse, expected: str) -> Exception:
+def _status_error(response: Response, expected: str) -> Exception:
     """The error for a status we cannot use: transient (5xx, 408, 429) or final."""
     message = f"origin answered {response.status} {response.reason}"
     if response.status >= 500 or response.status in _TRANSIENT_4XX:
@@ -127,8 +134,9 @@ def _status_error(response: aiohttp.ClientResponse, expected: str) -> Exception:
 class Origin:
     """HTTP client for one origin URL; see the module docstring for the retry policy.
 
-    ``headers`` go with every request (they may carry auth). A given ``session`` is used as is
-    (it should not raise for status; ours does not decompress), and is not closed by ``close``.
+    ``headers`` go with every request (they may carry auth). A given ``client`` (shared by a
+    node's downloads, so that connections to an origin are reused) is not closed by ``close``.
+    ``timeout_s`` bounds the connection and each wait for data, not a whole request.
     ``limiter`` paces body reads, ``READ_CHUNK_BYTES`` per reservation.
     """
 
@@ -137,7 +145,7 @@ class Origin:
         url: str,
         headers: Sequence[tuple[str, str]] = (),
         *,
-        session: aiohttp.ClientSession | None = None,
+        client: HttpClient | None = None,
         timeout_s: float = 30.0,
         retries: int = 4,
         backoff_s: float = 0.5,
@@ -151,12 +159,10 @@ class Origin:
         #: The URL without its user:password (which goes as Basic auth, to that origin only).
         self.url, self._auth, self._auth_origin = _split_credentials(url)
         self._headers: CIMultiDict[str] = CIMultiDict(headers)
-        self._session = session
-        self._own_session = session is None
+        self._client = client
+        self._own_client = client is None
         # No total limit: a big range at a low --rate may rightly take long. Stalls are caught.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=timeout_s, sock_read=timeout_s
-        )
+        self._timeout_s = timeout_s
         self._retries = retries
         self._backoff_s = backoff_s
         self._limiter = limiter
@@ -174,10 +180,10 @@ class Origin:
         await self.close()
 
     async def close(self) -> None:
-        """Close the session if this object created it."""
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the HTTP client if this object created it."""
+        if self._own_client and self._client is not None:
+            await self._client.close()
+            self._client = None
 
     async def probe(self) -> OriginInfo:
         """Length, validator, final URL and Range support, from ``GET`` with ``bytes=0-0``.
@@ -188,7 +194,7 @@ class Origin:
 
     async def _probe_once(self) -> OriginInfo:
         async with self._get(self.url, "bytes=0-0") as response:
-            final_url = str(response.url)
+            final_url = response.url
             validator = validator_of(response.headers)
             if response.status == 206:
                 _check_identity(response)
@@ -258,7 +264,7 @@ class Origin:
                         position = remaining.pop(0)
                         failures = 0
                         yield data
-                    if length is None and await response.content.read(1):
+                    if length is None and await response.read(1):
                         raise OriginError(f"origin sent more than range {start}-{end - 1}", 206)
             except _Transient as exc:
                 failures += 1
@@ -267,9 +273,7 @@ class Origin:
                 )
 
     @asynccontextmanager
-    async def _get_range(
-        self, start: int, end: int, expect: OriginInfo
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def _get_range(self, start: int, end: int, expect: OriginInfo) -> AsyncIterator[Response]:
         """A GET of ``[start, end)`` whose answer is checked to be exactly that range of the
         file ``expect`` describes; its body is the caller's to read."""
         wanted = f"{start}-{end - 1}"
@@ -330,48 +334,46 @@ class Origin:
                     chunk = await self._read_exactly(response, min(chunk_bytes, total - received))
                     received += len(chunk)
                     yield chunk
-                if length is None and await response.content.read(1):
+                if length is None and await response.read(1):
                     raise OriginChanged(f"origin changed: body longer than {total} bytes", 200)
         except _Transient as exc:
             raise OriginError(str(exc), exc.status, retryable=True) from exc
 
-    async def _read_exactly(self, response: aiohttp.ClientResponse, size_bytes: int) -> bytes:
+    async def _read_exactly(self, response: Response, size_bytes: int) -> bytes:
         """``size_bytes`` of body, read under the limiter; ``_Transient`` if it ends early."""
-        if self._limiter is None or self._limiter.bucket.unlimited:
-            # One call: aiohttp gathers the chunks itself (a dfdaemon without a host rate has a
-            # limiter whose buckets have no rate: nothing to book).
-            try:
-                data = await response.content.readexactly(size_bytes)
-            except asyncio.IncompleteReadError as exc:
-                self.bytes_fetched += len(exc.partial)
-                raise _Transient(
-                    f"origin body ended after {len(exc.partial)} of {size_bytes} bytes",
-                    response.status,
-                ) from None
-            self.bytes_fetched += len(data)
-            return data
-        buffer = bytearray()
-        while len(buffer) < size_bytes:
-            step = min(READ_CHUNK_BYTES, size_bytes - len(buffer))
-            if self._limiter is not None:
-                await self._limiter.acquire(step)
-            goal = len(buffer) + step
-            while len(buffer) < goal:
-                part = await response.content.read(goal - len(buffer))
+        # A dfdaemon without a host rate has a limiter whose buckets have no rate: nothing to
+        # book, so the body is read in as few calls as it arrives in.
+        limiter = self._limiter
+        if limiter is not None and limiter.bucket.unlimited:
+            limiter = None
+        parts: list[bytes] = []
+        received = 0
+        while received < size_bytes:
+            goal = size_bytes
+            if limiter is not None:
+                step = min(READ_CHUNK_BYTES, size_bytes - received)
+                await limiter.acquire(step)
+                goal = received + step
+            while received < goal:
+                try:
+                    part = await response.read(goal - received)
+                except ConnectionLost:
+                    part = b""  # closed in the middle of the body
                 if not part:
                     raise _Transient(
-                        f"origin body ended after {len(buffer)} of {size_bytes} bytes",
+                        f"origin body ended after {received} of {size_bytes} bytes",
                         response.status,
                     )
-                buffer += part
+                parts.append(part)
+                received += len(part)
                 self.bytes_fetched += len(part)
-        return bytes(buffer)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     @asynccontextmanager
-    async def _get(self, url: str, byte_range: str | None) -> AsyncIterator[aiohttp.ClientResponse]:
-        """One GET (redirects followed); aiohttp's transient failures become ``_Transient``."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(auto_decompress=False)
+    async def _get(self, url: str, byte_range: str | None) -> AsyncIterator[Response]:
+        """One GET (redirects followed); the client's transient failures become ``_Transient``."""
+        if self._client is None:
+            self._client = HttpClient()
         headers = self._headers.copy()
         headers["Accept-Encoding"] = "identity"
         if byte_range is None:
@@ -381,22 +383,24 @@ class Origin:
         self.requests += 1
         own = self._auth is not None and _origin_of(url) == self._auth_origin
         if own and self._auth is not None and "Authorization" not in headers:
-            # aiohttp drops it when a redirect leaves the origin: those hosts never see it.
+            # The client drops it when a redirect leaves the origin: those hosts never see it.
             headers["Authorization"] = self._auth
         try:
-            async with self._session.get(
+            response = await self._client.request(
+                "GET",
                 url,
-                headers=headers,
-                timeout=self._timeout,
+                headers=headers.items(),
+                follow_redirects=True,
                 max_redirects=MAX_REDIRECTS,
-                raise_for_status=False,
-                auto_decompress=False,
-            ) as response:
-                self.requests += len(response.history)
+                connect_timeout_s=self._timeout_s,
+                read_timeout_s=self._timeout_s,
+            )
+            async with response:
+                self.requests += response.redirects
                 yield response
-        except (aiohttp.TooManyRedirects, aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
+        except (TooManyRedirects, InvalidRequest) as exc:
             raise OriginError(f"cannot fetch {url}: {exc.__class__.__name__}: {exc}") from exc
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (HttpClientError, TimeoutError, OSError) as exc:
             raise _Transient(f"{exc.__class__.__name__}: {exc}") from exc
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:

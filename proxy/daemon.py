@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from dfget import engine
 from dfget.coordinators.serfnode import SerfNode
 from dfget.host import Host
+from dfget.httpclient import HttpClient
 from dfget.identity import normalize_url, task_id_for
 from dfget.options import DownloadOptions, DownloadResult, OriginInfo, ProgressReport
 from dfget.seeding import seed_file
@@ -106,8 +105,7 @@ class Daemon:
 
     async def start(self) -> None:
         self.modes.make_dir(self.config.cache_dir)
-        session = aiohttp.ClientSession(auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
-        self.host = dataclasses.replace(self.host, origin_session=session)
+        self.host = dataclasses.replace(self.host, origin_client=HttpClient())
         assert self.host.listener is not None
         self.peer_port = await self.host.listener.start(
             self.config.peer_host, self.config.peer_port
@@ -148,8 +146,8 @@ class Daemon:
             await self.host.serf.close()
         assert self.host.listener is not None
         await self.host.listener.close()
-        if self.host.origin_session is not None:
-            await self.host.origin_session.close()
+        if self.host.origin_client is not None:
+            await self.host.origin_client.close()
 
     @property
     def uploaded_bytes(self) -> int:

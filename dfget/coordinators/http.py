@@ -9,6 +9,7 @@ manifests and reports go to the tracker's JSON API.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import itertools
 import json
@@ -18,9 +19,7 @@ import time
 from typing import Any, Final
 from urllib.parse import quote_from_bytes
 
-import aiohttp
-import yarl
-
+from dfget.httpclient import BodyTooLarge, HttpClient, HttpClientError, Response
 from peerwire import bencoding
 from peerwire.auth import (
     ANSWER_HEADER,
@@ -156,22 +155,25 @@ def parse_manifest_doc(document: Any) -> TaskManifestDoc:
 
 
 class HttpTracker:
-    """``Coordinator`` over HTTP to a list of ``dftracker`` base URLs, tried in turn."""
+    """``Coordinator`` over HTTP to a list of ``dftracker`` base URLs, tried in turn.
+
+    ``timeout_s`` bounds each request to one tracker, its answer read whole. A given ``client``
+    is not closed by ``close``."""
 
     def __init__(
         self,
         urls: list[str],
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
-        session: aiohttp.ClientSession | None = None,
+        client: HttpClient | None = None,
         secret: bytes | None = None,
     ) -> None:
         if not urls:
             raise ValueError("at least one tracker URL is needed")
         self.base_urls = [tracker_base_url(url) for url in urls]
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session = session
-        self._own_session = session is None
+        self._timeout_s = timeout_s
+        self._client = client
+        self._own_client = client is None
         self._preferred = 0
         self._secret = secret
         #: With the secret, every manifest answer carries the tracker's proof (checked here).
@@ -183,13 +185,13 @@ class HttpTracker:
         self, method: str, target: str, payload: bytes | None = None
     ) -> tuple[int, bytes]:
         """One request to the first tracker that answers; (status, body)."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        if self._client is None:
+            self._client = HttpClient()
         problems: list[str] = []
         count = len(self.base_urls)
         for step in range(count):
             index = (self._preferred + step) % count
-            url = yarl.URL(self.base_urls[index] + target, encoded=True)
+            url = self.base_urls[index] + target
             headers = {"Content-Type": "application/json"} if payload is not None else {}
             nonce: bytes | None = None
             if self._secret is not None and target.startswith("/tasks/"):
@@ -199,30 +201,33 @@ class HttpTracker:
                     self._secret, method, target, int(time.time()), nonce, payload or b""
                 )
             try:
-                async with self._session.request(
-                    method,
-                    url,
-                    data=payload,
-                    headers=headers,
-                    allow_redirects=False,
-                ) as response:
-                    body = await _read_bounded(response)
-                    if response.status >= 500:
-                        problems.append(f"{self.base_urls[index]}: HTTP {response.status}")
-                        continue
-                    if nonce is not None and self._secret is not None:
-                        proof = response.headers.get(ANSWER_HEADER)
-                        if not check_answer(self._secret, nonce, response.status, body, proof):
-                            # Not our tracker's answer to this request: nothing in it is
-                            # believed (a manifest from it would be anyone's claim).
-                            raise TrackerRefused(
-                                f"{self.base_urls[index]} answered without the cluster "
-                                "secret's proof"
-                            )
-                    self._preferred = index
-                    return response.status, body
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                async with asyncio.timeout(self._timeout_s):
+                    response = await self._client.request(
+                        method,
+                        url,
+                        headers=headers.items(),
+                        body=payload,
+                        connect_timeout_s=None,
+                        read_timeout_s=None,
+                    )
+                    async with response:
+                        body = await _read_bounded(response)
+            except (TimeoutError, HttpClientError, OSError) as exc:
                 problems.append(f"{self.base_urls[index]}: {exc.__class__.__name__} {exc}")
+                continue
+            if response.status >= 500:
+                problems.append(f"{self.base_urls[index]}: HTTP {response.status}")
+                continue
+            if nonce is not None and self._secret is not None:
+                proof = response.headers.get(ANSWER_HEADER)
+                if not check_answer(self._secret, nonce, response.status, body, proof):
+                    # Not our tracker's answer to this request: nothing in it is believed (a
+                    # manifest from it would be anyone's claim).
+                    raise TrackerRefused(
+                        f"{self.base_urls[index]} answered without the cluster secret's proof"
+                    )
+            self._preferred = index
+            return response.status, body
         raise TrackerUnavailable("no tracker reachable: " + "; ".join(problems))
 
     async def announce(self, task: TaskId, progress: Progress, event: str = "") -> AnnounceAnswer:
@@ -279,9 +284,9 @@ class HttpTracker:
         await self.announce(task, progress, "stopped")
 
     async def close(self) -> None:
-        if self._session is not None and self._own_session:
-            await self._session.close()
-        self._session = None
+        if self._client is not None and self._own_client:
+            await self._client.close()
+        self._client = None
 
     @staticmethod
     def _json(status: int, body: bytes) -> Any:
@@ -293,17 +298,12 @@ class HttpTracker:
             raise TrackerRefused(f"tracker answer is not JSON: {exc}") from exc
 
 
-async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
-    """The whole body, refusing one larger than ``MAX_ANSWER_BYTES`` (a read(n) alone may stop
-    at what has arrived so far)."""
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in response.content.iter_chunked(1 << 16):
-        total += len(chunk)
-        if total > MAX_ANSWER_BYTES:
-            raise TrackerRefused(f"tracker answer larger than {MAX_ANSWER_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def _read_bounded(response: Response) -> bytes:
+    """The whole body, refusing one larger than ``MAX_ANSWER_BYTES``."""
+    try:
+        return await response.read_all(MAX_ANSWER_BYTES)
+    except BodyTooLarge:
+        raise TrackerRefused(f"tracker answer larger than {MAX_ANSWER_BYTES} bytes") from None
 
 
 def _error_text(body: bytes) -> str:

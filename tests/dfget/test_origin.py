@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from dfget.errors import OriginChanged, OriginError
+from dfget.httpclient import HttpClient
 from dfget.options import OriginInfo
 from dfget.origin import Origin
 from peerwire.layout import PieceLayout
@@ -384,14 +385,23 @@ def test_stream_of_changed_content_is_origin_changed(server: OriginServer) -> No
         run(main())
 
 
-def test_caller_session_is_used_and_left_open(server: OriginServer) -> None:
-    async def main() -> bool:
-        async with aiohttp.ClientSession() as session:
-            async with Origin(f"{server.base_url}/files/data.bin", session=session) as origin:
-                await origin.probe()
-            return session.closed
+def test_caller_client_is_used_left_open_and_its_connections_reused(server: OriginServer) -> None:
+    """A node's shared client (``Host.origin_client``): one download's connection to the origin
+    serves the next download's requests."""
 
-    assert run(main()) is False
+    async def main() -> tuple[bool, int]:
+        client = HttpClient()
+        try:
+            for _ in range(2):
+                async with Origin(f"{server.base_url}/files/data.bin", client=client) as origin:
+                    info = await origin.probe()
+                    await origin.fetch_range(0, 100, info)
+            return client.closed, len(client._connections)
+        finally:
+            await client.close()
+
+    assert run(main()) == (False, 1)
+    assert server.stats()["requests"] == 4
 
 
 def test_counters_add_up_over_requests(server: OriginServer) -> None:
