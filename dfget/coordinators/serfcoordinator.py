@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from dfget.coordinators import serfwire as wire
 from dfget.coordinators.serfnode import SerfNode, SerfNodeError
@@ -74,16 +75,18 @@ class SerfCoordinator:
             local.flags = (wire.FLAG_SOURCE if progress.can_source else 0) | (
                 wire.FLAG_COMPLETE if progress.left_bytes == 0 else 0
             )
+            joined_ms = local.counters[3] or int(time.time() * 1000)
             local.counters = (
                 progress.downloaded_bytes,
                 progress.uploaded_bytes,
                 progress.origin_bytes,
+                joined_ms,
             )
             if not local.start_sent:
-                await node.publish(wire.EVENT_START, [key, local.flags])
+                await node.publish(wire.EVENT_START, [key, local.flags, joined_ms])
                 local.start_sent = True
                 node.ask_holders_soon(key)  # the next announces list who holds what
-            answer = node.view.announce(key, progress, event)
+            answer = node.view.announce(key, progress, event, joined_ms)
             if event == "completed":
                 await node.publish_have(key, local)
         except SerfRpcError as exc:

@@ -86,7 +86,8 @@ class LocalTask:
     """A task this node takes part in, as last announced, and what of it was published."""
 
     flags: int = wire.FLAG_SOURCE
-    counters: tuple[int, int, int] = (0, 0, 0)
+    #: ``[downloaded, uploaded, origin]`` bytes and when this node joined the task (ms).
+    counters: tuple[int, int, int, int] = (0, 0, 0, 0)
     published_mask: int = 0
     published_flags: int = -1
     start_sent: bool = False
@@ -322,10 +323,8 @@ class SerfNode(Queries):
         self.counters.events_received[name] += 1
         body = envelope.body
         if name == wire.EVENT_START:
-            flags = body[1] if len(body) == 2 and isinstance(body[1], int) else -1
-            if flags < 0:
-                raise wire.Rejected("malformed", "start body")
-            self.view.started(envelope.sender, wire.task_of(body), flags, envelope.seq)
+            task, flags, joined_ms = wire.parse_start(body)
+            self.view.started(envelope.sender, task, flags, envelope.seq, joined_ms)
         elif name in (wire.EVENT_HAVE, wire.EVENT_RECOVER):
             news = wire.parse_have(body)
             reset = name == wire.EVENT_RECOVER

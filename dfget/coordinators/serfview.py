@@ -7,8 +7,10 @@ Where the tracker keeps the swarm and answers announces, here every node keeps i
 * **peers**: the task's members (``df-start``, ``df-have``) that Serf says are alive and whose
   tags give a peer port; those holding more first, then the asker's zone, then lower load.
 * **back-to-source** (``assignment``): pieces that no live member holds are split between the
-  task's live members that may read the origin by rendezvous hashing (highest random weight,
-  ``mmh3`` of the task, the piece's group of ``GROUP`` consecutive pieces and the node's name).
+  task's live members that may read the origin (those that joined it within ``COHORT_MS`` of
+  the earliest: a late joiner gets its pieces from peers) by rendezvous hashing (highest
+  random weight, ``mmh3`` of the task, the piece's group of ``GROUP`` consecutive pieces and
+  the node's name).
   Every node computes the same split from the same membership, so the origin serves each piece
   about once with nobody deciding; a member Serf marks failed or left drops out of the split at
   once, and its share, and the pieces only it held, go to the others. A node assigns itself
@@ -22,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import mmh3
 
@@ -34,6 +36,9 @@ from peerwire.coordination import AnnounceAnswer, PeerAddress, Progress
 GROUP: Final = 4
 #: A node starts reading the origin this long after it joined a task (see the module doc).
 SETTLE_S: Final = 1.0
+#: Members that joined a task this long after its earliest live source are not given origin
+#: pieces: a late joiner would take over pieces the others may be reading already.
+COHORT_MS: Final = 2000
 #: Announces are answered locally: the core may announce this often (once a second is the
 #: least interval it takes), and sooner when an assignment runs out.
 INTERVAL_S: Final = 1.0
@@ -120,6 +125,8 @@ class Holding:
     download_bps: float = 0.0
     upload_bps: float = 0.0
     asked_at: float = -1e9
+    #: When it joined the task (its clock, ms; 0: not known yet).
+    joined_ms: int = 0
     #: The sender's ``seq`` of the latest news taken: gossip may deliver an older one later,
     #: whose pieces still count (holding only grows) but not its flags or counters.
     seq: int = -1
@@ -145,9 +152,11 @@ class TaskState:
 class ClusterView:
     """Membership, tasks and holdings as one node sees them; answers its announces."""
 
-    def __init__(self, me: str, clock: object = time.monotonic) -> None:
+    def __init__(self, me: str, clock: object = time.monotonic, wall: object = time.time) -> None:
         self.me = me
         self._clock = clock
+        #: The clock ``joined_ms`` is read from (a wall clock: others compare it with theirs).
+        self._wall: Any = wall
         self.members: dict[str, MemberInfo] = {}
         self.tasks: dict[bytes, TaskState] = {}
         #: Pieces whose origin read moved to another node because a member failed or left.
@@ -208,8 +217,11 @@ class ClusterView:
             state = self.tasks[task] = TaskState(created_at=self.now())
         return state
 
-    def started(self, sender: str, task: bytes, flags: int, seq: int = 0) -> None:
+    def started(
+        self, sender: str, task: bytes, flags: int, seq: int = 0, joined_ms: int = 0
+    ) -> None:
         holding = self.task(task).holders.setdefault(sender, Holding())
+        holding.joined_ms = joined_ms or holding.joined_ms
         if seq > holding.seq:
             holding.flags, holding.seen_at, holding.seq = flags, self.now(), seq
 
@@ -235,6 +247,7 @@ class ClusterView:
             holding.mask = mask if reset and latest else holding.mask | mask
         else:
             holding.mask |= runs_mask(news.runs, news.num_pieces)
+        holding.joined_ms = news.joined_ms or holding.joined_ms
         if not latest:
             return False
         holding.seq = seq
@@ -285,13 +298,17 @@ class ClusterView:
 
     # -- this node's announces -----------------------------------------------------------------
 
-    def announce(self, task: bytes, progress: Progress, event: str) -> AnnounceAnswer:
-        """The answer to this node's own announce (its holding recorded first)."""
+    def announce(
+        self, task: bytes, progress: Progress, event: str, joined_ms: int = 0
+    ) -> AnnounceAnswer:
+        """The answer to this node's own announce (its holding recorded first; ``joined_ms``:
+        when it joined the task, by the clock it tells the others)."""
         now = self.now()
         state = self.task(task)
         if state.started_at is None:
             state.started_at = now
         mine = state.holders.setdefault(self.me, Holding())
+        mine.joined_ms = joined_ms or mine.joined_ms or int(self._wall() * 1000)
         mine.flags = (FLAG_SOURCE if progress.can_source else 0) | (
             FLAG_COMPLETE if progress.left_bytes == 0 else 0
         )
@@ -341,14 +358,21 @@ class ClusterView:
         return tuple(sorted(p for pieces in mine.values() for p in pieces))
 
     def _sources(self, state: TaskState, now: float, including: str = "") -> list[str]:
-        """The task's live members that may read the origin and are not complete."""
-        return sorted(
-            name
+        """The task's live members that may read the origin, are not complete, and joined
+        within ``COHORT_MS`` of the earliest of them (every node computes the same set from
+        the same news)."""
+        candidates = {
+            name: h.joined_ms
             for name, h in state.holders.items()
             if (self.alive(name) or name == including)
             and h.flags & FLAG_SOURCE
             and not h.flags & FLAG_COMPLETE
-        )
+            and h.joined_ms
+        }
+        if not candidates:
+            return []
+        first = min(candidates.values())
+        return sorted(name for name, joined in candidates.items() if joined <= first + COHORT_MS)
 
     def _missing(self, state: TaskState) -> list[int]:
         """Pieces no live member holds."""

@@ -13,13 +13,15 @@ past the node).
 
 Events (Serf's user events: ``UserEventSizeLimit`` is 512 bytes, name included):
 
-* ``df-start`` ``[task, flags]``: the sender takes part in the task (``FLAG_SOURCE``: it may
-  read from the origin; ``FLAG_COMPLETE``: it holds every piece).
+* ``df-start`` ``[task, flags, joined_ms]``: the sender takes part in the task since
+  ``joined_ms`` (its clock; ``FLAG_SOURCE``: it may read from the origin; ``FLAG_COMPLETE``: it
+  holds every piece).
 * ``df-have`` ``[task, flags, held, num_pieces, mode, data, counters]``: the pieces it holds.
   ``mode`` 0: ``data`` is its whole bitfield (BEP 3 order); 1: ``data`` lists ``[first, count,
   ...]`` runs of pieces added since its previous event (holding only grows, so runs are
   merged in any order). ``held`` is how many it holds in all: a receiver that knows fewer asks
-  the node (``df-q-have``). ``counters``: ``[downloaded, uploaded, origin]`` bytes, for /stats.
+  the node (``df-q-have``). ``counters``: ``[downloaded, uploaded, origin]`` bytes (for /stats)
+  and ``joined_ms``.
 * ``df-recover``: the body of ``df-have``; the receiver *replaces* what it knew of the sender
   (a node that rejoins, or restarted, says what it still holds).
 * ``df-digests`` ``[task, [index, digest, ...]]``: digests of pieces the sender read from the
@@ -232,6 +234,14 @@ def fits_event(name: str, payload: bytes) -> bool:
 # -- bodies ------------------------------------------------------------------------------------
 
 
+def parse_start(body: list[Any]) -> tuple[bytes, int, int]:
+    """``(task, flags, joined_ms)`` of a ``df-start`` body."""
+    task = task_of(body)
+    if len(body) != 3 or not _uint(body[1]) or not _uint(body[2]):
+        raise Rejected("malformed", "start body")
+    return task, body[1], body[2]
+
+
 def task_of(body: list[Any]) -> bytes:
     """The task id every body starts with."""
     task = body[0] if body else None
@@ -255,6 +265,8 @@ class HaveNews:
     downloaded: int = 0
     uploaded: int = 0
     origin: int = 0
+    #: When the sender joined the task (its clock, ms).
+    joined_ms: int = 0
 
 
 def have_body(
@@ -264,7 +276,7 @@ def have_body(
     num_pieces: int,
     bitfield: bytes | None,
     runs: list[tuple[int, int]],
-    counters: tuple[int, int, int],
+    counters: tuple[int, int, int, int],
 ) -> list[Any]:
     if bitfield is not None:
         return [task, flags, held, num_pieces, 0, bitfield, list(counters)]
@@ -292,7 +304,7 @@ def parse_have(body: list[Any]) -> HaveNews:
             runs.append((first, count))
     else:
         raise Rejected("malformed", "have data")
-    if not isinstance(counters, list) or len(counters) != 3 or not all(map(_uint, counters)):
+    if not isinstance(counters, list) or len(counters) != 4 or not all(map(_uint, counters)):
         raise Rejected("malformed", "have counters")
     return HaveNews(task, flags, held, num_pieces, bitfield, tuple(runs), *counters)
 

@@ -4,6 +4,7 @@ pieces, and what a failed member changes - with a fake clock, no Serf."""
 from __future__ import annotations
 
 from dfget.coordinators.serfview import (
+    COHORT_MS,
     DIGEST_GRACE_S,
     SETTLE_S,
     TAG_PORT,
@@ -40,10 +41,10 @@ def cluster(names: list[str], clock: Clock) -> dict[str, ClusterView]:
     """One view per node, each knowing every member as alive and in the task."""
     views = {}
     for me in names:
-        view = ClusterView(me, clock)
+        view = ClusterView(me, clock, wall=lambda: 1.0)
         for index, name in enumerate(names):
             view.member(name, f"127.0.0.{index + 1}", "alive", {TAG_PORT: "7000"})
-            view.started(name, TASK, FLAG_SOURCE, seq=1)
+            view.started(name, TASK, FLAG_SOURCE, seq=1, joined_ms=1000)
         view.learn_geometry(GEOMETRY, believed=True)
         views[me] = view
     return views
@@ -64,6 +65,26 @@ def test_each_missing_piece_goes_to_exactly_one_node_after_the_settle_time() -> 
     assert set().union(*shares.values()) == set(range(PIECES))
     assert sum(len(s) for s in shares.values()) == PIECES  # disjoint
     assert all(shares.values())
+
+
+def test_a_late_joiner_reads_nothing_from_the_origin_and_moves_no_share() -> None:
+    clock = Clock()
+    views = cluster(["a", "b"], clock)
+    assignments(views)
+    clock.now += SETTLE_S
+    before = assignments(views)
+    for view in views.values():
+        view.member("late", "127.0.0.9", "alive", {TAG_PORT: "7000"})
+        view.started("late", TASK, FLAG_SOURCE, seq=1, joined_ms=1000 + COHORT_MS + 1)
+    late = ClusterView("late", clock, wall=lambda: (1000 + COHORT_MS + 1) / 1000)
+    for index, name in enumerate(["a", "b"]):
+        late.member(name, f"127.0.0.{index + 1}", "alive", {TAG_PORT: "7000"})
+        late.started(name, TASK, FLAG_SOURCE, seq=1, joined_ms=1000)
+    late.learn_geometry(GEOMETRY, believed=True)
+    late.announce(TASK, progress(), "started")
+    clock.now += SETTLE_S
+    assert late.announce(TASK, progress(), "").assignment == ()
+    assert assignments(views) == before
 
 
 def test_a_failed_member_s_share_and_what_only_it_held_move_to_the_others_at_once() -> None:

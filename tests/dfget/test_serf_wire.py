@@ -24,9 +24,10 @@ def codec(node: str, secret: bytes | None = SECRET, clock: Clock | None = None) 
 
 
 def test_a_sealed_event_opens_with_its_sender_and_body() -> None:
-    payload = codec("a").seal(wire.EVENT_START, [TASK, wire.FLAG_SOURCE])
+    payload = codec("a").seal(wire.EVENT_START, [TASK, wire.FLAG_SOURCE, 1234])
     envelope = codec("b").open(wire.EVENT_START, payload)
-    assert envelope.sender == "a" and envelope.body == [TASK, wire.FLAG_SOURCE]
+    assert envelope.sender == "a" and envelope.body == [TASK, wire.FLAG_SOURCE, 1234]
+    assert wire.parse_start(envelope.body) == (TASK, wire.FLAG_SOURCE, 1234)
     assert wire.fits_event(wire.EVENT_START, payload)
 
 
@@ -112,16 +113,18 @@ def test_malformed_payloads_are_refused_without_a_secret_too(payload: bytes) -> 
 
 
 def test_have_bodies_round_trip_and_bad_ones_are_refused() -> None:
-    body = wire.have_body(TASK, 1, 3, 10, None, [(0, 2), (7, 1)], (5, 6, 7))
+    body = wire.have_body(TASK, 1, 3, 10, None, [(0, 2), (7, 1)], (5, 6, 7, 8))
     news = wire.parse_have(body)
     assert news.runs == ((0, 2), (7, 1)) and news.held == 3 and news.origin == 7
-    full = wire.parse_have(wire.have_body(TASK, 3, 10, 10, b"\xff\xc0", [], (0, 0, 0)))
+    assert news.joined_ms == 8
+    full = wire.parse_have(wire.have_body(TASK, 3, 10, 10, b"\xff\xc0", [], (0, 0, 0, 0)))
     assert full.bitfield == b"\xff\xc0"
     for bad in (
-        wire.have_body(TASK, 1, 11, 10, None, [], (0, 0, 0)),  # holds more than there is
-        wire.have_body(TASK, 1, 1, 10, None, [(9, 2)], (0, 0, 0)),  # a run past the end
-        wire.have_body(TASK, 1, 1, 10, b"\xff", [], (0, 0, 0)),  # a bitfield too short
-        [b"short", 1, 1, 10, 1, [], [0, 0, 0]],
+        wire.have_body(TASK, 1, 11, 10, None, [], (0, 0, 0, 0)),  # holds more than there is
+        wire.have_body(TASK, 1, 1, 10, None, [(9, 2)], (0, 0, 0, 0)),  # a run past the end
+        wire.have_body(TASK, 1, 1, 10, b"\xff", [], (0, 0, 0, 0)),  # a bitfield too short
+        [b"short", 1, 1, 10, 1, [], [0, 0, 0, 0]],
+        [TASK, 1, 1, 10, 1, [], [0, 0, 0]],  # the counters of version 1 are four
     ):
         with pytest.raises(wire.Rejected, match="malformed"):
             wire.parse_have(bad)

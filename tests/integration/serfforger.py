@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+import time
 from typing import Any
 
 from dfget.coordinators import serfwire as wire
@@ -91,12 +92,15 @@ class Forger:
     def _everything(self, task: bytes) -> list[Any]:
         pieces = wire.parse_geometry(self.geometry[task]).num_pieces
         flags = wire.FLAG_SOURCE | wire.FLAG_COMPLETE
-        return wire.have_body(task, flags, pieces, pieces, None, [(0, pieces)], (0, 0, 0))
+        return wire.have_body(
+            task, flags, pieces, pieces, None, [(0, pieces)], (0, 0, 0, int(time.time() * 1000))
+        )
 
     async def _claim(self, rpc: SerfRpc, task: bytes) -> None:
         flags = wire.FLAG_SOURCE | wire.FLAG_COMPLETE
         have = self._everything(task)
-        for name, body in ((wire.EVENT_START, [task, flags]), (wire.EVENT_HAVE, have)):
+        start = [task, flags, int(time.time() * 1000)]
+        for name, body in ((wire.EVENT_START, start), (wire.EVENT_HAVE, have)):
             await rpc.event(name, self.codec.seal(name, body))
 
 
