@@ -14,8 +14,8 @@ Where the tracker keeps the swarm and answers announces, here every node keeps i
   Every node computes the same split from the same membership, so the origin serves each piece
   about once with nobody deciding; a member Serf marks failed or left drops out of the split at
   once, and its share, and the pieces only it held, go to the others. A node assigns itself
-  nothing until ``SETTLE_S`` after it started the task, so that nodes starting together hear
-  of each other first.
+  nothing until ``SETTLE_S`` after it started the task and the cohort is closed, so that nodes
+  starting together hear of each other first.
 * **pieces_known**: how many digests this node has or can ask a holder for.
 """
 
@@ -35,10 +35,13 @@ from peerwire.coordination import AnnounceAnswer, PeerAddress, Progress
 #: knows all their digests.
 GROUP: Final = 4
 #: A node starts reading the origin this long after it joined a task (see the module doc).
-SETTLE_S: Final = 1.0
+SETTLE_S: Final = 0.5
 #: Members that joined a task this long after its earliest live source are not given origin
-#: pieces: a late joiner would take over pieces the others may be reading already.
-COHORT_MS: Final = 2000
+#: pieces: a late joiner would take over pieces the others may be reading already. Nobody
+#: reads the origin before the cohort is closed and its last ``df-start`` had time to arrive
+#: (``COHORT_GOSSIP_MS``), so that every member splits the pieces over the same members.
+COHORT_MS: Final = 1000
+COHORT_GOSSIP_MS: Final = 500
 #: Announces are answered locally: the core may announce this often (once a second is the
 #: least interval it takes), and sooner when an assignment runs out.
 INTERVAL_S: Final = 1.0
@@ -353,6 +356,9 @@ class ClusterView:
         if state.started_at is None or now - state.started_at < SETTLE_S:
             return ()
         sources = self._sources(state, now)
+        first = min((state.holders[name].joined_ms for name in sources), default=0)
+        if self._wall() * 1000 < first + COHORT_MS + COHORT_GOSSIP_MS:
+            return ()  # the cohort may still grow
         missing = self._missing(state)
         mine = self._groups_of(task, state, missing, sources, self.me)
         return tuple(sorted(p for pieces in mine.values() for p in pieces))

@@ -4,6 +4,7 @@ pieces, and what a failed member changes - with a fake clock, no Serf."""
 from __future__ import annotations
 
 from dfget.coordinators.serfview import (
+    COHORT_GOSSIP_MS,
     COHORT_MS,
     DIGEST_GRACE_S,
     SETTLE_S,
@@ -21,11 +22,21 @@ PIECES = 200
 GEOMETRY = Geometry(TASK, PIECES * 1024, 1024, None, True, "http://o/f")
 
 
+#: Until then nobody reads the origin: its own settle time, and the cohort closed.
+READY_S = max(SETTLE_S, (COHORT_MS + COHORT_GOSSIP_MS) / 1000)
+
+
 class Clock:
+    """The monotonic clock of the views; ``wall`` is the clock ``joined_ms`` comes from (the
+    task starts at 1.0 s of it)."""
+
     now = 100.0
 
     def __call__(self) -> float:
         return self.now
+
+    def wall(self) -> float:
+        return self.now - 99.0
 
 
 def progress(have: bytes | None = None, left: int | None = None) -> Progress:
@@ -41,7 +52,7 @@ def cluster(names: list[str], clock: Clock) -> dict[str, ClusterView]:
     """One view per node, each knowing every member as alive and in the task."""
     views = {}
     for me in names:
-        view = ClusterView(me, clock, wall=lambda: 1.0)
+        view = ClusterView(me, clock, wall=clock.wall)
         for index, name in enumerate(names):
             view.member(name, f"127.0.0.{index + 1}", "alive", {TAG_PORT: "7000"})
             view.started(name, TASK, FLAG_SOURCE, seq=1, joined_ms=1000)
@@ -60,7 +71,7 @@ def test_each_missing_piece_goes_to_exactly_one_node_after_the_settle_time() -> 
     clock = Clock()
     views = cluster(["a", "b", "c", "d"], clock)
     assert all(not pieces for pieces in assignments(views).values())  # settling
-    clock.now += SETTLE_S
+    clock.now += READY_S
     shares = assignments(views)
     assert set().union(*shares.values()) == set(range(PIECES))
     assert sum(len(s) for s in shares.values()) == PIECES  # disjoint
@@ -71,18 +82,18 @@ def test_a_late_joiner_reads_nothing_from_the_origin_and_moves_no_share() -> Non
     clock = Clock()
     views = cluster(["a", "b"], clock)
     assignments(views)
-    clock.now += SETTLE_S
+    clock.now += READY_S
     before = assignments(views)
     for view in views.values():
         view.member("late", "127.0.0.9", "alive", {TAG_PORT: "7000"})
-        view.started("late", TASK, FLAG_SOURCE, seq=1, joined_ms=1000 + COHORT_MS + 1)
-    late = ClusterView("late", clock, wall=lambda: (1000 + COHORT_MS + 1) / 1000)
+        view.started("late", TASK, FLAG_SOURCE, seq=1, joined_ms=int(clock.wall() * 1000))
+    late = ClusterView("late", clock, wall=clock.wall)
     for index, name in enumerate(["a", "b"]):
         late.member(name, f"127.0.0.{index + 1}", "alive", {TAG_PORT: "7000"})
         late.started(name, TASK, FLAG_SOURCE, seq=1, joined_ms=1000)
     late.learn_geometry(GEOMETRY, believed=True)
     late.announce(TASK, progress(), "started")
-    clock.now += SETTLE_S
+    clock.now += READY_S
     assert late.announce(TASK, progress(), "").assignment == ()
     assert assignments(views) == before
 
@@ -91,7 +102,7 @@ def test_a_failed_member_s_share_and_what_only_it_held_move_to_the_others_at_onc
     clock = Clock()
     views = cluster(["a", "b", "c"], clock)
     assignments(views)  # each takes part from now
-    clock.now += SETTLE_S
+    clock.now += READY_S
     before = assignments(views)
     # c read its share from the origin (nobody else holds it), then fails.
     held = sorted(before["c"])[: len(before["c"]) // 2]
