@@ -211,6 +211,8 @@ class ClusterView:
                     moved = self._groups_of(task, state, missing, sources, name)
                     self.reassigned += sum(len(pieces) for pieces in moved.values())
             del state.holders[name]
+        for task, state in list(self.tasks.items()):
+            self._drop_if_unused(task, state)
 
     # -- what members say ----------------------------------------------------------------------
 
@@ -232,6 +234,12 @@ class ClusterView:
         state = self.tasks.get(task)
         if state is not None:
             state.holders.pop(sender, None)
+            self._drop_if_unused(task, state)
+
+    def _drop_if_unused(self, task: bytes, state: TaskState) -> None:
+        """A task nobody holds and this node does not take part in is forgotten."""
+        if not state.holders and state.started_at is None:
+            del self.tasks[task]
 
     def have(self, sender: str, news: HaveNews, *, reset: bool, seq: int = 0) -> bool:
         """A member's ``df-have`` (``reset``: ``df-recover``). True when it says it holds more
@@ -469,8 +477,7 @@ class ClusterView:
             state.started_at = None
             state.holders.pop(self.me, None)
             state.believed.clear()
-            if not state.holders:
-                del self.tasks[task]
+            self._drop_if_unused(task, state)
 
 
 def _int_tag(value: str | None) -> int:
