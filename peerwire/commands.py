@@ -33,7 +33,7 @@ class Close(NamedTuple, Generic[C]):
 
 
 class WakeUploader(NamedTuple, Generic[C]):
-    """``conn`` has requests queued: its uploader asks ``next_upload`` again."""
+    """``conn`` has requests queued (and had none): the uploader asks ``choose_upload``."""
 
     conn: C
 

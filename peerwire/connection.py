@@ -51,6 +51,9 @@ class ConnectionOwner(Protocol):
     def read_done(self, conn: PeerConnection) -> None:
         """Every message of the bytes just read was handed over (a point to act on them)."""
 
+    def writable(self, conn: PeerConnection) -> None:
+        """Our write buffer drained below the low-water mark after it had filled up."""
+
     def on_closed(self, conn: PeerConnection, reason: str) -> None:
         """The connection is gone (called once, only for attached connections)."""
 
@@ -152,6 +155,13 @@ class PeerConnection(asyncio.BufferedProtocol):
             if not self._writable.done():
                 self._writable.set_result(None)
             self._writable = None
+        if self.attached and self.owner is not None:
+            self.owner.writable(self)
+
+    @property
+    def write_paused(self) -> bool:
+        """Our write buffer is above the high-water mark (until ``writable``)."""
+        return self._writable is not None
 
     # -- handshake ----------------------------------------------------------------------------
 

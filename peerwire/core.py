@@ -48,6 +48,11 @@ from peerwire.wireconfig import WireConfig
 
 C = TypeVar("C", bound=Hashable)
 
+#: A busy uplink keeps about this long of requests queued; beyond it, requests for pieces at
+#: least ``SHED_MIN_HOLDERS`` of our peers hold are refused (their senders ask those peers).
+UPLOAD_QUEUE_S = 2.0
+SHED_MIN_HOLDERS = 2
+
 
 class TaskCore(Downloading[C], Believing[C]):
     """Download (or seed) one task: every decision, no I/O. ``C``: the shell's connection."""
@@ -75,6 +80,9 @@ class TaskCore(Downloading[C], Believing[C]):
         self.peer_id = peer_id
         self.digests = digests
         self.stats = TaskStats()
+        #: Our upload limit (the shell's; None: unlimited). With it, a request for a piece
+        #: others hold too is refused when ``UPLOAD_QUEUE_S`` of requests wait already.
+        self.upload_bucket: TokenBucket | None = None
         self._clock = clock
         self._rng = rng or random.Random()
         self._download_bucket = download_bucket
@@ -121,6 +129,12 @@ class TaskCore(Downloading[C], Believing[C]):
         #: Peers whose refill waits for the download bucket, first come first served, and
         #: when the bucket is out of debt again (one deadline for them all).
         self._bucket_waiters: dict[C, None] = {}
+        #: Peers with requests queued at us, in the order they are served when their pieces
+        #: are equally rare (the one served last goes to the end).
+        self._upload_ready: dict[C, None] = {}
+        #: Pieces we have begun to upload, and how many times: the peers we sent one to will
+        #: pass it on, so a busy uplink refuses further requests for it (``_shed``).
+        self._copies_sent: dict[int, int] = {}
         self._bucket_at = math.inf
         self._buffers: dict[int, bytearray] = {}
         self._free_buffers: list[bytearray] = []
@@ -215,6 +229,7 @@ class TaskCore(Downloading[C], Believing[C]):
             self.scheduler.block_aborted(conn, block)
         self.scheduler.peer_left(conn)
         self._bucket_waiters.pop(conn, None)
+        self._upload_ready.pop(conn, None)
         self.admission.left(peer.peer_id, conn)
         if not self.closed:
             self._unchoke(self._choker.left(conn, self._clock()))
@@ -292,7 +307,38 @@ class TaskCore(Downloading[C], Believing[C]):
         if replies:
             self._send(peer, replies)
         elif block in peer.session.queued:
-            self._out.append(WakeUploader(peer.conn))
+            if self._shed(peer, block):
+                return
+            if peer.conn not in self._upload_ready:
+                self._upload_ready[peer.conn] = None
+                self._out.append(WakeUploader(peer.conn))
+
+    def _shed(self, peer: PeerState[C], block: Block) -> bool:
+        """Refuse a request our busy uplink would serve late, if others can serve it."""
+        bucket = self.upload_bucket
+        if bucket is None or not peer.session.fast:
+            return False
+        index = block.index
+        if (
+            self.scheduler.availability(index) < SHED_MIN_HOLDERS
+            and self._copies_sent.get(index, 0) < SHED_MIN_HOLDERS
+        ):
+            return False
+        rate_bps = bucket.chain_rate_bps()
+        if rate_bps is None:
+            return False
+        limit = rate_bps * UPLOAD_QUEUE_S
+        queued = 0
+        for conn in self._upload_ready:
+            other = self._peers.get(conn)
+            if other is not None:
+                for queued_block in other.session.queued:
+                    queued += queued_block.length
+        if queued <= limit:
+            return False
+        self._send(peer, peer.session.reject(block))
+        self.stats.requests_shed += 1
+        return True
 
     def _on_cancel(self, peer: PeerState[C], message: m.Cancel) -> None:
         self._send(
@@ -330,7 +376,9 @@ class TaskCore(Downloading[C], Believing[C]):
     def _on_reject(self, peer: PeerState[C], message: m.RejectRequest) -> None:
         block = Block(message.index, message.begin, message.length)
         peer.session.receive_reject(block)
-        self.scheduler.request_rejected(peer.conn, block)
+        if self.scheduler.request_rejected(peer.conn, block) and self._download_bucket:
+            # Its bytes were paid for when it was sent; they will not come.
+            self._download_bucket.refund(block.length)
         self._refill_all()
 
     def _on_keepalive(self, peer: PeerState[C], message: m.KeepAlive) -> None:
@@ -377,18 +425,53 @@ class TaskCore(Downloading[C], Believing[C]):
                 self._send(peer, peer.session.unchoke())
 
     def next_upload(self, conn: C) -> Block | None:
-        """The next request of ``conn`` to serve (requests for pieces we do not have are
-        rejected on the way); None when none is queued (a ``WakeUploader`` will say)."""
-        peer = self._peers.get(conn)
-        if peer is None:
-            return None
-        session = peer.session
+        """The next request of ``conn`` to serve (``choose_upload`` for that peer alone)."""
+        choice = self.choose_upload(lambda other: other != conn)
+        return None if choice is None else choice[1]
+
+    def choose_upload(self, skip: Callable[[C], bool]) -> tuple[C, Block] | None:
+        """The request to serve next, of every peer's (removed from its queue), or None when
+        none is queued at a peer ``skip`` lets through (one whose socket is full is skipped).
+
+        Each peer's requests are served in its order; between peers, the one whose next block
+        is of the piece the fewest of our peers hold goes first (ties: the one served longest
+        ago). A piece we just fetched from the origin reaches a first few peers at once, who
+        pass it on, instead of waiting behind requests that others could serve as well: on a
+        busy uplink this is what keeps the swarm close behind the origin. Requests for pieces
+        we lack are rejected on the way."""
+        ready = self._upload_ready
         have = self.have
-        while (block := session.next_queued()) is not None:
-            if block.index in have:
-                return block
-            self._send(peer, session.reject(block))
-        return None
+        availability = self.scheduler.availability
+        best: tuple[C, Block] | None = None
+        best_count = math.inf
+        for conn in list(ready):
+            peer = self._peers.get(conn)
+            queued = None if peer is None else peer.session.queued
+            while queued:
+                block = next(iter(queued))
+                if block.index in have:
+                    break
+                assert peer is not None
+                self._send(peer, peer.session.reject(block))
+            if not queued:
+                del ready[conn]
+                continue
+            if skip(conn):
+                continue
+            count = availability(block.index)
+            if count < best_count:
+                best, best_count = (conn, block), count
+                if count == 0:
+                    break
+        if best is None:
+            return None
+        conn, block = best
+        queued = self._peers[conn].session.queued
+        del queued[block]
+        del ready[conn]
+        if queued:
+            ready[conn] = None  # to the end of the line
+        return best
 
     def upload_starting(self, conn: C, block: Block) -> bool:
         """The upload limit let ``block`` go: False when it may no longer be sent (the peer
@@ -406,6 +489,8 @@ class TaskCore(Downloading[C], Believing[C]):
 
     def block_uploaded(self, conn: C, block: Block) -> None:
         self.stats.uploaded_bytes += block.length
+        if block.begin == 0:
+            self._copies_sent[block.index] = self._copies_sent.get(block.index, 0) + 1
         peer = self._peers.get(conn)
         if peer is not None:
             peer.last_sent_s = self._clock()

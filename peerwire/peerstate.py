@@ -22,6 +22,8 @@ class TaskStats:
     downloaded_bytes: int = 0
     uploaded_bytes: int = 0
     wasted_bytes: int = 0
+    #: Requests refused because our uplink was busy and other peers hold the piece.
+    requests_shed: int = 0
     pieces_verified: int = 0
     pieces_failed: int = 0
     #: Pieces and bytes read from the origin by this peer.

@@ -110,6 +110,17 @@ class TokenBucket:
             bucket = bucket._parent
         return True
 
+    def chain_rate_bps(self) -> float | None:
+        """The slowest rate of this bucket and its ancestors now (None: all unlimited)."""
+        slowest: float | None = None
+        bucket: TokenBucket | None = self
+        while bucket is not None:
+            rate = bucket._rate_bps
+            if rate is not None and (slowest is None or rate < slowest):
+                slowest = rate
+            bucket = bucket._parent
+        return slowest
+
     def reserve(self, size_bytes: int) -> float:
         """Take ``size_bytes`` tokens from this bucket and every ancestor; seconds to wait.
 

@@ -204,16 +204,18 @@ class Scheduler(Generic[P]):
             state.remember(state.late, block, now)
         self._release_all(voided)
 
-    def request_rejected(self, peer: P, block: Block) -> None:
-        """BEP 6 ``reject request``: open again, and not asked of this peer for a while."""
+    def request_rejected(self, peer: P, block: Block) -> bool:
+        """BEP 6 ``reject request``: open again, and not asked of this peer for a while. True
+        when it answered a request in flight (its bytes will not come)."""
         state = self._peers.get(peer)
         if state is None:
-            return
+            return False
         if self._requests.discard(peer, block):
             state.remember(state.avoid, block, self._clock() + self._cooldown_s)
             self._release(block)
-        else:
-            state.late.pop(block, None)  # answer to a request we had already given up on
+            return True
+        state.late.pop(block, None)  # answer to a request we had already given up on
+        return False
 
     def ban(self, peer: P) -> None:
         """Never request from ``peer`` again in this task, nor accept its blocks.
@@ -325,8 +327,9 @@ class Scheduler(Generic[P]):
     def hold(self, index: int) -> bool:
         """Do not start piece ``index`` from peers until ``unhold``. True when it is held now;
         False when it is verified, or on its way from peers (a block of it requested or being
-        received). A piece started and then stalled - the peers that had it left - is held
-        too: what it received so far is dropped, and it starts over wherever it comes from."""
+        received, or every block in and the piece being verified). A piece started and then
+        stalled - the peers that had it left - is held too: what it received so far is
+        dropped, and it starts over wherever it comes from."""
         if index in self._unstarted:
             self._unstarted.remove(index)
             self._held.add(index)
@@ -334,8 +337,8 @@ class Scheduler(Generic[P]):
         if index in self._held:
             return True
         piece = self._active.get(index)
-        if piece is None:
-            return False
+        if piece is None or len(piece.received) == len(piece.blocks):
+            return False  # verified, or complete and being verified
         requests, receiving = self._requests, self._receiving
         if any(requests.copies(block) or block in receiving for block in piece.blocks):
             return False

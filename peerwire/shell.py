@@ -103,7 +103,10 @@ class TaskShell:
         self.executor = executor
         self._loop = asyncio.get_running_loop()
         self._upload = AsyncRateLimiter(upload_bucket) if upload_bucket is not None else None
-        self._uploaders: dict[PeerConnection, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        core.upload_bucket = upload_bucket
+        #: One uploader for every connection (``_upload_loop``), started at the first request.
+        self._uploader: asyncio.Task[None] | None = None
+        self._upload_wake = asyncio.Event()
         self._dials = asyncio.Semaphore(MAX_DIALS)
         self._background: set[asyncio.Task[None]] = set()
         self._verifying: set[asyncio.Future[bytes | None]] = set()
@@ -142,13 +145,10 @@ class TaskShell:
     def read_done(self, conn: PeerConnection) -> None:
         self.pump()
 
+    def writable(self, conn: PeerConnection) -> None:
+        self._upload_wake.set()  # the uploader skipped it while its socket was full
+
     def on_closed(self, conn: PeerConnection, reason: str) -> None:
-        uploader = self._uploaders.pop(conn, None)
-        if uploader is not None:
-            task = uploader[0]
-            task.cancel()
-            self._background.add(task)  # close() still waits for it to end
-            task.add_done_callback(self._background.discard)
         self.core.peer_closed(conn, reason)
         self.pump()
 
@@ -283,42 +283,45 @@ class TaskShell:
     # -- uploading -----------------------------------------------------------------------------
 
     def _wake_uploader(self, conn: PeerConnection) -> None:
-        uploader = self._uploaders.get(conn)
-        if uploader is None:
-            if conn.closed or self._closed:
+        if self._uploader is None:
+            if self._closed:
                 return
-            wake = asyncio.Event()
-            task = self._loop.create_task(self._upload_loop(conn, wake))
-            self._uploaders[conn] = (task, wake)
-        else:
-            wake = uploader[1]
-        wake.set()
+            self._uploader = self._loop.create_task(self._upload_loop())
+        self._upload_wake.set()
 
-    async def _upload_loop(self, conn: PeerConnection, wake: asyncio.Event) -> None:
-        """Serve ``conn``'s queued requests, in order, under the upload limit."""
-        core, store = self.core, self.store
-        while not conn.closed:
-            block = core.next_upload(conn)
-            if block is None:
-                self.pump()  # the rejects of pieces we lack
+    async def _upload_loop(self) -> None:
+        """Serve every connection's queued requests under the upload limit, one block at a
+        time, each chosen when the limit lets it go (``TaskCore.choose_upload``): a request
+        that arrived meanwhile for a rarer piece goes first. One task and one wait per block
+        for the whole task, however many peers are served."""
+        core, store, limiter = self.core, self.store, self._upload
+        wake = self._upload_wake
+        while not self._closed:
+            if limiter is not None:
+                await limiter.acquire(0)  # out of debt: choose now, with what is queued now
+            choice = core.choose_upload(_write_paused)
+            self.pump()  # rejects of pieces we lack
+            if choice is None:
                 wake.clear()
                 await wake.wait()
                 continue
-            if self._upload is not None:
-                await self._upload.acquire(block.length)
+            conn, block = choice
             if not core.upload_starting(conn, block):
                 self.pump()
                 continue
+            if limiter is not None:
+                limiter.bucket.reserve(block.length)
             self.pump()  # ``have``s owed to the peer go first
             try:
                 payload = store.read_block(block.index, block.begin, block.length)
             except (OSError, LookupError) as exc:
                 log.error("cannot serve %s to %s: %s", block, conn, exc)
                 conn.close(f"local read error: {exc}")
-                return
+                continue
             conn.send_block(block.index, block.begin, payload)
             core.block_uploaded(conn, block)
-            await conn.drain()
+            if limiter is None:
+                await asyncio.sleep(0)  # let reads in between blocks
 
     # -- the end -------------------------------------------------------------------------------
 
@@ -332,9 +335,9 @@ class TaskShell:
         if self._timer is not None:
             self._timer.cancel()
         tasks = [*self._background]
-        for task, _ in self._uploaders.values():
-            task.cancel()
-            tasks.append(task)
+        if self._uploader is not None:
+            self._uploader.cancel()
+            tasks.append(self._uploader)
         for task in self._background:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -349,6 +352,10 @@ class TaskShell:
         return await open_connection(
             self, host, port, timeout_s=self.core.config.handshake_timeout_s
         )
+
+
+def _write_paused(conn: PeerConnection) -> bool:
+    return conn.write_paused
 
 
 class SharedListener:

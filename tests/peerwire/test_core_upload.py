@@ -8,9 +8,11 @@ from dataclasses import replace
 from peerwire import messages as m
 from peerwire.commands import Close, PieceDone, Send, WakeUploader
 from peerwire.layout import Block
+from peerwire.ratelimit import TokenBucket
 from tests.peerwire.test_core import (
     CONFIG,
     LARGE_ONLY,
+    Cmd,
     Harness,
     piece_requests,
     req,
@@ -267,3 +269,149 @@ def test_what_we_send_defers_the_keepalive() -> None:
     assert [(t - start, c) for t, c in h.run_until(start + 60.0)] == [
         (50.5, Send("p", [m.KeepAlive()]))
     ]
+
+
+# -- one uploader for every peer -----------------------------------------------------------------
+
+
+def interested_peers(h: Harness, *conns: str) -> None:
+    for number, conn in enumerate(conns, start=3):
+        h.admit(conn, number)
+        assert h.receive(conn, m.Interested()) == [Send(conn, [m.Unchoke()])]
+
+
+def test_the_request_for_the_rarest_piece_goes_first() -> None:
+    h = Harness(have=[0, 1])
+    interested_peers(h, "a", "b", "c")
+    h.receive("c", m.Have(0))  # one of our peers holds piece 0 too, none holds piece 1
+    assert h.receive("a", m.Request(0, 0, 16)) == [WakeUploader("a")]
+    assert h.receive("b", m.Request(1, 0, 16)) == [WakeUploader("b")]
+    assert h.receive("a", m.Request(0, 16, 16)) == []  # "a" is waiting already
+    assert h.receive("b", m.Request(1, 16, 16)) == []
+    anyone = lambda conn: False  # noqa: E731
+    assert h.core.choose_upload(anyone) == ("b", Block(1, 0, 16))
+    assert h.core.choose_upload(anyone) == ("b", Block(1, 16, 16))
+    assert h.core.choose_upload(anyone) == ("a", Block(0, 0, 16))
+    assert h.core.choose_upload(anyone) == ("a", Block(0, 16, 16))
+    assert h.core.choose_upload(anyone) is None
+    assert h.receive("a", m.Request(0, 0, 16)) == [WakeUploader("a")]  # waiting again
+
+
+def test_peers_asking_for_equally_rare_pieces_take_turns() -> None:
+    h = Harness(have=[0])
+    interested_peers(h, "a", "b")
+    h.receive("a", m.Request(0, 0, 16), m.Request(0, 16, 16))
+    h.receive("b", m.Request(0, 0, 16), m.Request(0, 16, 16))
+    served = [h.core.choose_upload(lambda conn: False) for _ in range(5)]
+    assert served == [
+        ("a", Block(0, 0, 16)),
+        ("b", Block(0, 0, 16)),
+        ("a", Block(0, 16, 16)),
+        ("b", Block(0, 16, 16)),
+        None,
+    ]
+
+
+def test_a_peer_whose_socket_is_full_is_passed_over_not_forgotten() -> None:
+    h = Harness(have=[0, 1])
+    interested_peers(h, "a", "b")
+    h.receive("a", m.Request(1, 0, 16))  # no other peer has 1: "a" would go first
+    h.receive("b", m.Request(0, 0, 16))
+    assert h.core.choose_upload(lambda conn: conn == "a") == ("b", Block(0, 0, 16))
+    assert h.core.choose_upload(lambda conn: conn == "a") is None
+    assert h.core.choose_upload(lambda conn: False) == ("a", Block(1, 0, 16))
+
+
+def test_a_closed_peer_leaves_the_uploaders_line() -> None:
+    h = Harness(have=[0])
+    interested_peers(h, "a", "b")
+    h.receive("a", m.Request(0, 0, 16))
+    h.receive("b", m.Request(0, 0, 16))
+    h.core.peer_closed("a", "gone")
+    h.take()
+    assert h.core.choose_upload(lambda conn: False) == ("b", Block(0, 0, 16))
+    assert h.core.choose_upload(lambda conn: False) is None
+
+
+def test_the_have_of_a_fresh_piece_goes_out_at_once() -> None:
+    h = Harness(config=replace(FIXED4, fresh_piece_holders=3))
+    h.admit("x", 3)
+    h.receive("x", m.HaveNone())
+    seeded_leecher(h, "s")
+    (verify,) = verifies(h.serve("s", piece_requests(h, 0)))
+    # Only the seed holds piece 0 among our peers: "x" hears of it now, not in a second.
+    assert h.check(verify) == [Send("x", [m.Have(0)]), PieceDone(0)]
+
+
+# -- a busy uplink refuses what others can serve -------------------------------------------------
+
+
+def busy_uploader() -> Harness:
+    """We hold pieces 0 and 1 and upload 8 B/s (16 bytes of requests queued is enough); "c"
+    and "d" hold piece 0 too; "a" has two requests for piece 1 queued."""
+    h = Harness(have=[0, 1])
+    h.core.upload_bucket = TokenBucket(8.0, clock=h.clock)
+    interested_peers(h, "a", "b")
+    for conn, number in (("c", 7), ("d", 8)):
+        h.admit(conn, number)
+        h.receive(conn, m.Have(0))
+    h.receive("a", m.Request(1, 0, 16), m.Request(1, 16, 16))
+    h.take()
+    return h
+
+
+def test_a_busy_uplink_refuses_a_request_others_can_serve() -> None:
+    h = busy_uploader()
+    assert h.receive("b", m.Request(0, 0, 16)) == [Send("b", [m.RejectRequest(0, 0, 16)])]
+    assert h.core.stats.requests_shed == 1
+    # Piece 1 is ours alone: queued, however busy we are.
+    assert h.receive("b", m.Request(1, 0, 16)) == [WakeUploader("b")]
+
+
+def test_a_busy_uplink_refuses_a_piece_it_already_sent_twice() -> None:
+    h = Harness(have=[0, 1])
+    h.core.upload_bucket = TokenBucket(8.0, clock=h.clock)
+    interested_peers(h, "a", "b", "e")
+    for conn in ("a", "e"):
+        h.receive(conn, m.Request(1, 0, 16))
+        choice = h.core.choose_upload(lambda other: False)
+        assert choice == (conn, Block(1, 0, 16))
+        assert h.core.upload_starting(*choice)
+        h.core.block_uploaded(*choice)
+    h.receive("a", m.Request(0, 0, 16), m.Request(0, 16, 16))  # busy now: 32 bytes queued
+    h.take()
+    # Nobody else is known to hold piece 1, but the two who got it will pass it on.
+    assert h.receive("b", m.Request(1, 0, 16)) == [Send("b", [m.RejectRequest(1, 0, 16)])]
+
+
+def test_an_idle_uplink_serves_everything() -> None:
+    h = Harness(have=[0, 1])
+    h.core.upload_bucket = TokenBucket(8.0, clock=h.clock)
+    interested_peers(h, "b")
+    for conn, number in (("c", 7), ("d", 8)):
+        h.admit(conn, number)
+        h.receive(conn, m.Have(0))
+    assert h.receive("b", m.Request(0, 0, 16)) == [WakeUploader("b")]
+    assert h.core.stats.requests_shed == 0
+
+
+def requests_in(commands: list[Cmd]) -> list[m.Request]:
+    return [
+        message
+        for c in commands
+        if isinstance(c, Send)
+        for message in c.messages
+        if isinstance(message, m.Request)
+    ]
+
+
+def test_a_rejected_request_gives_its_bytes_back_to_the_download_limit() -> None:
+    h = Harness(rate_bps=16.0)  # a block a second
+    assert h.bucket is not None
+    sent = requests_in(seeded_leecher(h, "s"))
+    assert sent  # paid for as they went out
+    tokens = h.bucket.available_bytes()
+    first = sent[0]
+    again = requests_in(h.receive("s", m.RejectRequest(first.index, first.begin, first.length)))
+    # The clock stood still: the refund is all that changed, less what was asked anew.
+    assert h.bucket.available_bytes() == tokens + first.length - sum(r.length for r in again)

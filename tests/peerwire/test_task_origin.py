@@ -159,3 +159,18 @@ def test_a_piece_started_and_stalled_can_be_held_for_the_origin() -> None:
     assert index not in indices(scheduler.next_requests("b"))
     scheduler.unhold(index)
     assert index in indices(scheduler.next_requests("b", max_blocks=64))
+
+
+def test_a_complete_piece_being_verified_is_not_held() -> None:
+    """Every block is in and the piece waits for its verification: that decides, not the
+    origin (its sender may have left meanwhile)."""
+    scheduler = make()
+    join(scheduler, "a")
+    index = scheduler.next_requests("a")[0].index
+    blocks = piece_blocks(index)
+    scheduler.next_requests("a", max_blocks=64)
+    outcomes = [deliver(scheduler, "a", block) for block in blocks]
+    assert outcomes[-1] is not None and outcomes[-1].piece_complete
+    scheduler.peer_left("a")
+    assert not scheduler.hold(index)
+    assert not scheduler.is_held(index)
