@@ -228,9 +228,7 @@ class Downloading(Generic[C]):
                 peer.haves.append(index)
             if peer.session.am_interested and not self.scheduler.is_interesting(peer.conn):
                 self._send(peer, peer.session.interested(False))
-        if self.scheduler.availability(index) < self.config.fresh_piece_holders:
-            self._flush_haves()
-        elif self._have_flush_at == math.inf:
+        if self._have_flush_at == math.inf:
             self._have_flush_at = self._clock() + self.config.have_delay_s
             self._wake_at(self._have_flush_at)
         self._out.append(PieceDone(index))

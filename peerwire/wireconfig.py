@@ -43,9 +43,6 @@ class WireConfig:
     #: ``have`` messages to a peer are held this long at most and sent together (on a slow
     #: uplink shared by many connections, one packet per piece per peer is a real share).
     have_delay_s: float = 1.0
-    #: ...except for a piece fewer than this many of our peers hold: its ``have``s go out at
-    #: once (those peers will want it from us, and whoever sent it is busy with the others).
-    fresh_piece_holders: int = 3
     ban_after_bad_pieces: int = 2
     random_first_pieces: int = 4
     picker_policy: str = "rarest_first"
@@ -71,7 +68,5 @@ class WireConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
-        if self.fresh_piece_holders < 0:
-            raise ValueError(f"fresh_piece_holders must be >= 0, got {self.fresh_piece_holders}")
         if self.endgame_patience_s < 0:
             raise ValueError(f"endgame_patience_s must be >= 0, got {self.endgame_patience_s}")

@@ -39,10 +39,7 @@ BLOCK = 16  # four blocks per piece
 FAST_LARGE = m.reserved_with(m.FAST_EXTENSION_BIT, m.LARGE_BLOCKS_BIT)
 LARGE_ONLY = m.reserved_with(m.LARGE_BLOCKS_BIT)
 #: Sequential picking makes the pieces asked for predictable; nothing else is changed.
-#: ``have``s always batched (none is fresh) unless a test says otherwise.
-CONFIG = WireConfig(
-    block_bytes=BLOCK, picker_policy="sequential", random_first_pieces=0, fresh_piece_holders=0
-)
+CONFIG = WireConfig(block_bytes=BLOCK, picker_policy="sequential", random_first_pieces=0)
 
 Cmd = Command[Hashable]
 

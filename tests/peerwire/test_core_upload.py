@@ -333,16 +333,6 @@ def test_a_closed_peer_leaves_the_uploaders_line() -> None:
     assert h.core.choose_upload(lambda conn: False) is None
 
 
-def test_the_have_of_a_fresh_piece_goes_out_at_once() -> None:
-    h = Harness(config=replace(FIXED4, fresh_piece_holders=3))
-    h.admit("x", 3)
-    h.receive("x", m.HaveNone())
-    seeded_leecher(h, "s")
-    (verify,) = verifies(h.serve("s", piece_requests(h, 0)))
-    # Only the seed holds piece 0 among our peers: "x" hears of it now, not in a second.
-    assert h.check(verify) == [Send("x", [m.Have(0)]), PieceDone(0)]
-
-
 # -- a busy uplink refuses what others can serve -------------------------------------------------
 
 
