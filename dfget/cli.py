@@ -9,7 +9,6 @@ terminal and ``--quiet`` is not given, one summary line on stderr at the end, er
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import signal
@@ -18,15 +17,18 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-
-from rich.console import Console
-from rich.logging import RichHandler
+from typing import TYPE_CHECKING
 
 from dfget import errors
 from dfget.config import SETTINGS, UiOptions, find_config_file, load, options_from
 from dfget.options import DownloadOptions, DownloadResult, ProgressReport
-from dfget.progress import ProgressDisplay, summary_line
 from peerwire.settings import ArgumentParser, SettingsError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# asyncio, rich and the engine are imported when a download starts: ``dfget --help`` and a bad
+# argument answer without them (about half of the command's start-up).
 
 INTERRUPTED_MESSAGE = (
     "dfget: interrupted; verified pieces kept beside the output, run the same command to resume"
@@ -54,6 +56,18 @@ example:
 """
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's, told the terminal's width here: it would import shutil (and with it bz2 and
+    lzma) to ask, a tenth of what ``dfget --help`` costs."""
+
+    def __init__(self, prog: str) -> None:
+        try:
+            columns = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size().columns
+        except (ValueError, OSError):
+            columns = 80
+        super().__init__(prog, width=max(columns - 2, 20))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="dfget",
@@ -64,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
             "directly (unless --no-back-to-source)."
         ),
         epilog=_EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     add = parser.add_argument
     add("url", metavar="URL", nargs="?", help="http:// or https:// URL to download")
@@ -105,6 +119,8 @@ def _configure_logging(verbose: int, console: Console | None) -> None:
     """-v info, -vv debug, warnings otherwise; through the display's console when there is one."""
     handler: logging.Handler
     if console is not None:
+        from rich.logging import RichHandler
+
         handler = RichHandler(console=console, show_path=False)
     else:
         handler = logging.StreamHandler(sys.stderr)
@@ -141,6 +157,12 @@ def run(options: DownloadOptions, ui: UiOptions, console: Console | None = None)
     ``console`` is where the progress display goes (stderr by default); it is only used when
     it is a terminal and ``--quiet`` is not given.
     """
+    import asyncio
+
+    from rich.console import Console
+
+    from dfget.progress import ProgressDisplay, summary_line
+
     console = console if console is not None else Console(stderr=True)
     show_progress = console.is_terminal and not ui.quiet
     _configure_logging(ui.verbose, console if show_progress else None)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,6 +213,8 @@ class Settings:
     def read_file(self, path: Path) -> dict[str, _Given]:
         """The file's values by setting name; SettingsError for an unreadable file, bad TOML,
         unknown keys (all named, with the known ones) or a setting given twice."""
+        import tomllib  # only when there is a file: `--help` does without it
+
         where = f"config file {path}"
         try:
             document = tomllib.loads(path.read_bytes().decode("utf-8"))

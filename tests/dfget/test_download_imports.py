@@ -82,3 +82,21 @@ def test_a_dfget_download_imports_no_aiohttp(
     assert "aiohttp" in report["control"]
     assert not report["tls_context_made"]  # plain http: no CA bundle loaded
     assert tracker.stats()["tasks"], "the download went through the tracker"
+
+
+def test_dfget_help_imports_no_event_loop_display_or_engine() -> None:
+    """``dfget --help`` (and a usage error) answer from argparse and the settings alone."""
+    probe = (
+        "import json, sys\n"
+        "import dfget.cli\n"
+        "status = dfget.cli.main(['--help'])\n"
+        "heavy = ('asyncio', 'rich', 'dfget.engine', 'aiohttp', 'shutil', 'tomllib')\n"
+        "print(json.dumps({'status': status, 'found': [m for m in heavy if m in sys.modules]}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("usage: dfget")
+    report = json.loads(lines[-1])
+    assert report == {"status": 0, "found": []}
