@@ -11,6 +11,7 @@ tools/system-deps.sh for aria2c and nginx first.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import datetime
 import hashlib
@@ -52,6 +53,7 @@ TARGET_RATIO = 1.0
 STOP_GRACE_S = 5.0
 LOG_TAIL_LINES = 40
 CHUNK_BYTES = 16 * 1024 * 1024
+DFGET = [sys.executable, "-m", "dfget.cli"]
 
 EPILOG = """\
 what is measured:
@@ -424,6 +426,53 @@ def peer_seed(
             print(f"note: seed exited {code} after SIGTERM (the contract says 0)", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def dfget_seed(url: str, tmp: Path, timeout_s: float) -> Iterator[tuple[str, int]]:
+    """A dftracker and a dfget that downloads ``url`` from the origin and then seeds it; yield
+    (the tracker's URL, the seeder's pid) once the seeder's copy is complete."""
+    copy = tmp / "dfget-seed" / "blob.bin"
+    copy.parent.mkdir()
+    tracker = start(
+        [sys.executable, "-m", "tracker.cli", "serve", "--port", "0", "--interval", "2s"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO_ROOT,
+        text=True,
+    )
+    seeder: subprocess.Popen[Any] | None = None
+    try:
+        assert tracker.stdout is not None
+        line = tracker.stdout.readline().strip()
+        if not line.startswith("listening "):
+            raise BenchError(f"dftracker did not start: {line!r}")
+        tracker_url = line.split()[1].removesuffix("/announce")
+        err_path = tmp / "dfget-seed.stderr"
+        with err_path.open("wb") as err:
+            seeder = start(
+                [*DFGET, url, "-O", str(copy), "--tracker", tracker_url, "--seed-time", "1h"],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                cwd=REPO_ROOT,
+            )
+        deadline = time.monotonic() + timeout_s
+        while not copy.exists():  # the file appears complete and verified, never partial
+            if seeder.poll() is not None:
+                raise BenchError(f"the seeding dfget exited {seeder.returncode}\n{tail(err_path)}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"the seeding dfget had no copy after {timeout_s:.0f}s")
+            time.sleep(0.05)
+        yield tracker_url, seeder.pid
+    finally:
+        if seeder is not None:
+            stop_group(seeder)
+        stop_group(tracker)
+
+
+def dfget_command(url: str, tracker_url: str, out: Path) -> list[str]:
+    """``dfget URL`` as a user types it, with the tracker, leaving as soon as it is done."""
+    return [*DFGET, url, "-O", str(out), "--tracker", tracker_url, "--seed-time", "0", "--quiet"]
+
+
 def fetch_command(manifest: Path, address: str, out: Path) -> list[str]:
     args = ["--manifest", str(manifest), "--peer", address, "-O", str(out), "--json"]
     return [sys.executable, "-m", "peerwire", "fetch", *args]
@@ -529,6 +578,11 @@ def print_table(console: Console, sides: list[Side], summary: dict[str, Any], si
                 f"; p2p / {summary['best_native']}: {summary['ratio_p2p_over_best_native']:.3f}x"
             )
         console.print(f"{line} (target >= {TARGET_RATIO:.1f}x)")
+    if summary.get("ratio_dfget_over_native") is not None:
+        console.print(
+            f"ratio dfget URL (end to end) / {summary['baseline']}: "
+            f"{summary['ratio_dfget_over_native']:.3f}x"
+        )
 
 
 # --- orchestration ------------------------------------------------------------------------------
@@ -566,6 +620,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"one extra fetch under py-spy after the timed runs; flamegraph to {PROFILE_PATH}",
     )
     add("--out", type=Path, default=RESULTS_PATH, help=f"JSON results (default {RESULTS_PATH})")
+    add(
+        "--dfget",
+        action="store_true",
+        help="also time `dfget URL` end to end (start-up, tracker, manifest) from a seeding dfget, "
+        "the URL being nginx's",
+    )
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--native-only", action="store_true", help="skip the peer (no ratio)")
     only.add_argument("--p2p-only", action="store_true", help="skip nginx and aria2c (no ratio)")
@@ -597,7 +657,17 @@ class Bench:
             else [Side(f"aria2c-x{n}", tmp / "out" / f"aria2c-x{n}.bin") for n in args.connections]
         )
         self.p2p = None if args.native_only else Side("peerwire", tmp / "out" / "peerwire.bin")
-        self.sides = [*self.natives, *([self.p2p] if self.p2p else [])]
+        #: ``dfget URL`` end to end (start-up, tracker, manifest) from a seeding dfget.
+        self.dfget = (
+            Side("dfget", tmp / "out" / "dfget.bin")
+            if args.dfget and not args.native_only and not args.p2p_only
+            else None
+        )
+        self.sides = [
+            *self.natives,
+            *([self.p2p] if self.p2p else []),
+            *([self.dfget] if self.dfget else []),
+        ]
         self.server_pid: dict[str, int] = {}
         self.expected_sha256 = ""
 
@@ -615,6 +685,16 @@ class Bench:
                 for side, n in zip(self.natives, args.connections, strict=True):
                     side.command = aria2c_command(args.aria2c, url, side.output, n, args.timeout_s)
                     self.server_pid[side.name] = pid
+                if self.dfget is not None:
+                    self.console.print("starting a tracker and a seeding dfget")
+                    try:
+                        seeding = dfget_seed(url, tmp, args.timeout_s)
+                        tracker_url, seeder_pid = stack.enter_context(seeding)
+                        self.dfget.command = dfget_command(url, tracker_url, self.dfget.output)
+                        self.server_pid[self.dfget.name] = seeder_pid
+                    except BenchError as exc:
+                        self.dfget.error = str(exc)
+                        self.console.print(f"dfget seed failed:\n{exc}", markup=False)
             if self.p2p is not None:
                 self.console.print("starting the seed (it hashes the file first)")
                 try:
@@ -716,6 +796,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("peer_throughput: not enough memory for 3 x --size + --prefault", file=sys.stderr)
         return 2
 
+    if args.dfget:
+        # The seeder and the timed dfget share a cluster secret, as a fleet's nodes do (the
+        # tracker's manifest believed); no hand-off to a dfdaemon this machine may run.
+        os.environ.setdefault("DRAGONFLY_SECRET", base64.urlsafe_b64encode(os.urandom(32)).decode())
+        os.environ["DFGET_DAEMON_SOCKET"] = ""
     load_before = os.getloadavg()
     if load_before[0] > 0.5:  # the two ends share the CPUs with whatever else runs
         console.print(f"note: load average {load_before[0]:.2f} at start; figures will be noisy")
@@ -733,6 +818,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             fatal = str(exc)
             console.print(f"failed:\n{exc}", highlight=False, markup=False)
     summary = summarise(bench.natives, bench.p2p)
+    if bench.dfget is not None:
+        # ``dfget URL`` as a user times it, against the same baseline.
+        dfget_summary = summarise(bench.natives, bench.dfget)
+        summary["ratio_dfget_over_native"] = dfget_summary["ratio_p2p_over_native"]
     result = {
         "benchmark": "peer_throughput",
         "date": started.isoformat(timespec="seconds"),
