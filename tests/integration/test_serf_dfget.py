@@ -4,9 +4,11 @@ dftracker."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,6 +22,9 @@ from tests.integration.serfcluster import (
     Agent,
     alive_members,
     dfget_serf,
+    environment,
+    finish,
+    free_port,
     loopback_net,
     member_status,
     rpc_call,
@@ -134,3 +139,45 @@ def test_three_dfgets_and_their_agents_killed_mid_download_leave_the_others_to_f
                 stop(download)
         for index in survivors:
             assert sha256(outputs[index]) == digest, outputs[index].name
+
+
+def test_plain_dfgets_start_their_own_agents_and_leave_none_behind(
+    tmp_path: Path, origin: tuple[OriginServer, str, str]
+) -> None:
+    """``--serf-agent auto`` in dfget: each starts an agent, they meet through ``--join``, and
+    the agent stops with its dfget."""
+    import psutil
+
+    _, url, digest = origin
+    net = loopback_net()
+    downloads, agents = [], set()
+    for i in (1, 2):
+        join = ["--join", f"{net}.1:7946"] if i == 2 else []
+        command = [
+            sys.executable, "-m", "dfget.cli", url, "-O", str(tmp_path / f"copy-{i}.bin"), "-q",
+            "--coordinator", "serf", "--serf-agent", "auto", "--serf-bind", f"{net}.{i}:7946",
+            "--serf-rpc", f"127.0.0.1:{free_port()}", "--serf-node", f"auto{i}",
+            "--serf-profile", "local", "--seed-time", "10s", *join,
+        ]  # fmt: skip
+        download = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env=environment(),
+        )  # fmt: skip
+        downloads.append(download)
+        # The second joins the first's agent: it must be there.
+        with contextlib.suppress(psutil.NoSuchProcess):
+            wait_until(
+                lambda d=download: bool(_agents_of(d.pid)) or d.poll() is not None, "an agent"
+            )
+            agents.update(_agents_of(download.pid))
+    summaries = [finish(download) for download in downloads]
+    for i in (1, 2):
+        assert sha256(tmp_path / f"copy-{i}.bin") == digest
+    assert "from peers 0 B" not in summaries[1], summaries  # the second had the first's pieces
+    assert agents and not any(psutil.pid_exists(pid) for pid in agents)
+
+
+def _agents_of(pid: int) -> list[int]:
+    import psutil
+
+    return [c.pid for c in psutil.Process(pid).children() if "serf" in c.name()]
