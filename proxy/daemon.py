@@ -24,11 +24,13 @@ from typing import Any
 
 from dfget import engine
 from dfget.coordinators.serfnode import SerfNode
+from dfget.errors import ManifestRefuted
 from dfget.host import Host
 from dfget.httpclient import HttpClient
 from dfget.identity import normalize_url, task_id_for
 from dfget.options import DownloadOptions, DownloadResult, OriginInfo, ProgressReport
 from dfget.seeding import seed_file
+from dfget.taskmanifest import discard_partial
 from peerwire.auth import load_secret
 from peerwire.ids import TaskId
 from peerwire.ratelimit import TokenBucket
@@ -318,6 +320,10 @@ class Daemon:
             raise
         except BaseException as exc:
             self.counters.downloads_failed += 1
+            if isinstance(exc, ManifestRefuted):
+                # Pieces were taken on a manifest the origin refuted: a retry must not resume
+                # from them (the engine starts over itself only when no reader streams them).
+                discard_partial(options.output)
             if not running.done.done():
                 running.done.set_exception(exc)
                 running.done.exception()  # retrieved here: waiters may be none
