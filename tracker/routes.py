@@ -40,7 +40,7 @@ from peerwire.auth import (
 )
 from peerwire.manifest import ManifestConflict
 from tracker.config import TrackerConfig
-from tracker.manifests import ManifestError, parse_manifest_update
+from tracker.manifests import ManifestError, TaskManifest, parse_manifest_update
 from tracker.model import ID_BYTES, AnnounceRequest, AnnounceResult, Event
 from tracker.protocol import (
     AnnounceError,
@@ -359,26 +359,14 @@ class Routes:
             if sub:
                 return _json_error(404, "no such resource")
             if method in (b"GET", b"HEAD"):
-                manifest = await shared.get_manifest(task, nonce)
-                if manifest is None:
-                    self.manifest_gets["missing"] += 1
-                    return _json_error(404, "no manifest for this task")
-                self.manifest_gets["found"] += 1
-                return Response(200, manifest.to_json(task), JSON)
+                return self._manifest_found(task, await shared.get_manifest(task, nonce))
             if method != b"PUT":
                 return _method_not_allowed()
             try:
                 update = parse_manifest_update(body)
                 manifest = await shared.put_manifest(task, update, nonce)
-            except ManifestConflict as exc:
-                self.manifest_puts["conflict"] += 1
-                log.warning("manifest for task %s refused: %s", task.hex(), exc)
-                return _json_error(409, str(exc))
-            except ManifestError as exc:
-                self.manifest_puts["invalid"] += 1
-                return _json_error(400, str(exc))
-            except SwarmFull as exc:
-                return _json_error(503, str(exc))
+            except (ManifestConflict, ManifestError, SwarmFull) as exc:
+                return self._manifest_refused(task, exc)
             self.manifest_puts["ok"] += 1
             return Response(200, manifest.to_json(task), JSON)
         except Replayed:
@@ -410,12 +398,7 @@ class Routes:
             return _json_error(404, "no such resource")
         assert self.swarm is not None
         if method in (b"GET", b"HEAD"):
-            manifest = self.swarm.get_manifest(task)
-            if manifest is None:
-                self.manifest_gets["missing"] += 1
-                return _json_error(404, "no manifest for this task")
-            self.manifest_gets["found"] += 1
-            return Response(200, manifest.to_json(task), JSON)
+            return self._manifest_found(task, self.swarm.get_manifest(task))
         if method == b"PUT":
             return self._put_manifest(task, body)
         return _method_not_allowed()
@@ -425,17 +408,29 @@ class Routes:
             update = parse_manifest_update(body)
             assert self.swarm is not None
             manifest = self.swarm.put_manifest(task, update)
-        except ManifestConflict as exc:
+        except (ManifestConflict, ManifestError, SwarmFull) as exc:
+            return self._manifest_refused(task, exc)
+        self.manifest_puts["ok"] += 1
+        return Response(200, manifest.to_json(task), JSON)
+
+    def _manifest_found(self, task: bytes, manifest: TaskManifest | None) -> Response:
+        """The answer to ``GET /tasks/<id>`` (either store), counted."""
+        if manifest is None:
+            self.manifest_gets["missing"] += 1
+            return _json_error(404, "no manifest for this task")
+        self.manifest_gets["found"] += 1
+        return Response(200, manifest.to_json(task), JSON)
+
+    def _manifest_refused(self, task: bytes, exc: Exception) -> Response:
+        """Why a ``PUT /tasks/<id>`` was refused (either store), counted."""
+        if isinstance(exc, ManifestConflict):
             self.manifest_puts["conflict"] += 1
             log.warning("manifest for task %s refused: %s", task.hex(), exc)
             return _json_error(409, str(exc))
-        except ManifestError as exc:
+        if isinstance(exc, ManifestError):
             self.manifest_puts["invalid"] += 1
             return _json_error(400, str(exc))
-        except SwarmFull as exc:
-            return _json_error(503, str(exc))
-        self.manifest_puts["ok"] += 1
-        return Response(200, manifest.to_json(task), JSON)
+        return _json_error(503, str(exc))  # SwarmFull
 
     def _report(self, task: bytes, body: bytes) -> Response:
         try:
