@@ -17,7 +17,7 @@ from dfget.coordinators.http import announce_query
 from peerwire.coordination import Progress
 from peerwire.ids import PeerId, TaskId
 from tests.conftest import require_program
-from tests.helpers.redis_server import RedisServer, redis_server
+from tests.helpers.redis_server import RedisServer, free_port, redis_server
 from tests.integration.test_tracker_cluster import SECRET, _announce, cluster_tracker, scrape
 
 pytestmark = pytest.mark.integration
@@ -35,6 +35,9 @@ def redis_cluster(tmp_path: Path) -> Iterator[list[RedisServer]]:
                     redis_server(
                         "--cluster-enabled", "yes", "--cluster-config-file", str(config),
                         "--cluster-node-timeout", "5000",
+                        # the bus port defaults to the port + 10000, past 65535 for a port
+                        # above 55535: name a free one
+                        "--cluster-port", str(free_port()),
                     )
                 )
             )  # fmt: skip
