@@ -180,6 +180,8 @@ class HttpTracker:
         self.vouched = secret is not None
         #: ``df_seq`` of the next announce: every announce of this client gets a larger one.
         self._seq = itertools.count(1)
+        #: Per task: the lock its announces take turns on, and how many hold or wait for it.
+        self._announcing: dict[TaskId, tuple[asyncio.Lock, int]] = {}
 
     async def _request(
         self, method: str, target: str, payload: bytes | None = None
@@ -231,8 +233,24 @@ class HttpTracker:
         raise TrackerUnavailable("no tracker reachable: " + "; ".join(problems))
 
     async def announce(self, task: TaskId, progress: Progress, event: str = "") -> AnnounceAnswer:
-        query = announce_query(task, progress, event, self._secret, next(self._seq))
-        status, body = await self._request("GET", "/announce?" + query)
+        """One announce of a task at a time, its ``df_seq`` taken as it goes: two under way
+        together (``completed`` while the periodic one waits for a busy tracker) go over two
+        connections and may arrive in either order, and the larger ``df_seq`` first would make
+        the other a replay. Other tasks' announces do not wait."""
+        lock, users = self._announcing.get(task, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._announcing[task] = (lock, users + 1)
+        try:
+            async with lock:
+                query = announce_query(task, progress, event, self._secret, next(self._seq))
+                status, body = await self._request("GET", "/announce?" + query)
+        finally:
+            lock, users = self._announcing[task]
+            if users == 1:
+                del self._announcing[task]
+            else:
+                self._announcing[task] = (lock, users - 1)
         if status != 200:
             raise TrackerRefused(f"announce answered HTTP {status}")
         return parse_announce_answer(body)

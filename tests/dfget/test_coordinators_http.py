@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -219,3 +221,58 @@ def test_with_the_secret_manifests_are_believed_only_from_a_tracker_that_proves_
 
     run_with_tracker(with_the_secret, secret_file=str(secret_file))
     run_with_tracker(without_it)
+
+
+def test_an_announce_waits_for_the_one_under_way_so_neither_is_a_replay(tmp_path: Path) -> None:
+    """``completed`` said while the periodic announce is under way: with the cluster secret
+    both must be accepted. The first goes through a relay that holds the first connection's
+    bytes a moment (a busy path); had the second gone at once, over a second connection, its
+    larger ``df_seq`` would reach the tracker first and make the first a replay (seen with 200
+    clients on a busy tracker: a ``completed`` could be lost so)."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("a-cluster-secret-of-some-length")
+    secret = b"a-cluster-secret-of-some-length"
+
+    async def body(server: TrackerServer) -> None:
+        connections = 0
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold_s: float):
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    await asyncio.sleep(hold_s)
+                    hold_s = 0.0
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        handlers: list[asyncio.Future[Any]] = []
+
+        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connections
+            connections += 1
+            hold_s = 0.3 if connections == 1 else 0.0
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", server.port)
+            both = asyncio.gather(pipe(reader, up_writer, hold_s), pipe(up_reader, writer, 0.0))
+            handlers.append(both)
+            await both
+            for end in (writer, up_writer):
+                with contextlib.suppress(OSError):
+                    await end.wait_closed()
+
+        relay_server = await asyncio.start_server(relay, "127.0.0.1", 0)
+        port = relay_server.sockets[0].getsockname()[1]
+        tracker = HttpTracker([f"http://127.0.0.1:{port}"], secret=secret)
+        task = TaskId(b"\x05" * 20)
+        peer = PeerId.generate()
+        results = await asyncio.gather(
+            tracker.announce(task, Progress(peer, 7001, left_bytes=100), "started"),
+            tracker.announce(task, Progress(peer, 7001, left_bytes=0), "completed"),
+            return_exceptions=True,
+        )
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        await tracker.close()  # its connections close: the relay's pipes end
+        await asyncio.wait_for(asyncio.gather(*handlers, return_exceptions=True), 10)
+        relay_server.close()
+        await relay_server.wait_closed()
+
+    run_with_tracker(body, secret_file=str(secret_file))
