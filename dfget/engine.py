@@ -41,7 +41,7 @@ from dfget.options import DownloadOptions, DownloadResult, OriginInfo, ProgressR
 from dfget.origin import Origin
 from dfget.originfetch import OriginFetcher
 from dfget.originplan import OriginMeasure, origin_key
-from dfget.outage import origin_share, wait_for_tracker
+from dfget.outage import origin_share, ride_outage
 from dfget.swarmclient import SwarmClient
 from dfget.taskmanifest import (
     digests_path,
@@ -310,11 +310,13 @@ class _Download:
     async def _ride_outage(self, reason: str, shell: TaskShell, info: OriginInfo) -> None:
         """No tracker at the start: this peer's share from the origin while it tries again."""
         assert self.client is not None and self.fetcher is not None and self.coordinator
-        log.warning("%s: fetching this peer's share from the origin, retrying the tracker", reason)
-        core = shell.core
-        self.fetcher.assigned(origin_share(core.peer_id, core.layout.num_pieces), False)
-        problem = await wait_for_tracker(
-            self.coordinator, self.task_id, lambda: self._manifest_doc(info)
+        fetcher, layout, peer_id = self.fetcher, shell.core.layout, shell.core.peer_id
+        problem = await ride_outage(
+            reason,
+            self.coordinator,
+            self.task_id,
+            lambda: self._manifest_doc(info),
+            lambda: fetcher.assigned(origin_share(peer_id, layout.num_pieces), False),
         )
         if problem is None:
             self.client.start()

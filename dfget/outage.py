@@ -3,11 +3,13 @@
 A client that cannot reach any tracker at its first contact (one being restarted or
 redeployed) does not fetch the whole file from the origin at once, as every other client
 starting then would too. It describes the task from the origin's answer (as the first peer
-of a task does), fetches only its share of the file from the origin (``origin_share``: a few
-pieces, placed by its peer id so that clients spread over the file), and offers its manifest
-to the trackers again with exponential backoff and jitter (``wait_for_tracker``) for up to
-``OUTAGE_RETRY_S``. A tracker back in time: the download joins the swarm. Still none: it
-fetches the rest from the origin (the fallback of old, only later).
+of a task does) and offers its manifest again at once: a tracker that was only slow (a
+crowd's first seconds) has answered by then. Still none: it fetches only its share of the
+file from the origin (``origin_share``: a few pieces, placed by its peer id so that clients
+spread over the file) and offers its manifest with exponential backoff and jitter
+(``wait_for_tracker``) for up to ``OUTAGE_RETRY_S``. A tracker back in time: the download
+joins the swarm. Still none: it fetches the rest from the origin (the fallback of old, only
+later).
 """
 
 from __future__ import annotations
@@ -68,14 +70,49 @@ async def wait_for_tracker(
         wait_s = min(delay_s * (0.5 + jitter()), max(0.0, deadline - clock()))
         await sleep(wait_s)
         try:
-            await coordinator.put_manifest(task_id, doc())
-            return None
-        except ManifestConflict:
-            return None  # another peer's manifest is the task's: the swarm will say which
-        except TrackerRefused as exc:
-            return f"the tracker refused this peer: {exc}"
+            return await _offer(coordinator, task_id, doc)
         except TrackerUnavailable as exc:
             problem = str(exc)
         if clock() >= deadline:
             return f"{problem} (for {bound_s:.0f}s)"
         delay_s = min(MAX_DELAY_S, delay_s * 2)
+
+
+async def ride_outage(
+    reason: str,
+    coordinator: Coordinator,
+    task_id: TaskId,
+    doc: Callable[[], TaskManifestDoc],
+    fetch_share: Callable[[], None],
+) -> str | None:
+    """No tracker answered this peer's first contact (``reason``): None once one takes its
+    manifest, else why the swarm stays out of reach. The tracker is asked again at once
+    before any origin read: one that was only slow (a crowd's first seconds, or this host too
+    busy to read the answer in time) has usually answered the crowd by then, and one that is
+    down refuses at once. Then ``fetch_share`` starts this peer's share from the origin while
+    ``wait_for_tracker`` tries on."""
+    try:
+        refusal = await _offer(coordinator, task_id, doc)
+    except TrackerUnavailable:
+        pass
+    else:
+        if refusal is None:
+            log.info("%s; the tracker answered when asked again", reason)
+        return refusal
+    log.warning("%s: fetching this peer's share from the origin, retrying the tracker", reason)
+    fetch_share()
+    return await wait_for_tracker(coordinator, task_id, doc)
+
+
+async def _offer(
+    coordinator: Coordinator, task_id: TaskId, doc: Callable[[], TaskManifestDoc]
+) -> str | None:
+    """Offer our manifest once: None when a tracker took it (or holds one already), why when
+    it refused this peer; TrackerUnavailable when none answered."""
+    try:
+        await coordinator.put_manifest(task_id, doc())
+    except ManifestConflict:
+        pass  # another peer's manifest is the task's: the swarm will say which
+    except TrackerRefused as exc:
+        return f"the tracker refused this peer: {exc}"
+    return None

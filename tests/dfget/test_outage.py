@@ -12,6 +12,7 @@ from dfget.outage import (
     MAX_DELAY_S,
     MIN_SHARE_PIECES,
     origin_share,
+    ride_outage,
     wait_for_tracker,
 )
 from peerwire.coordination import TaskManifestDoc, TrackerRefused, TrackerUnavailable
@@ -97,3 +98,36 @@ def test_a_refusal_ends_the_wait_at_once() -> None:
     result, slept = run(Scripted(failures=1, then=TrackerRefused("closed swarm")))
     assert result is not None and "closed swarm" in result
     assert len(slept) == 2
+
+
+def ride(coordinator: Scripted) -> tuple[str | None, int]:
+    shares = []
+    result = asyncio.run(
+        ride_outage(
+            "tracker unreachable: timed out",
+            coordinator,  # type: ignore[arg-type]
+            TASK,
+            lambda: DOC,
+            lambda: shares.append(1),
+        )
+    )
+    return result, len(shares)
+
+
+def test_a_tracker_that_answers_when_asked_again_costs_no_origin_read() -> None:
+    """Its first answer came too late (a crowd's first seconds): no share from the origin."""
+    tracker = Scripted(failures=0)
+    assert ride(tracker) == (None, 0)
+    assert tracker.calls == 1
+
+
+def test_a_tracker_still_away_when_asked_again_sends_the_peer_to_its_share() -> None:
+    tracker = Scripted(failures=1)
+    assert ride(tracker) == (None, 1)
+    assert tracker.calls == 2  # then the backoff's first retry found it
+
+
+def test_a_refusal_when_asked_again_is_the_answer_and_no_origin_read() -> None:
+    result, shares = ride(Scripted(failures=0, then=TrackerRefused("no")))
+    assert result is not None and "refused" in result
+    assert shares == 0
