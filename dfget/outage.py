@@ -4,7 +4,7 @@ A client that cannot reach any tracker at its first contact (one being restarted
 redeployed) does not fetch the whole file from the origin at once, as every other client
 starting then would too. It describes the task from the origin's answer (as the first peer
 of a task does) and offers its manifest again at once: a tracker that was only slow (a
-crowd's first seconds) has answered by then. Still none: it fetches only its share of the
+crowd's first seconds) may have answered by then. Still none: it fetches only its share of the
 file from the origin (``origin_share``: a few pieces, placed by its peer id so that clients
 spread over the file) and offers its manifest with exponential backoff and jitter
 (``wait_for_tracker``) for up to ``OUTAGE_RETRY_S``. A tracker back in time: the download
@@ -88,7 +88,7 @@ async def ride_outage(
     """No tracker answered this peer's first contact (``reason``): None once one takes its
     manifest, else why the swarm stays out of reach. The tracker is asked again at once
     before any origin read: one that was only slow (a crowd's first seconds, or this host too
-    busy to read the answer in time) has usually answered the crowd by then, and one that is
+    busy to read the answer in time) may have answered the crowd by then, and one that is
     down refuses at once. Then ``fetch_share`` starts this peer's share from the origin while
     ``wait_for_tracker`` tries on."""
     try:
