@@ -236,7 +236,9 @@ def test_an_announce_waits_for_the_one_under_way_so_neither_is_a_replay(tmp_path
     async def body(server: TrackerServer) -> None:
         connections = 0
 
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold_s: float):
+        async def pipe(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold_s: float
+        ) -> None:
             with contextlib.suppress(OSError):
                 while data := await reader.read(65536):
                     await asyncio.sleep(hold_s)
